@@ -1,0 +1,1 @@
+"""napari contributions (reader, writer, sample data, widget); thin over io/ and core/."""

@@ -1,0 +1,94 @@
+"""Volumes to napari layer data and back, keeping the scan's true geometry.
+
+A layer made from a volume shows it in its closest axis-aligned (LPS) layout
+(see :mod:`napari_fewshot.io.orientation`), with ``scale``/``translate`` (and
+``rotate`` for an oblique residual) in millimetres, so that world coordinates
+are physical coordinates and grids of all kinds overlay.  ``layer.metadata``
+keeps what is needed to write the data back exactly as the file had it:
+
+- ``"geometry"``: the file's geometry (:meth:`Geometry.to_dict`, ITK order);
+- ``"orientation"``: how the layer's array is laid out relative to the file's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..core.intensity import display_range, guess_modality
+from ..io import Geometry, Volume, label_dtype
+from ..io.formats import split_extension
+from ..io.orientation import Orientation, closest_canonical, from_view, to_view, view_geometry
+
+LayerDataTuple = tuple[np.ndarray, dict[str, Any], str]
+
+
+def geometry_metadata(geometry: Geometry, orientation: Orientation) -> dict[str, Any]:
+    """The ``layer.metadata`` entries that tie a layer to its file's grid."""
+    return {"geometry": geometry.to_dict(), "orientation": orientation.to_dict()}
+
+
+def volume_layer_data(volume: Volume, name: str | None = None) -> LayerDataTuple:
+    """A napari layer data tuple (Image, or Labels for a label map) for ``volume``."""
+    geometry = volume.geometry
+    orientation = closest_canonical(geometry)
+    kwargs: dict[str, Any] = {
+        "name": name or split_extension(geometry.source)[0] or "volume",
+        "metadata": geometry_metadata(geometry, orientation),
+        **view_geometry(geometry, orientation).napari_kwargs(),
+    }
+    data = to_view(volume.data, orientation)
+    if volume.is_label_map:
+        return data, kwargs, "labels"
+    modality = guess_modality(volume.data)
+    kwargs["metadata"]["modality"] = modality
+    kwargs.update(colormap="gray", contrast_limits=display_range(volume.data, modality))
+    return data, kwargs, "image"
+
+
+def file_layout(
+    data: np.ndarray,
+    metadata: dict[str, Any],
+    scale: Any,
+    translate: Any,
+    rotate: Any | None = None,
+) -> tuple[np.ndarray, Geometry]:
+    """A layer's data in its file's layout, and the geometry to write it with.
+
+    Uses ``metadata["geometry"]`` and ``metadata["orientation"]`` when they fit the
+    data's shape (layers from this plugin, and label layers made on their grid);
+    otherwise the layer's own ``scale``/``translate``/``rotate`` (napari's world
+    coordinates taken as millimetres).
+    """
+    data = np.asarray(data)
+    if data.ndim != 3:
+        raise ValueError(f"expected a 3D layer (z, y, x), got {data.ndim} dimensions of shape {data.shape}")
+    if "geometry" in metadata:
+        geometry = Geometry.from_dict(metadata["geometry"])
+        orientation = Orientation.from_dict(metadata.get("orientation", Orientation().to_dict()))
+        if view_geometry(geometry, orientation).shape == data.shape:
+            return from_view(data, orientation), geometry
+    return data, Geometry.from_napari_transform(data.shape, scale, translate, rotate, str(data.dtype))
+
+
+def support_layer_data(shape: tuple[int, ...], image: dict[str, Any], name: str) -> LayerDataTuple:
+    """An empty ``uint8`` Labels layer on an image layer's grid, ready to paint.
+
+    ``image`` holds the image layer's ``scale``, ``translate``, ``rotate`` and
+    ``metadata``; the new layer shares its transform and its file geometry, so it
+    overlays voxel for voxel and exports on the scan's grid.
+    """
+    metadata = {key: image["metadata"][key] for key in ("geometry", "orientation") if key in image["metadata"]}
+    kwargs = {key: image[key] for key in ("scale", "translate", "rotate")}
+    return np.zeros(shape, dtype=np.uint8), {**kwargs, "name": name, "metadata": metadata}, "labels"
+
+
+def labels_for_writing(data: np.ndarray, attributes: dict[str, Any]) -> tuple[np.ndarray, Geometry]:
+    """A Labels layer's data and geometry as they go to disk: file layout, smallest integer type."""
+    file_data, geometry = file_layout(
+        data, attributes.get("metadata", {}), attributes["scale"], attributes["translate"], attributes.get("rotate")
+    )
+    dtype = label_dtype(file_data)
+    return file_data.astype(dtype, copy=False), geometry.with_pixel_type(str(dtype))
+

@@ -1,0 +1,1 @@
+"""Algorithms on numpy/torch arrays; no napari or Qt imports."""

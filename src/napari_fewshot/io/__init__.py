@@ -1,0 +1,29 @@
+"""Reading and writing volumes with their exact geometry; no napari or Qt here.
+
+>>> from napari_fewshot.io import read_volume, write_volume
+>>> scan = read_volume("ct.nii.gz")                      # doctest: +SKIP
+>>> scan.data.shape, scan.geometry.spacing               # doctest: +SKIP
+((112, 101, 122), (3.0, 3.0, 3.0))
+>>> write_volume("mask.nrrd", mask, scan.geometry.with_pixel_type("uint8"))  # doctest: +SKIP
+"""
+
+from .errors import VolumeReadError, VolumeWriteError
+from .formats import READ_FORMATS, WRITE_EXTENSIONS, format_name, looks_like_label_map
+from .geometry import Geometry
+from .labels import label_dtype
+from .read import Volume, read_volume
+from .write import write_volume
+
+__all__ = [
+    "READ_FORMATS",
+    "WRITE_EXTENSIONS",
+    "Geometry",
+    "Volume",
+    "VolumeReadError",
+    "VolumeWriteError",
+    "format_name",
+    "label_dtype",
+    "looks_like_label_map",
+    "read_volume",
+    "write_volume",
+]

@@ -1,0 +1,148 @@
+"""Read a CT or MRI volume, or a label map, with its geometry (SimpleITK)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import SimpleITK as sitk
+
+from .dicom import read_series
+from .errors import VolumeReadError, itk_reason
+from .formats import READ_FORMATS, format_name, looks_like_label_map
+from .geometry import Geometry
+from .labels import label_dtype
+from .nifti import check_nifti_file
+
+Kind = Literal["auto", "image", "labels"]
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A 3D scan or label map on its physical grid.
+
+    Attributes
+    ----------
+    data : array of shape (z, y, x) (the file's slice axis first), in the file's
+        units (Hounsfield units for CT) and pixel type; integers for a label map.
+    geometry : where each voxel sits, see :class:`Geometry`.
+    is_label_map : True when ``data`` holds label values rather than intensities.
+    """
+
+    data: np.ndarray
+    geometry: Geometry
+    is_label_map: bool = False
+
+
+def read_volume(
+    path: str | Path,
+    *,
+    kind: Kind = "auto",
+    series: str | None = None,
+    index: int | None = None,
+) -> Volume:
+    """Read a NIfTI, NRRD or MetaImage file, or a folder holding one DICOM series.
+
+    Parameters
+    ----------
+    path : a ``.nii``/``.nii.gz``/``.nrrd``/``.nhdr``/``.mha``/``.mhd`` file, or a
+        folder of DICOM slices.
+    kind : ``"labels"`` reads a label map (integer values required), ``"image"`` an
+        intensity image; ``"auto"`` takes a file whose name contains ``seg``,
+        ``label``, ``mask``, ``annot`` or ``support`` and holds whole numbers as a label map.
+    series : the series UID to read from a folder that holds several DICOM series.
+    index : the time point of a 4D file, or the channel of a multi-component
+        (e.g. RGB) file, to read as the 3D volume.
+
+    A 2D image is read as a volume of one slice.  Every problem (a missing or
+    corrupt file, NaN voxels, a 4D file without ``index``, an ambiguous DICOM
+    folder, ...) raises :class:`VolumeReadError` naming the file and the fix.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise VolumeReadError(f"{path}: no such file or folder")
+    image = read_series(path, series) if path.is_dir() else _read_file(path)
+    image = _to_3d(image, path, index)
+    data = sitk.GetArrayFromImage(image)
+    if data.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        if bad:
+            raise VolumeReadError(
+                f"{path}: {bad} of {data.size} voxels are NaN or infinite; replace them "
+                "(e.g. with the background value) before opening the volume"
+            )
+    geometry = Geometry(
+        image.GetSpacing(), image.GetOrigin(), image.GetDirection(), image.GetSize(), str(data.dtype), str(path)
+    )
+    is_label_map = kind == "labels" or (kind == "auto" and looks_like_label_map(path) and _whole_numbers(data))
+    if is_label_map:
+        data = _as_label_array(data, path)
+    return Volume(data, geometry, is_label_map)
+
+
+def _read_file(path: Path) -> sitk.Image:
+    format = format_name(path)
+    if format is None:
+        raise VolumeReadError(
+            f"{path}: not a volume format napari-fewshot reads; use one of "
+            f"{', '.join(READ_FORMATS)} or a folder of DICOM slices"
+        )
+    if format == "NIfTI":
+        check_nifti_file(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        return reader.Execute()
+    except RuntimeError as error:
+        raise VolumeReadError(
+            f"{path}: cannot be read as {format} (corrupt, truncated, or not a {format} file): {itk_reason(error)}"
+        ) from error
+
+
+def _to_3d(image: sitk.Image, path: Path, index: int | None) -> sitk.Image:
+    """A scalar 3D image: 2D becomes one slice, ``index`` picks a time point or channel."""
+    dim, components = image.GetDimension(), image.GetNumberOfComponentsPerPixel()
+    if components > 1 and dim > 3:
+        raise VolumeReadError(f"{path}: a {dim}D image with {components} channels per voxel is not supported")
+    count = components if components > 1 else (image.GetSize()[3] if dim == 4 else 1)
+    what = "channels per voxel (e.g. RGB)" if components > 1 else "time points (4D)"
+    if dim > 4:
+        raise VolumeReadError(f"{path}: a {dim}D image; napari-fewshot segments 3D volumes")
+    if count > 1 and index is None:
+        raise VolumeReadError(
+            f"{path}: the image has {count} {what}; napari-fewshot segments one 3D volume: "
+            f"pick one with read_volume(path, index=N), N in 0..{count - 1}"
+        )
+    if index is not None and not 0 <= index < count:
+        raise VolumeReadError(f"{path}: index {index} is out of range; the image has {count} {what}")
+    if components > 1:
+        image = sitk.VectorIndexSelectionCast(image, index)
+    elif dim == 4:
+        size = list(image.GetSize())
+        image = sitk.Extract(image, size[:3] + [0], [0, 0, 0, index])
+    if image.GetDimension() == 2:
+        image = sitk.JoinSeries(image)
+    return image
+
+
+def _whole_numbers(data: np.ndarray) -> bool:
+    return data.dtype.kind in "iub" or bool(np.all(np.mod(data, 1) == 0))
+
+
+def _as_label_array(data: np.ndarray, path: Path) -> np.ndarray:
+    """Integer label values; float files holding whole numbers are converted."""
+    if data.dtype.kind in "iu":
+        return data
+    if data.dtype.kind == "b":
+        return data.astype(np.uint8)
+    if not _whole_numbers(data):
+        raise VolumeReadError(
+            f"{path}: not a label map: it holds fractional values (e.g. probabilities); "
+            "open it as an image, or threshold it into whole label values first"
+        )
+    try:
+        return data.astype(label_dtype(data))
+    except ValueError as error:
+        raise VolumeReadError(f"{path}: {error}") from error

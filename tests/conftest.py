@@ -1,0 +1,98 @@
+"""Small volumes written by the tests themselves (SimpleITK directly, not the project's writer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+
+def rotation(axis: int, degrees: float) -> np.ndarray:
+    """A 3x3 rotation about ITK axis 0 (x), 1 (y) or 2 (z)."""
+    c, s = np.cos(np.deg2rad(degrees)), np.sin(np.deg2rad(degrees))
+    i, j = [a for a in range(3) if a != axis]
+    m = np.eye(3)
+    m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
+    return m
+
+
+#: Direction matrices (ITK order) a scan may have: plain, RAS-stored (LPS flips),
+#: one mirrored axis, oblique with a mirror, and a coronal acquisition (axes permuted).
+DIRECTIONS = {
+    "identity": np.eye(3),
+    "ras-flip": np.diag([-1.0, -1.0, 1.0]),
+    "mirror-z": np.diag([1.0, 1.0, -1.0]),
+    "oblique": rotation(2, 17.0) @ rotation(0, -9.0) @ np.diag([-1.0, 1.0, 1.0]),
+    "coronal": np.array([[1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]]),
+}
+SPACING = (0.7, 1.3, 3.5)
+ORIGIN = (-101.25, 37.5, -412.0)
+
+
+def ramp(shape: tuple[int, int, int] = (6, 9, 11), dtype: str = "int16") -> np.ndarray:
+    """A volume (z, y, x) whose every voxel differs, so any transposition or flip shows."""
+    return (np.arange(np.prod(shape)).reshape(shape) - 200).astype(dtype)
+
+
+def write_itk(path: Path, data: np.ndarray, spacing=SPACING, origin=ORIGIN, direction=np.eye(3)) -> Path:
+    image = sitk.GetImageFromArray(data)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(np.asarray(direction, dtype=float).ravel().tolist())
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def write_dicom_series(
+    folder: Path,
+    data: np.ndarray,
+    *,
+    spacing=(0.8, 0.8, 2.5),
+    origin=(-50.0, -60.0, 100.0),
+    direction=np.eye(3),
+    series_uid: str = "1.2.826.0.1.3680043.2.1125.1.1",
+    description: str = "test series",
+    skip: tuple[int, ...] = (),
+    reverse_names: bool = True,
+) -> Path:
+    """Write ``data`` (z, y, x) as a DICOM series, one file per slice.
+
+    File names run against slice position when ``reverse_names`` (so a reader
+    that orders by name gets it wrong); slices in ``skip`` are left out (a gap).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    volume = sitk.GetImageFromArray(data)
+    volume.SetSpacing(spacing)
+    volume.SetOrigin(origin)
+    volume.SetDirection(np.asarray(direction, dtype=float).ravel().tolist())
+    d = volume.GetDirection()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    n = data.shape[0]
+    for k in range(n):
+        if k in skip:
+            continue
+        slice_image = volume[:, :, k]
+        for tag, value in {
+            "0008|0060": "CT",
+            "0008|103e": description,
+            "0020|000d": series_uid.rsplit(".", 1)[0] + ".9",
+            "0020|000e": series_uid,
+            "0020|0013": str(k + 1),
+            "0020|0032": "\\".join(f"{v:.6f}" for v in volume.TransformIndexToPhysicalPoint((0, 0, k))),
+            "0020|0037": "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
+            "0018|0050": f"{spacing[2]:.6f}",
+            "0008|0018": f"{series_uid}.{k + 1}",
+        }.items():
+            slice_image.SetMetaData(tag, value)
+        name = f"slice{(n - k if reverse_names else k):03d}.dcm"
+        writer.SetFileName(str(folder / f"{series_uid.replace('.', '')[-6:]}_{name}"))
+        writer.Execute(slice_image)
+    return folder
+
+
+@pytest.fixture
+def ramp_volume() -> np.ndarray:
+    return ramp()
