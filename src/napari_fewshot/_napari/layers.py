@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..core.intensity import display_range, guess_modality
-from ..io import Geometry, Volume, label_dtype
+from ..io import Geometry, Volume, VolumeWriteError, label_dtype
 from ..io.formats import split_extension
 from ..io.orientation import Orientation, closest_canonical, from_view, to_view, view_geometry
 
@@ -63,7 +63,7 @@ def file_layout(
     """
     data = np.asarray(data)
     if data.ndim != 3:
-        raise ValueError(f"expected a 3D layer (z, y, x), got {data.ndim} dimensions of shape {data.shape}")
+        raise VolumeWriteError(f"napari-fewshot writes 3D volumes (z, y, x); this layer has shape {data.shape}")
     if "geometry" in metadata:
         geometry = Geometry.from_dict(metadata["geometry"])
         orientation = Orientation.from_dict(metadata.get("orientation", Orientation().to_dict()))

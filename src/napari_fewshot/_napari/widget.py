@@ -27,6 +27,7 @@ class FewShotWidget(Container):
         self.new_support = PushButton(text="New support layer")
         self.new_support.tooltip = "Add an empty Labels layer on the image's grid to paint the structure on"
         self.status = Label(value="")
+        self.status.native.setWordWrap(True)
         self.new_support.changed.connect(self.add_support_layer)
         self.extend([self.image, self.new_support, self.status])
 

@@ -7,7 +7,7 @@
 >>> write_volume("mask.nrrd", mask, scan.geometry.with_pixel_type("uint8"))  # doctest: +SKIP
 """
 
-from .errors import VolumeReadError, VolumeWriteError
+from .errors import VolumeError, VolumeReadError, VolumeWriteError
 from .formats import READ_FORMATS, WRITE_EXTENSIONS, format_name, looks_like_label_map
 from .geometry import Geometry
 from .labels import label_dtype
@@ -19,6 +19,7 @@ __all__ = [
     "WRITE_EXTENSIONS",
     "Geometry",
     "Volume",
+    "VolumeError",
     "VolumeReadError",
     "VolumeWriteError",
     "format_name",

@@ -1,16 +1,20 @@
 """Errors raised for volumes that cannot be read or written.
 
 Each message names the file and the problem, and says how to fix it where there
-is a fix.  Both are ``ValueError`` subclasses, so callers that only care about
-bad input can catch that.
+is a fix.  They are not ``ValueError``s on purpose: napari takes a writer's
+``ValueError`` to mean "no writer for this file" and would hide the message.
 """
 
 
-class VolumeReadError(ValueError):
+class VolumeError(Exception):
+    """A volume could not be read or written."""
+
+
+class VolumeReadError(VolumeError):
     """A file or folder could not be read as a 3D volume."""
 
 
-class VolumeWriteError(ValueError):
+class VolumeWriteError(VolumeError):
     """A volume could not be written; nothing on disk was changed."""
 
 

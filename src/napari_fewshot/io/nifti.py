@@ -20,7 +20,7 @@ _CHUNK = 1 << 22
 
 def _expected_bytes(header: bytes, path: Path) -> int:
     """vox_offset + voxel count x bytes per voxel, from a NIfTI-1 or NIfTI-2 header."""
-    for endian in "<>":
+    for endian in "<>" if len(header) >= 4 else "":
         (sizeof_hdr,) = struct.unpack(endian + "i", header[:4])
         if sizeof_hdr == 348 and len(header) >= 348:
             dims = struct.unpack(endian + "8h", header[40:56])
