@@ -24,18 +24,13 @@ from ..io.orientation import Orientation, closest_canonical, from_view, to_view,
 LayerDataTuple = tuple[np.ndarray, dict[str, Any], str]
 
 
-def geometry_metadata(geometry: Geometry, orientation: Orientation) -> dict[str, Any]:
-    """The ``layer.metadata`` entries that tie a layer to its file's grid."""
-    return {"geometry": geometry.to_dict(), "orientation": orientation.to_dict()}
-
-
 def volume_layer_data(volume: Volume, name: str | None = None) -> LayerDataTuple:
     """A napari layer data tuple (Image, or Labels for a label map) for ``volume``."""
     geometry = volume.geometry
     orientation = closest_canonical(geometry)
     kwargs: dict[str, Any] = {
         "name": name or split_extension(geometry.source)[0] or "volume",
-        "metadata": geometry_metadata(geometry, orientation),
+        "metadata": {"geometry": geometry.to_dict(), "orientation": orientation.to_dict()},
         **view_geometry(geometry, orientation).napari_kwargs(),
     }
     data = to_view(volume.data, orientation)

@@ -151,14 +151,14 @@ class Geometry:
         return self.direction_matrix[::-1, ::-1].copy()
 
     @property
-    def is_axis_aligned(self) -> bool:
-        """True when the direction is the identity (the usual case; no rotation needed)."""
+    def has_identity_direction(self) -> bool:
+        """True when the direction is the identity (no rotation needed to show it)."""
         return bool(np.allclose(self.direction_matrix, np.eye(3), atol=GRID_TOLERANCE))
 
     def napari_kwargs(self) -> dict[str, Any]:
         """``scale``, ``translate`` and (when not the identity) ``rotate`` for a napari layer."""
         kwargs: dict[str, Any] = {"scale": self.napari_scale, "translate": self.napari_translate}
-        if not self.is_axis_aligned:
+        if not self.has_identity_direction:
             kwargs["rotate"] = self.napari_rotate
         return kwargs
 

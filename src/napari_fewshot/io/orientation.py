@@ -29,10 +29,6 @@ class Orientation:
     axes: tuple[int, int, int] = (0, 1, 2)
     flip: tuple[bool, bool, bool] = (False, False, False)
 
-    @property
-    def is_identity(self) -> bool:
-        return self.axes == (0, 1, 2) and not any(self.flip)
-
     def to_dict(self) -> dict[str, Any]:
         return {"axes": list(self.axes), "flip": list(self.flip)}
 
