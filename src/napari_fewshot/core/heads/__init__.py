@@ -1,0 +1,21 @@
+"""Prototype heads behind one interface, registered by name (see :class:`Head`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .alpnet import ALPNetHead
+from .base import Head, HeadOutput
+from .panet import PANetHead
+
+HEADS: dict[str, Callable[[], Head]] = {"alpnet": ALPNetHead, "panet": PANetHead}
+
+
+def build_head(name: str) -> Head:
+    """The head registered as ``name``, in eval mode; ``KeyError`` lists the known names."""
+    if name not in HEADS:
+        raise KeyError(f"unknown head '{name}'; choose one of {', '.join(HEADS)}")
+    return HEADS[name]().eval()
+
+
+__all__ = ["HEADS", "Head", "HeadOutput", "build_head"]

@@ -1,0 +1,45 @@
+"""ALPNet: adaptive local prototypes (SSL-ALPNet's head)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..prototypes import COSINE_SCALE, class_score, cosine_scores, local_prototypes, masked_average
+from .base import Head, HeadOutput
+
+
+def window_for(features: torch.Tensor) -> int:
+    """The test-time pooling window: 2x2 on 32x32 features (METHOD.md), the same area on others."""
+    return max(1, features.shape[-1] // 16)
+
+
+def alp_logits(
+    query: torch.Tensor, background: torch.Tensor, foreground: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ALP classification: ``[Q, 2, h, w]`` class scores, and the foreground attention ``[Q, h, w]``."""
+    logits = torch.stack([class_score(query, background), class_score(query, foreground)], dim=1)
+    attention = cosine_scores(query, foreground).amax(dim=1) / COSINE_SCALE
+    return logits, attention
+
+
+class ALPNetHead(Head):
+    """Background: local prototypes; foreground: local ones plus the global prototype.
+
+    When no window is foreground enough, the global foreground prototype stands
+    alone; likewise the global background prototype when no window is background.
+    """
+
+    name = "alpnet"
+
+    def prototypes(self, support: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(background ``[Kb, C]``, foreground ``[Kf, C]``) prototypes of the support."""
+        window = window_for(support)
+        background = local_prototypes(support, 1.0 - mask, window)
+        if len(background) == 0:
+            background = masked_average(support, 1.0 - mask)
+        foreground = torch.cat([local_prototypes(support, mask, window), masked_average(support, mask)])
+        return background, foreground
+
+    def forward(self, support: torch.Tensor, mask: torch.Tensor, query: torch.Tensor) -> HeadOutput:
+        background, foreground = self.prototypes(support, mask)
+        return HeadOutput(*alp_logits(query, background, foreground))

@@ -1,0 +1,42 @@
+"""Prototype arithmetic shared by the heads (PANet, ALPNet, DSPNet).
+
+Shapes: features ``[N, C, h, w]``; masks ``[N, h, w]`` with values in [0, 1]
+(soft: bilinearly resized); prototypes ``[K, C]``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+#: Scale of cosine similarities before the softmax over prototypes (ALPNet's 20).
+COSINE_SCALE = 20.0
+#: A pooled window becomes a local prototype when this much of it is one class.
+LOCAL_THRESHOLD = 0.95
+EPSILON = 1e-5
+
+
+def masked_average(features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Masked average pooling over all slices: ``sum f*m / (sum m + 1e-5)`` -> ``[1, C]``."""
+    weights = masks[:, None]
+    return (features * weights).sum(dim=(0, 2, 3))[None] / (weights.sum() + EPSILON)
+
+
+def local_prototypes(features: torch.Tensor, masks: torch.Tensor, window: int) -> torch.Tensor:
+    """Average-pooled windows (``window`` x ``window``, same stride) that are > 95% mask: ``[K, C]``."""
+    pooled = F.avg_pool2d(features, window, stride=window)
+    fraction = F.avg_pool2d(masks[:, None], window, stride=window)[:, 0]
+    return pooled.permute(0, 2, 3, 1)[fraction > LOCAL_THRESHOLD]
+
+
+def cosine_scores(query: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """``COSINE_SCALE * cos(q(x), p_k)`` for every query position: ``[N, K, h, w]``."""
+    q = F.normalize(query, dim=1)
+    p = F.normalize(prototypes, dim=1)
+    return COSINE_SCALE * torch.einsum("nchw,kc->nkhw", q, p)
+
+
+def class_score(query: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """ALP's class score ``sum_k softmax_k(d_k) * d_k`` over one class's prototypes: ``[N, h, w]``."""
+    scores = cosine_scores(query, prototypes)
+    return (scores.softmax(dim=1) * scores).sum(dim=1)
