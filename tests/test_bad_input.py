@@ -164,3 +164,10 @@ def test_interrupted_write_keeps_the_old_file_and_leaves_no_partial_file(tmp_pat
         write_volume(target, np.zeros((2, 3, 4), np.uint8), geometry)
     assert target.read_bytes() == before
     assert os.listdir(tmp_path) == ["export.nii.gz"]
+
+
+def test_label_values_beyond_64_bit_integers(tmp_path):
+    labels = np.zeros((2, 3, 4), np.float64)
+    labels[0, 0, 0] = 1e20
+    path = write_itk(tmp_path / "huge_seg.nrrd", labels)
+    assert "do not fit in 64-bit integers" in read_error(path)

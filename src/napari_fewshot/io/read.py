@@ -76,20 +76,29 @@ def read_volume(
     geometry = Geometry(
         image.GetSpacing(), image.GetOrigin(), image.GetDirection(), image.GetSize(), str(data.dtype), str(path)
     )
-    is_label_map = kind == "labels" or (kind == "auto" and looks_like_label_map(path) and _whole_numbers(data))
-    if is_label_map:
-        data = _as_label_array(data, path)
-    return Volume(data, geometry, is_label_map)
+    if kind == "labels" or (kind == "auto" and looks_like_label_map(path)):
+        try:
+            labels = _label_array(data)
+        except ValueError as error:  # whole numbers beyond 64-bit integers
+            raise VolumeReadError(f"{path}: {error}") from error
+        if labels is not None:
+            return Volume(labels, geometry, is_label_map=True)
+        if kind == "labels":
+            raise VolumeReadError(
+                f"{path}: not a label map: it holds fractional values (e.g. probabilities); "
+                "open it as an image, or threshold it into whole label values first"
+            )
+    return Volume(data, geometry)
 
 
 def _read_file(path: Path) -> sitk.Image:
-    format = format_name(path)
-    if format is None:
+    fmt = format_name(path)
+    if fmt is None:
         raise VolumeReadError(
             f"{path}: not a volume format napari-fewshot reads; use one of "
             f"{', '.join(READ_FORMATS)} or a folder of DICOM slices"
         )
-    if format == "NIfTI":
+    if fmt == "NIfTI":
         check_nifti_file(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -97,7 +106,7 @@ def _read_file(path: Path) -> sitk.Image:
         return reader.Execute()
     except RuntimeError as error:
         raise VolumeReadError(
-            f"{path}: cannot be read as {format} (corrupt, truncated, or not a {format} file): {itk_reason(error)}"
+            f"{path}: cannot be read as {fmt} (corrupt, truncated, or not a {fmt} file): {itk_reason(error)}"
         ) from error
 
 
@@ -127,22 +136,10 @@ def _to_3d(image: sitk.Image, path: Path, index: int | None) -> sitk.Image:
     return image
 
 
-def _whole_numbers(data: np.ndarray) -> bool:
-    return data.dtype.kind in "iub" or bool(np.all(np.mod(data, 1) == 0))
-
-
-def _as_label_array(data: np.ndarray, path: Path) -> np.ndarray:
-    """Integer label values; float files holding whole numbers are converted."""
+def _label_array(data: np.ndarray) -> np.ndarray | None:
+    """``data`` as integer label values, or None when it holds fractional values."""
     if data.dtype.kind in "iu":
         return data
-    if data.dtype.kind == "b":
-        return data.astype(np.uint8)
-    if not _whole_numbers(data):
-        raise VolumeReadError(
-            f"{path}: not a label map: it holds fractional values (e.g. probabilities); "
-            "open it as an image, or threshold it into whole label values first"
-        )
-    try:
+    if data.dtype.kind == "b" or np.all(np.mod(data, 1) == 0):
         return data.astype(label_dtype(data))
-    except ValueError as error:
-        raise VolumeReadError(f"{path}: {error}") from error
+    return None
