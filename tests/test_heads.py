@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from napari_fewshot.core.encoders import build_encoder
 from napari_fewshot.core.heads import HEADS, build_head
 from napari_fewshot.core.preprocess import to_encoder_slices
-from napari_fewshot.core.prototypes import COSINE_SCALE, class_score, local_prototypes, masked_average
+from napari_fewshot.core.prototypes import COSINE_SCALE, class_score, cosine_scores, local_prototypes, masked_average
 
 
 def test_masked_average_by_hand():
@@ -29,7 +29,7 @@ def test_local_prototypes_keep_only_windows_over_95_percent():
 
 def test_class_score_of_one_prototype_is_its_scaled_cosine():
     query = torch.tensor([[1.0, 0.0], [1.0, 1.0]]).T.reshape(1, 2, 1, 2)
-    score = class_score(query, torch.tensor([[1.0, 0.0]]))
+    score = class_score(cosine_scores(query, torch.tensor([[1.0, 0.0]])))
     np.testing.assert_allclose(score.numpy().ravel(), [COSINE_SCALE, COSINE_SCALE / 2**0.5], rtol=1e-5)
 
 

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from conftest import DIRECTIONS, ramp, write_itk
 from napari_fewshot.io import Geometry, VolumeReadError, VolumeWriteError, read_volume
-from napari_fewshot.io.orientation import closest_canonical, to_view
+from napari_fewshot.io.orientation import closest_canonical, to_view, view_geometry
 
 PLUGIN = "napari-fewshot"
 WIDGET = "Few-shot segmentation"
@@ -52,10 +52,11 @@ def test_image_and_label_map_of_different_grids_overlay(make_napari_viewer, tmp_
 
     # World coordinates are physical (z, y, x) millimetres for both layers.
     view_index = np.array([3, 7, 11])
-    file_index = np.argwhere(to_view(np.arange(scan.size).reshape(scan.shape), closest_canonical(scan_grid)) == 0)
-    assert file_index.size  # (the mapping is checked exactly in test_orientation)
-    world = np.asarray(labels.data_to_world(view_index))
-    np.testing.assert_allclose(world[::-1], mask_grid.index_to_physical(view_index), atol=1e-9)
+    scan_file = read_volume(ct_path).geometry  # as stored: NIfTI keeps float32
+    scan_view = view_geometry(scan_file, closest_canonical(scan_file))  # the RAS-stored scan, shown in LPS
+    for layer, grid in ((image, scan_view), (labels, mask_grid)):
+        world = np.asarray(layer.data_to_world(view_index))
+        np.testing.assert_allclose(world[::-1], grid.index_to_physical(view_index), atol=1e-9)
 
     # Every voxel of the mask, looked up in the scan at the same world point, is inside the organ.
     inside = np.argwhere(labels.data == 1)

@@ -36,7 +36,6 @@ def cosine_scores(query: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor
     return COSINE_SCALE * torch.einsum("nchw,kc->nkhw", q, p)
 
 
-def class_score(query: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-    """ALP's class score ``sum_k softmax_k(d_k) * d_k`` over one class's prototypes: ``[N, h, w]``."""
-    scores = cosine_scores(query, prototypes)
+def class_score(scores: torch.Tensor) -> torch.Tensor:
+    """ALP's class score ``sum_k softmax_k(d_k) * d_k`` from one class's :func:`cosine_scores`: ``[N, h, w]``."""
     return (scores.softmax(dim=1) * scores).sum(dim=1)

@@ -17,9 +17,9 @@ def alp_logits(
     query: torch.Tensor, background: torch.Tensor, foreground: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """ALP classification: ``[Q, 2, h, w]`` class scores, and the foreground attention ``[Q, h, w]``."""
-    logits = torch.stack([class_score(query, background), class_score(query, foreground)], dim=1)
-    attention = cosine_scores(query, foreground).amax(dim=1) / COSINE_SCALE
-    return logits, attention
+    foreground_scores = cosine_scores(query, foreground)
+    logits = torch.stack([class_score(cosine_scores(query, background)), class_score(foreground_scores)], dim=1)
+    return logits, foreground_scores.amax(dim=1) / COSINE_SCALE
 
 
 class ALPNetHead(Head):
