@@ -96,3 +96,22 @@ def write_dicom_series(
 @pytest.fixture
 def ramp_volume() -> np.ndarray:
     return ramp()
+
+
+def ellipsoids(shape: tuple[int, int, int] = (24, 48, 48), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A small MR-like volume (z, y, x) and its truth: a bright ellipsoid (label 1), a dark one (2).
+
+    The background is striped and noisy; both structures span slices 4-20.
+    """
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    bright = ((z - 12) / 9) ** 2 + ((y - 20) / 10) ** 2 + ((x - 26) / 12) ** 2 < 1
+    dark = ((z - 12) / 8) ** 2 + ((y - 36) / 7) ** 2 + ((x - 12) / 7) ** 2 < 1
+    image = 100 + 20 * np.sin(x / 2.0) + rng.normal(0, 8, shape)
+    image[bright] = 300 + rng.normal(0, 8, bright.sum())
+    image[dark] = -50 + rng.normal(0, 8, dark.sum())
+    return image.astype(np.float32), (bright + 2 * dark).astype(np.uint8)
+
+
+def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
+    return float(2 * np.logical_and(prediction, truth).sum() / (prediction.sum() + truth.sum()))

@@ -27,3 +27,54 @@ def test_info_prints_geometry_and_reports_bad_files(tmp_path):
     assert "image (CT)" in result.stdout and "(0.5, 0.75, 2.0)" in result.stdout
     assert "shape (z, y, x): (3, 4, 5)" in result.stdout
     assert "missing.nii: no such file" in result.stderr
+
+
+def test_segment_round_trips_files_with_geometry(tmp_path):
+    from conftest import DIRECTIONS, dice, ellipsoids
+
+    from napari_fewshot.io import read_volume
+
+    image, truth = ellipsoids()
+    support = np.zeros_like(truth)
+    support[12] = truth[12]
+    direction = DIRECTIONS["oblique"]
+    image_path = write_itk(tmp_path / "scan.nrrd", image, spacing=(0.9, 0.9, 2.5), direction=direction)
+    support_path = write_itk(tmp_path / "support.nii.gz", support, spacing=(0.9, 0.9, 2.5), direction=direction)
+    output = tmp_path / "prediction.mha"
+    result = run(
+        "segment", "--image", str(image_path), "--support-labels", str(support_path), "--output", str(output),
+        "--encoder", "tiny", "--head", "alpnet", "--device", "cpu", "--keep", "painted",
+        "--probabilities", str(tmp_path / "probability_{label}.nii.gz"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "100% (72/72 slices)" in result.stderr and "label 1:" in result.stdout
+    written, scan = read_volume(output, kind="labels"), read_volume(image_path)
+    assert written.geometry.same_grid(scan.geometry) and written.data.dtype == np.uint8
+    np.testing.assert_array_equal(written.data[12], support[12])
+    assert dice(written.data == 1, truth == 1) > 0.85 and dice(written.data == 2, truth == 2) > 0.8
+    probability = read_volume(tmp_path / "probability_2.nii.gz", kind="image")
+    assert probability.data.dtype == np.float32 and probability.geometry.same_grid(scan.geometry)
+
+
+def test_segment_reports_bad_input_without_writing(tmp_path):
+    image = np.random.default_rng(0).normal(size=(6, 16, 16)).astype(np.float32)
+    image_path = write_itk(tmp_path / "scan.nii.gz", image)
+    empty = write_itk(tmp_path / "support.nii.gz", np.zeros((6, 16, 16), np.uint8))
+    output = tmp_path / "out.nii.gz"
+    common = ["--image", str(image_path), "--output", str(output), "--encoder", "tiny"]
+    result = run("segment", "--support-labels", str(empty), *common)
+    assert result.returncode == 1 and "no painted voxel" in result.stderr
+    painted = np.zeros((6, 16, 16), np.uint8)
+    painted[2, 4:8, 4:8] = 1
+    painted[3, 4:8, 4:8] = 2
+    support = write_itk(tmp_path / "support2.nii.gz", painted)
+    result = run("segment", "--support-labels", str(support), *common, "--probabilities", str(tmp_path / "p.nii.gz"))
+    assert result.returncode == 1 and "put {label} in the file name" in result.stderr
+    result = run("segment", "--support-labels", str(support), *common[:-1], "sam")
+    assert result.returncode == 1 and "unknown encoder 'sam'" in result.stderr
+    shifted = write_itk(tmp_path / "support3.nii.gz", painted, origin=(0.0, 0.0, 0.0))
+    result = run("segment", "--support-labels", str(shifted), *common)
+    assert result.returncode == 1 and "is not on the grid of" in result.stderr
+    result = run("segment", "--support-labels", str(support), *common[:2], "--output", str(image_path), *common[4:])
+    assert result.returncode == 1 and "would overwrite it" in result.stderr
+    assert not output.exists()

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .core.postprocess import KEEP
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -32,6 +33,90 @@ def _info(args: argparse.Namespace) -> int:
     return status
 
 
+class ProgressBar:
+    """``progress(done, total)`` as a bar on stderr, redrawn when the percentage changes."""
+
+    def __init__(self, label: str, width: int = 30) -> None:
+        self.label, self.width, self.shown = label, width, -1
+
+    def __call__(self, done: int, total: int) -> None:
+        percent = 100 * done // max(total, 1)
+        if percent == self.shown:
+            return
+        self.shown = percent
+        filled = self.width * done // max(total, 1)
+        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {percent:3d}% ({done}/{total} slices)")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _probability_paths(template: str, values: Sequence[int]) -> dict[int, str]:
+    """Where each structure's probability volume goes: ``template`` itself for one, ``{label}`` filled in for several."""
+    if len(values) == 1 and "{label}" not in template:
+        return {values[0]: template}
+    if "{label}" not in template:
+        raise ValueError(
+            f"--probabilities {template}: the support paints {len(values)} structures; "
+            "put {label} in the file name to write one volume per structure (e.g. prob_{label}.nii.gz)"
+        )
+    return {value: template.replace("{label}", str(value)) for value in values}
+
+
+def _segment(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .core.engine import segment
+    from .core.errors import SegmentationError
+    from .core.support import painted_structures
+    from .io import VolumeError, check_writable, read_volume, write_volume
+
+    try:
+        image = read_volume(args.image, kind="image")
+        support_image = read_volume(args.support_image, kind="image") if args.support_image else image
+        support = read_volume(args.support_labels, kind="labels")
+        if support.data.shape == support_image.data.shape and not support.geometry.same_grid(support_image.geometry):
+            raise SegmentationError(
+                f"{args.support_labels} is not on the grid of {args.support_image or args.image} "
+                "(spacing, origin or direction differ); paint the support on that image's grid"
+            )
+        check_writable(args.output, image.geometry)
+        probability_paths = {}
+        if args.probabilities:
+            probability_paths = _probability_paths(args.probabilities, list(painted_structures(support.data)))
+            for path in probability_paths.values():
+                check_writable(path, image.geometry)
+        result = segment(
+            image.data,
+            support.data,
+            support_image=support_image.data if args.support_image else None,
+            spacing=image.geometry.spacing[::-1],
+            support_spacing=support_image.geometry.spacing[::-1],
+            encoder=args.encoder,
+            head=args.head,
+            device=args.device,
+            modality=args.modality,
+            threshold=args.threshold,
+            keep=args.keep,
+            fill_holes=args.fill_holes,
+            progress=ProgressBar("segmenting"),
+        )
+        write_volume(args.output, result.labels, image.geometry.with_pixel_type(str(result.labels.dtype)))
+        for value, path in probability_paths.items():
+            write_volume(path, result.probabilities[value], image.geometry.with_pixel_type("float32"))
+    except (VolumeError, SegmentationError, ValueError) as error:
+        print(f"\nerror: {error}", file=sys.stderr)
+        return 1
+    counts = {v: int(np.count_nonzero(result.labels == v)) for v in result.support_slices}
+    seconds = result.seconds
+    print(
+        f"{args.output}: {', '.join(f'label {v}: {n} voxels' for v, n in counts.items())} "
+        f"({result.encoder} + {result.head} on {result.device}; "
+        f"{seconds['total']:.1f} s, of which encoding {seconds['encode']:.1f} s)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-fewshot",
@@ -46,6 +131,35 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--series", help="DICOM series UID, for a folder that holds several")
     info.add_argument("--index", type=int, help="time point or channel of a 4D or multi-channel file")
     info.set_defaults(run=_info)
+
+    seg = commands.add_parser(
+        "segment",
+        help="segment a volume from the slices painted in a support label volume",
+        description="Predict the painted structures on every slice; the output has the image's geometry.",
+    )
+    seg.add_argument("--image", required=True, metavar="PATH", help="the volume to segment (file or DICOM folder)")
+    seg.add_argument(
+        "--support-labels", required=True, metavar="PATH",
+        help="labels on the support image's grid; its non-zero slices are the support (value v = structure v)",
+    )
+    seg.add_argument("--support-image", metavar="PATH", help="the volume the support was painted on (default: --image)")
+    seg.add_argument("--output", required=True, metavar="PATH", help="predicted labels (.nii.gz, .nii, .nrrd, .mha)")
+    seg.add_argument("--encoder", default="litemedsam", help="litemedsam (default), resnet101-coco or tiny")
+    seg.add_argument("--head", default="alpnet", help="alpnet (default), dspnet or panet")
+    seg.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    seg.add_argument("--modality", choices=("CT", "MR"), help="override the detection from the intensities")
+    seg.add_argument("--threshold", type=float, default=0.5, help="background below this probability (default 0.5)")
+    seg.add_argument(
+        "--keep", choices=KEEP,
+        help="3D components kept per structure: all, the largest, or those touching the painting "
+        "(default: painted; all with --support-image)",
+    )
+    seg.add_argument("--fill-holes", action="store_true", help="fill holes in each slice of each structure")
+    seg.add_argument(
+        "--probabilities", metavar="PATH",
+        help="also write foreground probabilities (float32); with several structures put {label} in the name",
+    )
+    seg.set_defaults(run=_segment)
     return parser
 
 

@@ -43,38 +43,61 @@ class Preprocessing:
         return f"{self.modality}:{window[0]:g}:{window[1]:g}"
 
 
-def normalise_intensities(volume: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+def intensity_window(volume: np.ndarray, preprocessing: Preprocessing) -> tuple[float, float]:
+    """The intensities (file units) that map to 0 and 1: the CT window, or the MR volume's percentiles."""
+    if preprocessing.modality == "CT":
+        return preprocessing.ct_window
+    low, high = np.percentile(volume, preprocessing.mr_percentiles)
+    return float(low), float(high)
+
+
+def normalise_intensities(
+    volume: np.ndarray, preprocessing: Preprocessing, window: tuple[float, float] | None = None
+) -> np.ndarray:
     """``volume`` (any shape, file units) clipped and scaled to float32 in [0, 1].
 
     CT: ``preprocessing.ct_window`` in HU maps to [0, 1].  MR: the volume's own
-    ``mr_percentiles`` map to [0, 1].  A constant volume maps to zeros.
+    ``mr_percentiles`` map to [0, 1].  ``window`` gives that range directly (from
+    :func:`intensity_window` of the whole volume, when ``volume`` is a part of it).
+    A constant volume maps to zeros.
     """
     values = np.asarray(volume, dtype=np.float32)
-    if preprocessing.modality == "CT":
-        low, high = preprocessing.ct_window
-    else:
-        low, high = (float(v) for v in np.percentile(values, preprocessing.mr_percentiles))
+    low, high = window if window is not None else intensity_window(values, preprocessing)
     if high <= low:
         return np.zeros_like(values)
     return np.clip((values - low) / (high - low), 0.0, 1.0)
 
 
-def to_encoder_slices(slices: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
-    """Slices [N, H, W] in [0, 1] as encoder input [N, 3, size, size] (padded square, resized)."""
+def padded_shape(shape: tuple[int, int], pixel_aspect: float = 1.0) -> tuple[int, int]:
+    """A slice grid ``(H, W)`` padded (bottom and right) to a physical square.
+
+    ``pixel_aspect`` is the row spacing over the column spacing (1 for square pixels).
+    """
+    height, width = shape
+    if height * pixel_aspect >= width:
+        return height, max(width, round(height * pixel_aspect))
+    return max(height, round(width / pixel_aspect)), width
+
+
+def to_encoder_slices(slices: np.ndarray | torch.Tensor, size: int, pixel_aspect: float = 1.0) -> torch.Tensor:
+    """Slices [N, H, W] in [0, 1] as encoder input [N, 3, size, size].
+
+    Each slice is padded to a physical square (:func:`padded_shape`), so shapes keep
+    their aspect, and resized with antialiasing; grey is replicated to 3 channels.
+    """
     tensor = torch.as_tensor(slices, dtype=torch.float32)
     height, width = tensor.shape[-2:]
-    side = max(height, width)
-    square = F.pad(tensor, (0, side - width, 0, side - height))
-    resized = F.interpolate(square[:, None], size=(size, size), mode="bilinear", align_corners=False)
+    padded_height, padded_width = padded_shape((height, width), pixel_aspect)
+    square = F.pad(tensor, (0, padded_width - width, 0, padded_height - height))
+    resized = F.interpolate(square[:, None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return resized.expand(-1, 3, -1, -1)
 
 
-def from_encoder_slices(maps: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+def from_encoder_slices(maps: torch.Tensor, shape: tuple[int, int], pixel_aspect: float = 1.0) -> torch.Tensor:
     """Per-slice maps [N, C, h, w] on the encoder's square back to the slice grid [N, C, H, W].
 
-    The inverse of :func:`to_encoder_slices`: resize to the padded square, then crop.
+    The inverse of :func:`to_encoder_slices`: resize to the padded grid, then crop.
     """
     height, width = shape
-    side = max(height, width)
-    square = F.interpolate(maps, size=(side, side), mode="bilinear", align_corners=False)
+    square = F.interpolate(maps, size=padded_shape(shape, pixel_aspect), mode="bilinear", align_corners=False)
     return square[..., :height, :width]

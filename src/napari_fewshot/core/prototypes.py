@@ -1,7 +1,8 @@
 """Prototype arithmetic shared by the heads (PANet, ALPNet, DSPNet).
 
 Shapes: features ``[N, C, h, w]``; masks ``[N, h, w]`` with values in [0, 1]
-(soft: bilinearly resized); prototypes ``[K, C]``.
+(soft: bilinearly resized); prototypes ``[K, C]``, or ``[N, K, C]`` where each
+query slice has prototypes of its own (DSPNet refines the support per query).
 """
 
 from __future__ import annotations
@@ -22,18 +23,31 @@ def masked_average(features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return (features * weights).sum(dim=(0, 2, 3))[None] / (weights.sum() + EPSILON)
 
 
+def window_candidates(features: torch.Tensor, window: int) -> torch.Tensor:
+    """Every average-pooled window (``window`` x ``window``, same stride): ``[N, C, h', w']``."""
+    return F.avg_pool2d(features, window, stride=window)
+
+
+def window_fractions(masks: torch.Tensor, window: int) -> torch.Tensor:
+    """The fraction of each window that ``masks`` covers: ``[N, h', w']``."""
+    return F.avg_pool2d(masks[:, None], window, stride=window)[:, 0]
+
+
 def local_prototypes(features: torch.Tensor, masks: torch.Tensor, window: int) -> torch.Tensor:
     """Average-pooled windows (``window`` x ``window``, same stride) that are > 95% mask: ``[K, C]``."""
-    pooled = F.avg_pool2d(features, window, stride=window)
-    fraction = F.avg_pool2d(masks[:, None], window, stride=window)[:, 0]
-    return pooled.permute(0, 2, 3, 1)[fraction > LOCAL_THRESHOLD]
+    selected = window_fractions(masks, window) > LOCAL_THRESHOLD
+    return window_candidates(features, window).permute(0, 2, 3, 1)[selected]
 
 
 def cosine_scores(query: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-    """``COSINE_SCALE * cos(q(x), p_k)`` for every query position: ``[N, K, h, w]``."""
+    """``COSINE_SCALE * cos(q(x), p_k)`` for every query position: ``[N, K, h, w]``.
+
+    ``prototypes`` is ``[K, C]`` (shared by all query slices) or ``[N, K, C]``.
+    """
     q = F.normalize(query, dim=1)
-    p = F.normalize(prototypes, dim=1)
-    return COSINE_SCALE * torch.einsum("nchw,kc->nkhw", q, p)
+    p = F.normalize(prototypes, dim=-1)
+    equation = "nchw,kc->nkhw" if p.ndim == 2 else "nchw,nkc->nkhw"
+    return COSINE_SCALE * torch.einsum(equation, q, p)
 
 
 def class_score(scores: torch.Tensor) -> torch.Tensor:

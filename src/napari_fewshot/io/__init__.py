@@ -12,7 +12,7 @@ from .formats import READ_FORMATS, WRITE_EXTENSIONS, format_name, looks_like_lab
 from .geometry import Geometry
 from .labels import label_dtype
 from .read import Volume, read_volume
-from .write import write_volume
+from .write import check_writable, write_volume
 
 __all__ = [
     "READ_FORMATS",
@@ -22,6 +22,7 @@ __all__ = [
     "VolumeError",
     "VolumeReadError",
     "VolumeWriteError",
+    "check_writable",
     "format_name",
     "label_dtype",
     "looks_like_label_map",

@@ -14,6 +14,25 @@ from .formats import WRITE_EXTENSIONS, split_extension
 from .geometry import Geometry
 
 
+def check_writable(path: str | Path, geometry: Geometry) -> Path:
+    """``path`` (user-expanded) when :func:`write_volume` could write there; else :class:`VolumeWriteError`.
+
+    Checks the extension, the folder, and that ``path`` is not the scan ``geometry``
+    was read from: a caller can ask before a long computation.
+    """
+    path = Path(path).expanduser()
+    ext = split_extension(path)[1]
+    if ext not in WRITE_EXTENSIONS:
+        raise VolumeWriteError(f"{path}: cannot write '{ext or 'no extension'}'; use one of {', '.join(WRITE_EXTENSIONS)}")
+    if not path.parent.is_dir():
+        raise VolumeWriteError(f"{path}: the folder {path.parent} does not exist")
+    if geometry.source and path.exists() and path.resolve() == Path(geometry.source).resolve():
+        raise VolumeWriteError(
+            f"{path}: this is the scan the data belongs to; writing here would overwrite it. Choose another file name."
+        )
+    return path
+
+
 def write_volume(path: str | Path, data: np.ndarray, geometry: Geometry) -> Path:
     """Write ``data`` (z, y, x) on ``geometry``'s grid as NIfTI, NRRD or MetaImage (``.mha``).
 
@@ -28,20 +47,12 @@ def write_volume(path: str | Path, data: np.ndarray, geometry: Geometry) -> Path
     Returns the path written.  Raises :class:`VolumeWriteError` naming the
     problem; nothing on disk changes then.
     """
-    path = Path(path).expanduser()
+    path = check_writable(path, geometry)
     ext = split_extension(path)[1]
-    if ext not in WRITE_EXTENSIONS:
-        raise VolumeWriteError(f"{path}: cannot write '{ext or 'no extension'}'; use one of {', '.join(WRITE_EXTENSIONS)}")
-    if not path.parent.is_dir():
-        raise VolumeWriteError(f"{path}: the folder {path.parent} does not exist")
     if tuple(data.shape) != geometry.shape:
         raise VolumeWriteError(
             f"{path}: the data's shape {tuple(data.shape)} (z, y, x) does not match the grid "
             f"{geometry.shape} it is to be written on"
-        )
-    if geometry.source and path.exists() and path.resolve() == Path(geometry.source).resolve():
-        raise VolumeWriteError(
-            f"{path}: this is the scan the data belongs to; writing here would overwrite it. Choose another file name."
         )
 
     image = sitk.GetImageFromArray(data.astype(np.uint8) if data.dtype == bool else data)

@@ -6,9 +6,13 @@ from collections.abc import Callable
 
 from .alpnet import ALPNetHead
 from .base import Head, HeadOutput
+from .dspnet import DSPNetHead
 from .panet import PANetHead
 
-HEADS: dict[str, Callable[[], Head]] = {"alpnet": ALPNetHead, "panet": PANetHead}
+HEADS: dict[str, Callable[[], Head]] = {"dspnet": DSPNetHead, "alpnet": ALPNetHead, "panet": PANetHead}
+#: Measured best with untrained (pretrained-encoder) features: DSPNet's additions
+#: (refinement, BCMA's channel mixing) lower one-slice Dice until they are trained.
+DEFAULT_HEAD = "alpnet"
 
 
 def build_head(name: str) -> Head:
@@ -18,4 +22,4 @@ def build_head(name: str) -> Head:
     return HEADS[name]().eval()
 
 
-__all__ = ["HEADS", "Head", "HeadOutput", "build_head"]
+__all__ = ["DEFAULT_HEAD", "HEADS", "Head", "HeadOutput", "build_head"]

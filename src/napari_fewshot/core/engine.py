@@ -1,0 +1,350 @@
+"""The volume engine: segment every slice of a volume from the slices a user painted.
+
+:func:`segment` is the one function behind the Python API, the command line and
+the widget.  Arrays in (numpy, file units), arrays out; no napari or Qt here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .cancel import CancelCheck, check_cancel
+from .device import resolve_device
+from .encoders import Encoder, EncoderUnavailable, build_encoder
+from .errors import SegmentationError
+from .features import FeatureCache, encode_volume, feature_key
+from .heads import DEFAULT_HEAD, Head, build_head
+from .intensity import Modality
+from .postprocess import KEEP, connected_to, largest_component
+from .postprocess import fill_holes as fill_slice_holes
+from .preprocess import Preprocessing, from_encoder_slices, to_encoder_slices
+from .support import assign_supports, painted_structures
+
+DEFAULT_ENCODER = "litemedsam"
+#: Features larger than this are average-pooled to it before the head (the reference 32x32).
+HEAD_GRID = 32
+#: A head batch holds at most this many support-to-query attention entries (Q * S * (h*w)^2).
+HEAD_BATCH_ELEMENTS = 2**25
+#: Slices per encoder batch by device type (halved on out-of-memory).
+ENCODE_BATCH = {"cpu": 4, "cuda": 32, "mps": 8}
+#: Features of recently segmented volumes, shared by every caller that passes no cache.
+DEFAULT_CACHE = FeatureCache()
+
+Progress = Callable[[int, int], None]
+
+_encoders: dict[tuple[str, str], Encoder] = {}
+
+
+@dataclass
+class Segmentation:
+    """What :func:`segment` returns; every volume has the input image's shape and axis order.
+
+    labels : the predicted label values (those of the support; 0 = background), with
+        the support labels' dtype; painted slices hold exactly what was painted.
+    probabilities : per label value, float32 foreground probability in [0, 1].
+    attention : per label value, float32 cosine similarity in [-1, 1] of each voxel's
+        features to the structure's foreground prototypes.
+    support_slices : per label value, the painted slice indices (along ``axis``) used.
+    feature_bytes : memory held by the features of the volume(s) segmented.
+    seconds : wall time of ``encode`` (0 when the features were cached), ``head`` and ``total``.
+    """
+
+    labels: np.ndarray
+    probabilities: dict[int, np.ndarray]
+    attention: dict[int, np.ndarray]
+    support_slices: dict[int, tuple[int, ...]]
+    encoder: str
+    head: str
+    device: str
+    feature_bytes: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def segment(
+    image: np.ndarray,
+    support_labels: np.ndarray,
+    *,
+    support_image: np.ndarray | None = None,
+    spacing: tuple[float, float, float] | None = None,
+    support_spacing: tuple[float, float, float] | None = None,
+    encoder: str = DEFAULT_ENCODER,
+    head: str = DEFAULT_HEAD,
+    device: str | torch.device = "auto",
+    modality: Modality | None = None,
+    axis: int = 0,
+    threshold: float = 0.5,
+    keep: str | None = None,
+    fill_holes: bool = False,
+    batch_size: int | None = None,
+    cache: FeatureCache | None = None,
+    progress: Progress | None = None,
+    cancel: CancelCheck | None = None,
+) -> Segmentation:
+    """Segment every slice of ``image`` from the structures painted in ``support_labels``.
+
+    image : ``[Z, Y, X]`` intensities in file units (HU for CT), any numeric dtype.
+    support_labels : integer labels on the grid of ``support_image`` (``image`` when
+        that is None); value ``v`` painted on a slice makes it a support slice of
+        structure ``v``.  Slices are taken along ``axis``.
+    spacing, support_spacing : voxel size in mm per array axis of ``image`` and of
+        ``support_image`` (default: ``spacing``); slices are padded to a physical
+        square before encoding, so non-square pixels keep their shape.
+    encoder, head : registered names (see ``ENCODERS`` and ``HEADS``).
+    device : ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``mps``.
+    modality : ``CT`` or ``MR``; detected from the intensities when None.
+    threshold : a voxel is background unless some structure's probability exceeds it;
+        otherwise it takes the most probable structure.
+    keep : which 3D connected components of each structure stay: ``all``, the
+        ``largest``, or those touching what was ``painted`` (support on ``image`` only).
+        Default: ``painted`` for a support on ``image``, else ``all``.
+    fill_holes : fill the holes of each structure in every slice.
+    batch_size : slices per encoder batch (default by device; halved on out-of-memory).
+    cache : where features are kept between calls (default: a shared cache); a new
+        support for the same image re-runs only the head.
+    progress : ``progress(done, total)`` after each batch, in slices.
+    cancel : asked between batches and inside the encoder; when it returns True the
+        run raises :class:`~napari_fewshot.core.errors.SegmentationCancelled`.
+
+    Raises :class:`~napari_fewshot.core.errors.SegmentationError` for bad input,
+    with the fix in its message.
+    """
+    started = time.perf_counter()
+    torch_device = resolve_device(device)
+    cache = DEFAULT_CACHE if cache is None else cache
+    same_volume = support_image is None
+    keep = keep or ("painted" if same_volume else "all")
+    if keep not in KEEP or (keep == "painted" and not same_volume):
+        raise SegmentationError(
+            f"keep='{keep}' is not possible here; choose one of {', '.join(KEEP if same_volume else KEEP[:2])}"
+            + ("" if same_volume else " (the painting is on another volume)")
+        )
+    query_array = _checked_image(image, "image")
+    support_array = query_array if same_volume else _checked_image(support_image, "support image")
+    painting = _slices_first(_checked_labels(support_labels, support_array.shape, same_volume), axis)
+    query_volume, support_volume = _slices_first(query_array, axis), _slices_first(support_array, axis)
+    structures = painted_structures(painting)
+    query_aspect = _pixel_aspect(spacing, axis)
+    support_aspect = query_aspect if support_spacing is None else _pixel_aspect(support_spacing, axis)
+
+    encoder_model = _encoder(encoder, torch_device)
+    head_model = _head(head, torch_device)
+    volumes = [(query_volume, query_aspect)] + ([] if same_volume else [(support_volume, support_aspect)])
+    preprocessings = [Preprocessing.for_volume(volume, modality) for volume, _ in volumes]
+    keys = [feature_key(v, encoder_model, p, a) for (v, a), p in zip(volumes, preprocessings)]
+    to_encode = sum(len(v) for (v, _), key in zip(volumes, keys) if key not in cache)
+    total = to_encode + len(structures) * len(query_volume)
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, total)
+
+    if progress is not None:
+        progress(0, total)
+    features = []
+    for (volume, aspect), preprocessing, key in zip(volumes, preprocessings, keys):
+        cached = cache.get(key)
+        if cached is None:
+            cached = encode_volume(
+                volume,
+                encoder_model,
+                preprocessing,
+                pixel_aspect=aspect,
+                device=torch_device,
+                batch_size=batch_size or ENCODE_BATCH.get(torch_device.type, 4),
+                advance=advance,
+                cancel=cancel,
+            )
+            cache.stats.encoded_slices += len(volume)
+            cache.put(key, cached)
+        features.append(cached)
+    encoded = time.perf_counter()
+
+    probabilities, attention = {}, {}
+    for value, slices in structures.items():
+        probabilities[value], attention[value] = _structure_maps(
+            head_model,
+            features[0],
+            features[-1],
+            painting == value,
+            slices,
+            query_shape=query_volume.shape[1:],
+            aspects=(query_aspect, support_aspect),
+            device=torch_device,
+            advance=advance,
+            cancel=cancel,
+        )
+        if same_volume:
+            probabilities[value][list(slices)] = painting[list(slices)] == value
+    labels = _merge(probabilities, threshold, painting.dtype)
+    painted = np.flatnonzero(painting.reshape(len(painting), -1).any(axis=1)) if same_volume else []
+    labels[painted] = painting[painted]
+    for value in structures:
+        _postprocess(labels, value, keep, fill_holes, painting == value)
+    labels[painted] = painting[painted]
+    finished = time.perf_counter()
+    return Segmentation(
+        labels=np.moveaxis(labels, 0, axis),
+        probabilities={v: np.moveaxis(p, 0, axis) for v, p in probabilities.items()},
+        attention={v: np.moveaxis(a, 0, axis) for v, a in attention.items()},
+        support_slices=structures,
+        encoder=encoder,
+        head=head,
+        device=str(torch_device),
+        feature_bytes=sum(f.numel() * f.element_size() for f in features),
+        seconds={"encode": encoded - started, "head": finished - encoded, "total": finished - started},
+    )
+
+
+def _slices_first(array: np.ndarray, axis: int) -> np.ndarray:
+    return np.moveaxis(array, axis, 0)
+
+
+def _checked_image(image: np.ndarray, name: str) -> np.ndarray:
+    """``image`` as an array, refused when it is not a 3D, finite, non-constant volume."""
+    array = np.asarray(image)
+    if array.ndim != 3:
+        raise SegmentationError(f"the {name} must be a 3D volume [Z, Y, X]; got {array.ndim} dimensions")
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise SegmentationError(f"the {name} must hold numbers; got dtype {array.dtype}")
+    if np.issubdtype(array.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise SegmentationError(
+                f"the {name} has {bad} NaN or infinite voxels; replace them (e.g. numpy.nan_to_num) before segmenting"
+            )
+    if array.size == 0 or array.min() == array.max():
+        value = array.flat[0] if array.size else "nothing"
+        raise SegmentationError(f"the {name} is constant ({value}): there is nothing to tell the structure from")
+    return array
+
+
+def _checked_labels(labels: np.ndarray, shape: tuple[int, ...], same_volume: bool) -> np.ndarray:
+    """``labels`` as an integer array of ``shape`` (the support image's), or a clear error."""
+    array = np.asarray(labels)
+    if array.shape != shape:
+        which = "image" if same_volume else "support image"
+        raise SegmentationError(
+            f"the support labels have shape {array.shape} but the {which} has {shape}; "
+            f"paint the support on a label volume of the {which}'s grid"
+        )
+    if array.dtype == bool:
+        return array.astype(np.uint8)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise SegmentationError(f"the support labels must be integers (a label map); got dtype {array.dtype}")
+    if array.min() < 0:
+        raise SegmentationError("the support labels have negative values; use 0 for unpainted and 1, 2, ... for structures")
+    return array
+
+
+def _pixel_aspect(spacing: tuple[float, float, float] | None, axis: int) -> float:
+    """Row spacing over column spacing of the slices along ``axis``; 1 without spacing."""
+    if spacing is None:
+        return 1.0
+    values = np.moveaxis(np.asarray(spacing, dtype=float), axis, 0) if len(spacing) == 3 else None
+    if values is None or not np.all(values > 0):
+        raise SegmentationError(f"spacing must be three positive sizes in mm, one per array axis; got {spacing}")
+    return float(values[1] / values[2])
+
+
+def _encoder(name: str, device: torch.device) -> Encoder:
+    key = (name, str(device))
+    if key not in _encoders:
+        try:
+            _encoders[key] = build_encoder(name, device)
+        except KeyError as error:
+            raise SegmentationError(error.args[0]) from error
+        except EncoderUnavailable as error:
+            raise SegmentationError(str(error)) from error
+    return _encoders[key]
+
+
+def _head(name: str, device: torch.device) -> Head:
+    try:
+        return build_head(name).to(device)
+    except KeyError as error:
+        raise SegmentationError(error.args[0]) from error
+
+
+def _head_features(features: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Cached features as head input: float32 on ``device``, pooled to at most ``HEAD_GRID``."""
+    features = features.to(device, torch.float32)
+    if features.shape[-1] > HEAD_GRID or features.shape[-2] > HEAD_GRID:
+        features = F.adaptive_avg_pool2d(features, (min(HEAD_GRID, features.shape[-2]), min(HEAD_GRID, features.shape[-1])))
+    return features
+
+
+def _structure_maps(
+    head: Head,
+    query_features: torch.Tensor,
+    support_features: torch.Tensor,
+    painted: np.ndarray,
+    painted_slices: tuple[int, ...],
+    *,
+    query_shape: tuple[int, int],
+    aspects: tuple[float, float],
+    device: torch.device,
+    advance: Callable[[int], None],
+    cancel: CancelCheck | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One structure's probability and attention ``[Z, Y, X]`` float32 over every query slice."""
+    n_query = len(query_features)
+    probability = np.zeros((n_query, *query_shape), dtype=np.float32)
+    attention = np.zeros_like(probability)
+    groups = assign_supports(n_query, len(support_features), painted_slices)
+    with torch.inference_mode():
+        for support_slices, queries in groups.items():
+            support = _head_features(support_features[list(support_slices)], device)
+            # features are square: the mask goes to their grid as the slices went to the encoder's
+            mask = to_encoder_slices(painted[list(support_slices)].astype(np.float32), support.shape[-1], aspects[1])
+            mask = mask[:, 0].to(device)
+            positions = support.shape[-2] * support.shape[-1]
+            batch = max(1, HEAD_BATCH_ELEMENTS // (len(support_slices) * positions**2))
+            for start in range(0, len(queries), batch):
+                check_cancel(cancel)
+                chunk = queries[start : start + batch]
+                output = head(support, mask, _head_features(query_features[chunk], device))
+                maps = torch.stack([output.logits.softmax(dim=1)[:, 1], output.attention], dim=1)
+                maps = from_encoder_slices(maps, query_shape, aspects[0]).cpu().numpy()
+                probability[chunk], attention[chunk] = maps[:, 0], maps[:, 1]
+                advance(len(chunk))
+    return probability, attention
+
+
+def _merge(probabilities: dict[int, np.ndarray], threshold: float, dtype: np.dtype) -> np.ndarray:
+    """Labels ``[Z, Y, X]``: the most probable structure where its probability exceeds ``threshold``."""
+    values = np.array(list(probabilities), dtype=dtype)
+    best = np.zeros(next(iter(probabilities.values())).shape, dtype=np.float32)
+    labels = np.zeros(best.shape, dtype=dtype)
+    for value, probability in zip(values, probabilities.values()):
+        wins = probability > np.maximum(best, threshold)
+        labels[wins] = value
+        best = np.maximum(best, probability)
+    return labels
+
+
+def _postprocess(labels: np.ndarray, value: int, keep: str, fill_holes: bool, painted: np.ndarray) -> None:
+    """Apply the chosen 3D post-processing to structure ``value`` of ``labels``, in place.
+
+    ``painted`` ``[Z, Y, X]`` bool: where the user painted ``value``.  Hole filling
+    claims only background, never another structure.
+    """
+    mask = labels == value
+    if keep == "largest":
+        kept = largest_component(mask)
+    elif keep == "painted":
+        kept = connected_to(mask, painted)
+    else:
+        kept = mask
+    if fill_holes:
+        kept = fill_slice_holes(kept) & (mask | (labels == 0))
+    labels[mask & ~kept] = 0
+    labels[kept] = value

@@ -1,0 +1,232 @@
+"""The volume engine on small synthetic volumes, through ``napari_fewshot.segment``."""
+
+import numpy as np
+import pytest
+import torch
+
+import napari_fewshot
+from conftest import dice, ellipsoids
+from napari_fewshot.core.encoders import build_encoder
+from napari_fewshot.core.errors import SegmentationCancelled, SegmentationError
+from napari_fewshot.core.features import FeatureCache, encode_volume
+from napari_fewshot.core.heads import HEADS
+from napari_fewshot.core.postprocess import connected_to, fill_holes, largest_component
+from napari_fewshot.core.preprocess import Preprocessing, padded_shape
+from napari_fewshot.core.support import assign_supports, painted_structures
+
+segment = napari_fewshot.segment
+
+
+def one_slice_support(truth: np.ndarray, z: int = 12, values=(1, 2)) -> np.ndarray:
+    support = np.zeros_like(truth)
+    support[z] = np.where(np.isin(truth[z], values), truth[z], 0)
+    return support
+
+
+@pytest.fixture(scope="module")
+def volume():
+    return ellipsoids()
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_each_head_segments_the_volume_from_one_slice(volume, head):
+    image, truth = volume
+    result = segment(image, one_slice_support(truth, values=(1,)), encoder="tiny", head=head, cache=FeatureCache())
+    assert result.labels.shape == truth.shape and result.labels.dtype == truth.dtype
+    assert set(np.unique(result.labels)) <= {0, 1}
+    assert dice(result.labels == 1, truth == 1) > 0.85
+    probability, attention = result.probabilities[1], result.attention[1]
+    assert probability.dtype == attention.dtype == np.float32 and probability.shape == truth.shape
+    assert 0 <= probability.min() and probability.max() <= 1 and -1.001 <= attention.min() and attention.max() <= 1.001
+    assert attention[truth == 1].mean() > attention[truth == 0].mean()
+    assert result.support_slices == {1: (12,)} and result.head == head and result.device == "cpu"
+
+
+def test_several_structures_are_merged_and_painted_slices_kept_exactly(volume):
+    image, truth = volume
+    support = one_slice_support(truth)
+    support[12, :3, :3] = 2  # a stray stroke: it stays, because the user painted it
+    result = segment(image, support, encoder="tiny", head="alpnet", cache=FeatureCache())
+    assert np.array_equal(result.labels[12], support[12])
+    assert dice(result.labels == 1, truth == 1) > 0.85 and dice(result.labels == 2, truth == 2) > 0.8
+    np.testing.assert_array_equal(result.probabilities[2][12], support[12] == 2)
+    # a higher background threshold can only take voxels away
+    strict = segment(image, support, encoder="tiny", head="alpnet", threshold=0.9, cache=FeatureCache())
+    assert np.count_nonzero(strict.labels) < np.count_nonzero(result.labels)
+    assert np.all(strict.labels[strict.labels > 0] == result.labels[strict.labels > 0])
+
+
+def test_features_are_computed_once_per_volume_across_new_supports(volume):
+    image, truth = volume
+    cache, calls = FeatureCache(), []
+    segment(image, one_slice_support(truth, 12), encoder="tiny", cache=cache, progress=lambda *a: calls.append(a))
+    assert calls[0] == (0, 24 + 2 * 24) and calls[-1] == (72, 72)
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+    for z in (8, 15):
+        calls.clear()
+        segment(image, one_slice_support(truth, z), encoder="tiny", cache=cache, progress=lambda *a: calls.append(a))
+        assert calls[-1] == (48, 48)  # head only: no slice encoded
+    assert cache.stats.encoded_slices == 24 and cache.stats.misses == 1 and cache.stats.hits == 2
+    # another encoder or a changed image is another entry
+    segment(image + 1, one_slice_support(truth), encoder="tiny", cache=cache)
+    assert cache.stats.encoded_slices == 48
+
+
+def test_cancel_is_asked_inside_the_encoder(volume):
+    image, truth = volume
+    asked, calls = [], []
+
+    def cancel() -> bool:
+        asked.append(1)
+        return len(asked) >= 3
+
+    with pytest.raises(SegmentationCancelled):
+        segment(image, one_slice_support(truth), encoder="tiny", batch_size=64, cache=FeatureCache(),
+                cancel=cancel, progress=lambda *a: calls.append(a))
+    assert calls == [(0, 72)]  # stopped inside the one and only encoder batch
+
+
+def test_cancel_between_head_batches(volume):
+    image, truth = volume
+    cache = FeatureCache()
+    segment(image, one_slice_support(truth), encoder="tiny", cache=cache)
+    with pytest.raises(SegmentationCancelled):
+        segment(image, one_slice_support(truth), encoder="tiny", cache=cache, cancel=lambda: True)
+
+
+def test_support_from_another_volume(volume):
+    image, truth = volume
+    other_image, other_truth = ellipsoids(shape=(30, 48, 48), seed=1)
+    support = one_slice_support(other_truth, 12, values=(1,))
+    result = segment(image, support, support_image=other_image, encoder="tiny", head="alpnet", cache=FeatureCache())
+    assert result.labels.shape == truth.shape
+    assert dice(result.labels == 1, truth == 1) > 0.8
+
+
+def test_slices_along_another_axis_give_the_transposed_result(volume):
+    image, truth = volume
+    support = one_slice_support(truth, values=(1,))
+    cache = FeatureCache()
+    along_z = segment(image, support, encoder="tiny", head="panet", cache=cache)
+    moved = segment(np.moveaxis(image, 0, 2), np.moveaxis(support, 0, 2), axis=2, encoder="tiny", head="panet", cache=cache)
+    np.testing.assert_array_equal(np.moveaxis(moved.labels, 2, 0), along_z.labels)
+    assert moved.support_slices == {1: (12,)}
+
+
+def test_anisotropic_pixels_are_padded_to_a_physical_square():
+    assert padded_shape((30, 60)) == (60, 60)
+    assert padded_shape((30, 60), pixel_aspect=2.0) == (30, 60)  # rows twice as tall: already square in mm
+    assert padded_shape((40, 60), pixel_aspect=2.0) == (40, 80)
+    assert padded_shape((40, 60), pixel_aspect=0.5) == (120, 60)
+
+
+def test_structure_painted_on_every_slice_and_a_structure_of_a_few_voxels(volume):
+    image, truth = volume
+    everywhere = truth.copy()
+    everywhere[:, 0, 0] = 1  # structure 1 is painted on every slice
+    result = segment(image, everywhere, encoder="tiny", cache=FeatureCache())
+    np.testing.assert_array_equal(result.labels, everywhere)  # nothing left to predict
+    tiny = np.zeros_like(truth)
+    tiny[12, 20, 26:28] = 1  # two voxels in the bright ellipsoid
+    result = segment(image, tiny, encoder="tiny", cache=FeatureCache())
+    assert np.isfinite(result.probabilities[1]).all() and result.labels[12, 20, 26] == 1
+
+
+def test_post_processing_keeps_the_largest_component_and_fills_holes():
+    mask = np.zeros((5, 12, 12), bool)
+    mask[1:4, 1:8, 1:8] = True
+    mask[2, 4, 4] = False  # a hole
+    mask[1:3, 10:12, 10:12] = True  # a smaller separate blob
+    kept = largest_component(mask)
+    assert not kept[1:3, 10:12, 10:12].any() and kept[1, 1, 1]
+    filled = fill_holes(kept)
+    assert filled[2, 4, 4] and filled.sum() == kept.sum() + 1
+    assert not largest_component(np.zeros((2, 3, 3), bool)).any()
+    seeds = np.zeros_like(mask)
+    seeds[2, 11, 11] = True  # the user painted in the small blob: it stays, the big one goes
+    touched = connected_to(mask, seeds)
+    assert touched[1:3, 10:12, 10:12].all() and touched.sum() == 8
+
+
+@pytest.mark.parametrize("keep", ["largest", "painted"])
+def test_keeping_components_in_the_engine_drops_a_look_alike(volume, keep):
+    image, truth = volume
+    image = image.copy()
+    image[4:9, 40:46, 38:46] = 300 + np.random.default_rng(2).normal(0, 8, (5, 6, 8))  # a bright look-alike
+    support = one_slice_support(truth, values=(1,))
+    cache = FeatureCache()
+    plain = segment(image, support, encoder="tiny", head="alpnet", cache=cache, keep="all")
+    cleaned = segment(image, support, encoder="tiny", head="alpnet", cache=cache, keep=keep, fill_holes=True)
+    assert plain.labels[4:9, 40:46, 38:46].any() and not cleaned.labels[4:9, 40:46, 38:46].any()
+    assert dice(cleaned.labels == 1, truth == 1) > dice(plain.labels == 1, truth == 1)
+    if keep == "painted":  # the default for a support painted on the image itself
+        default = segment(image, support, encoder="tiny", head="alpnet", cache=cache, fill_holes=True)
+        np.testing.assert_array_equal(default.labels, cleaned.labels)
+
+
+def test_nearest_painted_slice_and_ties():
+    assert assign_supports(11, 11, (2, 8)) == {(2,): [0, 1, 2, 3, 4], (2, 8): [5], (8,): [6, 7, 8, 9, 10]}
+    # another volume: positions scale along the slice axis
+    assert assign_supports(21, 11, (2, 8)) == {(2,): list(range(10)), (2, 8): [10], (8,): list(range(11, 21))}
+    labels = np.zeros((4, 2, 2), np.uint8)
+    labels[1, 0, 0], labels[3] = 2, 1
+    assert painted_structures(labels) == {1: (3,), 2: (1,)}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda image, support: (image, np.zeros_like(support)), "no painted voxel"),
+        (lambda image, support: (image, support[:, :-1]), r"support labels have shape \(24, 47, 48\)"),
+        (lambda image, support: (np.where(support > 0, np.nan, image), support), "NaN or infinite"),
+        (lambda image, support: (np.full_like(image, 7.0), support), "constant"),
+        (lambda image, support: (image, support.astype(np.float32)), "must be integers"),
+        (lambda image, support: (image[0], support[0]), "3D volume"),
+    ],
+)
+def test_bad_input_is_refused_with_the_fix(volume, change, message):
+    image, truth = volume
+    bad_image, bad_support = change(image, one_slice_support(truth))
+    with pytest.raises(SegmentationError, match=message):
+        segment(bad_image, bad_support, encoder="tiny", cache=FeatureCache())
+
+
+def test_unknown_names_and_devices(volume):
+    image, truth = volume
+    support = one_slice_support(truth)
+    with pytest.raises(SegmentationError, match="unknown encoder 'sam'; choose one of"):
+        segment(image, support, encoder="sam")
+    with pytest.raises(SegmentationError, match="unknown head 'unet'; choose one of dspnet, alpnet, panet"):
+        segment(image, support, encoder="tiny", head="unet")
+    with pytest.raises(SegmentationError, match="keep='painted' is not possible here; choose one of all, largest"):
+        segment(image, support, support_image=image, encoder="tiny", keep="painted")
+    with pytest.raises(SegmentationError, match="unknown device 'tpu'"):
+        segment(image, support, encoder="tiny", device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(SegmentationError, match="'cuda' is not available on this machine"):
+            segment(image, support, encoder="tiny", device="cuda")
+
+
+class RunsOutOfMemory(type(build_encoder("tiny"))):
+    """The test encoder, on a device that holds at most 2 slices at a time (no GPU needed)."""
+
+    def trunk(self, x):
+        if len(x) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().trunk(x)
+
+
+def test_out_of_memory_falls_back_to_smaller_batches(volume, caplog):
+    image, _ = volume
+    preprocessing = Preprocessing("MR")
+    options = dict(device=torch.device("cpu"))
+    features = encode_volume(image, RunsOutOfMemory().eval(), preprocessing, batch_size=8, **options)
+    expected = encode_volume(image, build_encoder("tiny"), preprocessing, batch_size=1, **options)
+    assert torch.allclose(features.float(), expected.float(), atol=1e-2)
+    assert "encoding 2 slices at a time" in caplog.text
+
+    class NeverFits(RunsOutOfMemory):
+        def trunk(self, x):
+            raise torch.OutOfMemoryError("CUDA out of memory")
+    with pytest.raises(SegmentationError, match="ran out of memory encoding one slice"):
+        encode_volume(image, NeverFits().eval(), preprocessing, batch_size=4, **options)
