@@ -86,14 +86,14 @@ def _segment(args: argparse.Namespace) -> int:
             probability_paths = _probability_paths(args.probabilities, list(painted_structures(support.data)))
             for path in probability_paths.values():
                 check_writable(path, image.geometry)
+        models = {name: getattr(args, name) for name in ("encoder", "head") if getattr(args, name)}
         result = segment(
             image.data,
             support.data,
             support_image=support_image.data if args.support_image else None,
             spacing=image.geometry.spacing[::-1],
             support_spacing=support_image.geometry.spacing[::-1],
-            encoder=args.encoder,
-            head=args.head,
+            **models,
             device=args.device,
             modality=args.modality,
             threshold=args.threshold,
@@ -144,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--support-image", metavar="PATH", help="the volume the support was painted on (default: --image)")
     seg.add_argument("--output", required=True, metavar="PATH", help="predicted labels (.nii.gz, .nii, .nrrd, .mha)")
-    seg.add_argument("--encoder", default="litemedsam", help="litemedsam (default), resnet101-coco or tiny")
-    seg.add_argument("--head", default="alpnet", help="alpnet (default), dspnet or panet")
+    seg.add_argument("--encoder", help="litemedsam (the default), resnet101-coco or tiny")
+    seg.add_argument("--head", help="alpnet (the default), dspnet or panet")
     seg.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     seg.add_argument("--modality", choices=("CT", "MR"), help="override the detection from the intensities")
     seg.add_argument("--threshold", type=float, default=0.5, help="background below this probability (default 0.5)")

@@ -153,16 +153,9 @@ def segment(
     for (volume, aspect), preprocessing, key in zip(volumes, preprocessings, keys):
         cached = cache.get(key)
         if cached is None:
-            cached = encode_volume(
-                volume,
-                encoder_model,
-                preprocessing,
-                pixel_aspect=aspect,
-                device=torch_device,
-                batch_size=batch_size or ENCODE_BATCH.get(torch_device.type, 4),
-                advance=advance,
-                cancel=cancel,
-            )
+            options = dict(device=torch_device, advance=advance, cancel=cancel)
+            batch = batch_size or ENCODE_BATCH.get(torch_device.type, 4)
+            cached = encode_volume(volume, encoder_model, preprocessing, pixel_aspect=aspect, batch_size=batch, **options)
             cache.stats.encoded_slices += len(volume)
             cache.put(key, cached)
         features.append(cached)
