@@ -114,7 +114,7 @@ def encode_volume(
     the batch is halved and tried again, down to one slice.
     """
     window = intensity_window(volume, preprocessing)
-    parts: list[torch.Tensor] = []
+    result: torch.Tensor | None = None  # allocated once the first batch shows the feature shape
     start = 0
     with torch.inference_mode(), cancellable(encoder, cancel):
         while start < len(volume):
@@ -136,8 +136,11 @@ def encode_volume(
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
-            parts.append(features.to("cpu", CACHE_DTYPE))
+            if result is None:
+                result = torch.empty((len(volume), *features.shape[1:]), dtype=CACHE_DTYPE)
+            result[start:stop] = features.to("cpu", CACHE_DTYPE)
             advance(stop - start)
             start = stop
-    return torch.cat(parts)
+    assert result is not None, "a volume has at least one slice"
+    return result
 
