@@ -24,7 +24,7 @@ from .intensity import Modality
 from .postprocess import KEEP, connected_to, largest_component
 from .postprocess import fill_holes as fill_slice_holes
 from .preprocess import Preprocessing, from_encoder_slices, to_encoder_slices
-from .support import assign_supports, painted_structures
+from .support import assign_supports, painted_slices, painted_structures
 
 DEFAULT_ENCODER = "litemedsam"
 #: Features larger than this are average-pooled to it before the head (the reference 32x32).
@@ -178,7 +178,7 @@ def segment(
         if same_volume:
             probabilities[value][list(slices)] = painting[list(slices)] == value
     labels = _merge(probabilities, threshold, painting.dtype)
-    painted = np.flatnonzero(painting.reshape(len(painting), -1).any(axis=1)) if same_volume else []
+    painted = painted_slices(painting) if same_volume else []
     labels[painted] = painting[painted]
     for value in structures:
         _postprocess(labels, value, keep, fill_holes, painting == value)

@@ -16,13 +16,18 @@ import numpy as np
 from .errors import SegmentationError
 
 
+def painted_slices(support_labels: np.ndarray) -> np.ndarray:
+    """Indices of the slices of ``support_labels`` ``[Z, Y, X]`` with any painted voxel."""
+    return np.flatnonzero(support_labels.reshape(len(support_labels), -1).any(axis=1))
+
+
 def painted_structures(support_labels: np.ndarray) -> dict[int, tuple[int, ...]]:
     """Each label value painted in ``support_labels`` ``[Z, Y, X]``, with the slices it is painted on."""
-    painted_slices = np.flatnonzero(support_labels.reshape(len(support_labels), -1).any(axis=1))
-    if len(painted_slices) == 0:
+    slices = painted_slices(support_labels)
+    if len(slices) == 0:
         raise SegmentationError("the support has no painted voxel; paint the structure on at least one slice")
     structures: dict[int, list[int]] = {}
-    for z in painted_slices:
+    for z in slices:
         for value in np.unique(support_labels[z]):
             if value != 0:
                 structures.setdefault(int(value), []).append(int(z))
