@@ -8,7 +8,7 @@ import napari_fewshot
 from conftest import dice, ellipsoids
 from napari_fewshot.core.encoders import build_encoder
 from napari_fewshot.core.errors import SegmentationCancelled, SegmentationError
-from napari_fewshot.core.features import FeatureCache, encode_volume
+from napari_fewshot.core.features import FeatureCache, VolumeFeatures, encode_slices
 from napari_fewshot.core.heads import HEADS
 from napari_fewshot.core.postprocess import connected_to, fill_holes, largest_component
 from napari_fewshot.core.preprocess import Preprocessing, padded_shape
@@ -70,6 +70,37 @@ def test_features_are_computed_once_per_volume_across_new_supports(volume):
     # another encoder or a changed image is another entry
     segment(image + 1, one_slice_support(truth), encoder="tiny", cache=cache)
     assert cache.stats.encoded_slices == 48
+
+
+def test_a_one_slice_preview_encodes_that_slice_and_the_support_only(volume):
+    image, truth = volume
+    support = one_slice_support(truth, 12)
+    cache, calls = FeatureCache(), []
+    preview = segment(image, support, encoder="tiny", head="alpnet", slices=[17], cache=cache,
+                      progress=lambda *a: calls.append(a))
+    assert cache.stats.encoded_slices == 2 and calls[-1] == (2 + 2, 2 + 2)  # slices 12 and 17; one per structure
+    predicted = np.flatnonzero(preview.labels.reshape(24, -1).any(axis=1))
+    assert set(predicted) == {12, 17} and not preview.probabilities[1][16].any()
+    assert dice(preview.labels[17] == 1, truth[17] == 1) > 0.8
+
+    whole = segment(image, support, encoder="tiny", head="alpnet", keep="all", cache=cache)
+    assert cache.stats.encoded_slices == 24  # the 22 slices the preview did not need
+    np.testing.assert_allclose(preview.probabilities[2][17], whole.probabilities[2][17], atol=1e-5)
+    with pytest.raises(SegmentationError, match=r"keep='painted' is not possible here \(only some slices"):
+        segment(image, support, encoder="tiny", slices=[3], keep="painted", cache=cache)
+    with pytest.raises(SegmentationError, match="slices must be slice indices from 0 to 23 along axis 0"):
+        segment(image, support, encoder="tiny", slices=[24], cache=cache)
+
+
+def test_a_cancelled_run_keeps_the_slices_it_encoded(volume):
+    image, truth = volume
+    cache, calls = FeatureCache(), []
+    with pytest.raises(SegmentationCancelled):
+        segment(image, one_slice_support(truth), encoder="tiny", batch_size=4, cache=cache,
+                progress=lambda *a: calls.append(a), cancel=lambda: len(calls) > 2)
+    assert cache.stats.encoded_slices == 8  # two batches finished before the cancel
+    segment(image, one_slice_support(truth), encoder="tiny", batch_size=4, cache=cache)
+    assert cache.stats.encoded_slices == 24
 
 
 def test_cancel_is_asked_inside_the_encoder(volume):
@@ -198,7 +229,7 @@ def test_unknown_names_and_devices(volume):
         segment(image, support, encoder="sam")
     with pytest.raises(SegmentationError, match="unknown head 'unet'; choose one of dspnet, alpnet, panet"):
         segment(image, support, encoder="tiny", head="unet")
-    with pytest.raises(SegmentationError, match="keep='painted' is not possible here; choose one of all, largest"):
+    with pytest.raises(SegmentationError, match=r"keep=.painted. is not possible here \(the painting is on another volume\); choose one of all, largest"):
         segment(image, support, support_image=image, encoder="tiny", keep="painted")
     with pytest.raises(SegmentationError, match="unknown device 'tpu'"):
         segment(image, support, encoder="tiny", device="tpu")
@@ -219,14 +250,18 @@ class RunsOutOfMemory(type(build_encoder("tiny"))):
 def test_out_of_memory_falls_back_to_smaller_batches(volume, caplog):
     image, _ = volume
     preprocessing = Preprocessing("MR")
+    every = np.arange(len(image))
     options = dict(device=torch.device("cpu"))
-    features = encode_volume(image, RunsOutOfMemory().eval(), preprocessing, batch_size=8, **options)
-    expected = encode_volume(image, build_encoder("tiny"), preprocessing, batch_size=1, **options)
-    assert torch.allclose(features.float(), expected.float(), atol=1e-2)
+
+    def encoded(encoder, batch_size) -> torch.Tensor:
+        features = VolumeFeatures(len(image))
+        assert encode_slices(image, encoder.eval(), preprocessing, features, every, batch_size=batch_size, **options) == len(image)
+        return features.tensor.float()
+    assert torch.allclose(encoded(RunsOutOfMemory(), 8), encoded(build_encoder("tiny"), 1), atol=1e-2)
     assert "encoding 2 slices at a time" in caplog.text
 
     class NeverFits(RunsOutOfMemory):
         def trunk(self, x):
             raise torch.OutOfMemoryError("CUDA out of memory")
     with pytest.raises(SegmentationError, match="ran out of memory encoding one slice"):
-        encode_volume(image, NeverFits().eval(), preprocessing, batch_size=4, **options)
+        encoded(NeverFits(), 4)

@@ -7,7 +7,7 @@ the widget.  Arrays in (numpy, file units), arrays out; no napari or Qt here.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +18,7 @@ from .cancel import CancelCheck, check_cancel
 from .device import resolve_device
 from .encoders import Encoder, EncoderUnavailable, build_encoder
 from .errors import SegmentationError
-from .features import FeatureCache, encode_volume, feature_key
+from .features import FeatureCache, VolumeFeatures, encode_slices, feature_key
 from .heads import DEFAULT_HEAD, Head, build_head
 from .intensity import Modality
 from .postprocess import KEEP, connected_to, largest_component
@@ -78,6 +78,7 @@ def segment(
     device: str | torch.device = "auto",
     modality: Modality | None = None,
     axis: int = 0,
+    slices: Sequence[int] | None = None,
     threshold: float = 0.5,
     keep: str | None = None,
     fill_holes: bool = False,
@@ -98,11 +99,14 @@ def segment(
     encoder, head : registered names (see ``ENCODERS`` and ``HEADS``).
     device : ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``mps``.
     modality : ``CT`` or ``MR``; detected from the intensities when None.
+    slices : the slice indices (along ``axis``) to predict; default every slice.
+        Only these and the painted slices are encoded (a quick preview of one
+        slice); the other slices of the result are 0, painted slices keep their painting.
     threshold : a voxel is background unless some structure's probability exceeds it;
         otherwise it takes the most probable structure.
     keep : which 3D connected components of each structure stay: ``all``, the
-        ``largest``, or those touching what was ``painted`` (support on ``image`` only).
-        Default: ``painted`` for a support on ``image``, else ``all``.
+        ``largest``, or those touching what was ``painted`` (support on ``image`` and
+        every slice predicted).  Default: ``painted`` where possible, else ``all``.
     fill_holes : fill the holes of each structure in every slice.
     batch_size : slices per encoder batch (default by device; halved on out-of-memory).
     cache : where features are kept between calls (default: a shared cache); a new
@@ -118,13 +122,14 @@ def segment(
     torch_device = resolve_device(device)
     cache = DEFAULT_CACHE if cache is None else cache
     same_volume = support_image is None
-    keep = keep or ("painted" if same_volume else "all")
-    if keep not in KEEP or (keep == "painted" and not same_volume):
-        raise SegmentationError(
-            f"keep='{keep}' is not possible here; choose one of {', '.join(KEEP if same_volume else KEEP[:2])}"
-            + ("" if same_volume else " (the painting is on another volume)")
-        )
     query_array = _checked_image(image, "image")
+    queries = _checked_slices(slices, query_array.shape, axis)
+    whole = len(queries) == query_array.shape[axis]
+    keep = keep or ("painted" if same_volume and whole else "all")
+    if keep not in KEEP or (keep != "all" and not whole) or (keep == "painted" and not same_volume):
+        reason = "the painting is on another volume" if whole else "only some slices are predicted"
+        choices = KEEP if same_volume and whole else KEEP[:2] if whole else KEEP[:1]
+        raise SegmentationError(f"keep='{keep}' is not possible here ({reason}); choose one of {', '.join(choices)}")
     support_array = query_array if same_volume else _checked_image(support_image, "support image")
     painting = _slices_first(_checked_labels(support_labels, support_array.shape, same_volume), axis)
     query_volume, support_volume = _slices_first(query_array, axis), _slices_first(support_array, axis)
@@ -137,8 +142,10 @@ def segment(
     volumes = [(query_volume, query_aspect)] + ([] if same_volume else [(support_volume, support_aspect)])
     preprocessings = [Preprocessing.for_volume(volume, modality) for volume, _ in volumes]
     keys = [feature_key(v, encoder_model, p, a) for (v, a), p in zip(volumes, preprocessings)]
-    to_encode = sum(len(v) for (v, _), key in zip(volumes, keys) if key not in cache)
-    total = to_encode + len(structures) * len(query_volume)
+    features = [cache.get(key) or VolumeFeatures(len(volume)) for key, (volume, _) in zip(keys, volumes)]
+    support_needed = np.array(sorted({z for painted in structures.values() for z in painted}))
+    needed = [np.union1d(queries, support_needed)] if same_volume else [queries, support_needed]
+    total = sum(len(f.missing(n)) for f, n in zip(features, needed)) + len(structures) * len(queries)
     done = 0
 
     def advance(n: int) -> None:
@@ -149,26 +156,27 @@ def segment(
 
     if progress is not None:
         progress(0, total)
-    features = []
-    for (volume, aspect), preprocessing, key in zip(volumes, preprocessings, keys):
-        cached = cache.get(key)
-        if cached is None:
-            options = dict(device=torch_device, advance=advance, cancel=cancel)
-            batch = batch_size or ENCODE_BATCH.get(torch_device.type, 4)
-            cached = encode_volume(volume, encoder_model, preprocessing, pixel_aspect=aspect, batch_size=batch, **options)
-            cache.stats.encoded_slices += len(volume)
-            cache.put(key, cached)
-        features.append(cached)
+    batch = batch_size or ENCODE_BATCH.get(torch_device.type, 4)
+    options = dict(device=torch_device, batch_size=batch, advance=advance, cancel=cancel)
+    for (volume, aspect), preprocessing, key, entry, wanted in zip(volumes, preprocessings, keys, features, needed):
+        cache.put(key, entry)  # a cancelled run keeps the slices it encoded
+        try:
+            encoded_before = int(entry.encoded.sum())
+            encode_slices(volume, encoder_model, preprocessing, entry, wanted, pixel_aspect=aspect, **options)
+        finally:
+            cache.stats.encoded_slices += int(entry.encoded.sum()) - encoded_before
+            cache.put(key, entry)
     encoded = time.perf_counter()
 
     probabilities, attention = {}, {}
     for value, slices in structures.items():
         probabilities[value], attention[value] = _structure_maps(
             head_model,
-            features[0],
-            features[-1],
+            features[0].tensor,
+            features[-1].tensor,
             painting == value,
             slices,
+            queries,
             query_shape=query_volume.shape[1:],
             aspects=(query_aspect, support_aspect),
             device=torch_device,
@@ -192,13 +200,24 @@ def segment(
         encoder=encoder,
         head=head,
         device=str(torch_device),
-        feature_bytes=sum(f.numel() * f.element_size() for f in features),
+        feature_bytes=sum(f.nbytes for f in features),
         seconds={"encode": encoded - started, "head": finished - encoded, "total": finished - started},
     )
 
 
 def _slices_first(array: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(array, axis, 0)
+
+
+def _checked_slices(slices: Sequence[int] | None, shape: tuple[int, ...], axis: int) -> np.ndarray:
+    """The sorted distinct slice indices to predict (every slice when None), or a clear error."""
+    n = shape[axis]
+    if slices is None:
+        return np.arange(n)
+    wanted = np.unique(np.asarray(slices).reshape(-1))
+    if wanted.size == 0 or not np.issubdtype(wanted.dtype, np.integer) or wanted[0] < 0 or wanted[-1] >= n:
+        raise SegmentationError(f"slices must be slice indices from 0 to {n - 1} along axis {axis}; got {slices}")
+    return wanted.astype(int)
 
 
 def _checked_image(image: np.ndarray, name: str) -> np.ndarray:
@@ -281,6 +300,7 @@ def _structure_maps(
     support_features: torch.Tensor,
     painted: np.ndarray,
     painted_slices: tuple[int, ...],
+    queries: np.ndarray,
     *,
     query_shape: tuple[int, int],
     aspects: tuple[float, float],
@@ -288,22 +308,26 @@ def _structure_maps(
     advance: Callable[[int], None],
     cancel: CancelCheck | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One structure's probability and attention ``[Z, Y, X]`` float32 over every query slice."""
+    """One structure's probability and attention ``[Z, Y, X]`` float32 on the slices ``queries`` (0 elsewhere)."""
     n_query = len(query_features)
     probability = np.zeros((n_query, *query_shape), dtype=np.float32)
     attention = np.zeros_like(probability)
+    wanted = set(queries.tolist())
     groups = assign_supports(n_query, len(support_features), painted_slices)
     with torch.inference_mode():
-        for support_slices, queries in groups.items():
+        for support_slices, group in groups.items():
+            group_queries = [z for z in group if z in wanted]
+            if not group_queries:
+                continue
             support = _head_features(support_features[list(support_slices)], device)
             # features are square: the mask goes to their grid as the slices went to the encoder's
             mask = to_encoder_slices(painted[list(support_slices)].astype(np.float32), support.shape[-1], aspects[1])
             mask = mask[:, 0].to(device)
             positions = support.shape[-2] * support.shape[-1]
             batch = max(1, HEAD_BATCH_ELEMENTS // (len(support_slices) * positions**2))
-            for start in range(0, len(queries), batch):
+            for start in range(0, len(group_queries), batch):
                 check_cancel(cancel)
-                chunk = queries[start : start + batch]
+                chunk = group_queries[start : start + batch]
                 output = head(support, mask, _head_features(query_features[chunk], device))
                 maps = torch.stack([output.logits.softmax(dim=1)[:, 1], output.attention], dim=1)
                 maps = from_encoder_slices(maps, query_shape, aspects[0]).cpu().numpy()

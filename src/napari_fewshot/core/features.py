@@ -1,8 +1,10 @@
-"""Encoding a volume once: features of every slice, cached by content, encoder and preprocessing.
+"""Encoding a volume once: features of its slices, cached by content, encoder and preprocessing.
 
 Features are computed in batches (memory stays bounded by the batch, plus the
 cached result), stored on the CPU in bfloat16 (half of float32), and looked up
-by :func:`feature_key`, so a new support re-runs only the head.
+by :func:`feature_key`, so a new support re-runs only the head.  A volume's
+entry fills slice by slice: a one-slice preview encodes that slice (and the
+support's), and a later whole-volume run encodes only the rest.
 """
 
 from __future__ import annotations
@@ -42,22 +44,43 @@ class CacheStats:
     misses: int = 0
 
 
+class VolumeFeatures:
+    """The features of one volume's slices, filled in as slices are encoded.
+
+    ``tensor``: ``[N, C, h, w]`` bfloat16 on the CPU, allocated when the first
+    slice is encoded (None before); ``encoded``: ``[N]`` bool, the slices it holds.
+    """
+
+    def __init__(self, n_slices: int) -> None:
+        self.tensor: torch.Tensor | None = None
+        self.encoded = np.zeros(n_slices, dtype=bool)
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.tensor is None else self.tensor.numel() * self.tensor.element_size()
+
+    def missing(self, slices: np.ndarray) -> np.ndarray:
+        """The slices among ``slices`` (indices) that are not encoded yet, in order."""
+        slices = np.unique(np.asarray(slices, dtype=int))
+        return slices[~self.encoded[slices]]
+
+
 class FeatureCache:
-    """Features of whole volumes ``[N, C, h, w]`` on the CPU, least recently used dropped first."""
+    """:class:`VolumeFeatures` of recently used volumes on the CPU, least recently used dropped first."""
 
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self.max_bytes = max_bytes
         self.stats = CacheStats()
-        self._entries: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._entries: OrderedDict[str, VolumeFeatures] = OrderedDict()
 
     @property
     def nbytes(self) -> int:
-        return sum(f.numel() * f.element_size() for f in self._entries.values())
+        return sum(entry.nbytes for entry in self._entries.values())
 
     def __contains__(self, key: str) -> bool:
         return key in self._entries
 
-    def get(self, key: str) -> torch.Tensor | None:
+    def get(self, key: str) -> VolumeFeatures | None:
         features = self._entries.get(key)
         if features is None:
             self.stats.misses += 1
@@ -66,7 +89,7 @@ class FeatureCache:
         self._entries.move_to_end(key)
         return features
 
-    def put(self, key: str, features: torch.Tensor) -> None:
+    def put(self, key: str, features: VolumeFeatures) -> None:
         """Keep ``features``; older entries go while the total exceeds ``max_bytes`` (the newest stays)."""
         self._entries[key] = features
         self._entries.move_to_end(key)
@@ -96,33 +119,38 @@ def feature_key(volume: np.ndarray, encoder: Encoder, preprocessing: Preprocessi
     return f"{digest.hexdigest()}:{encoder_fingerprint(encoder)}:{preprocessing.key()}:{pixel_aspect:.6g}"
 
 
-def encode_volume(
+def encode_slices(
     volume: np.ndarray,
     encoder: Encoder,
     preprocessing: Preprocessing,
+    features: VolumeFeatures,
+    slices: np.ndarray,
     *,
     pixel_aspect: float = 1.0,
     device: torch.device,
     batch_size: int,
     advance: Callable[[int], None] = lambda n: None,
     cancel: CancelCheck | None = None,
-) -> torch.Tensor:
-    """Features of every slice of ``volume`` ``[N, H, W]`` (file units): ``[N, C, h, w]`` bfloat16 on the CPU.
+) -> int:
+    """Encode the slices of ``volume`` ``[N, H, W]`` (file units) listed in ``slices`` into ``features``.
 
-    Slices go through the encoder ``batch_size`` at a time; ``advance(n)`` is
-    called after each batch of ``n`` slices.  When the device runs out of memory
-    the batch is halved and tried again, down to one slice.
+    Slices already in ``features`` are skipped; the others go through the encoder
+    ``batch_size`` at a time, and ``advance(n)`` is called after each batch of
+    ``n`` slices.  A cancelled run keeps the batches it finished.  When the device
+    runs out of memory the batch is halved and tried again, down to one slice.
+    The intensity window is the whole volume's, so features do not depend on
+    which slices are encoded together.  Returns the number of slices encoded.
     """
+    todo = features.missing(slices)
     window = intensity_window(volume, preprocessing)
-    result: torch.Tensor | None = None  # allocated once the first batch shows the feature shape
     start = 0
     with torch.inference_mode(), cancellable(encoder, cancel):
-        while start < len(volume):
+        while start < len(todo):
             check_cancel(cancel)
-            stop = min(start + batch_size, len(volume))
-            slices = normalise_intensities(volume[start:stop], preprocessing, window)
+            batch = todo[start : start + batch_size]
+            normalised = normalise_intensities(volume[batch], preprocessing, window)
             try:
-                features = encoder(to_encoder_slices(slices, encoder.input_size, pixel_aspect).to(device))
+                encoded = encoder(to_encoder_slices(normalised, encoder.input_size, pixel_aspect).to(device))
             except Exception as error:
                 if not is_out_of_memory(error):
                     raise
@@ -136,11 +164,10 @@ def encode_volume(
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
-            if result is None:
-                result = torch.empty((len(volume), *features.shape[1:]), dtype=CACHE_DTYPE)
-            result[start:stop] = features.to("cpu", CACHE_DTYPE)
-            advance(stop - start)
-            start = stop
-    assert result is not None, "a volume has at least one slice"
-    return result
-
+            if features.tensor is None:
+                features.tensor = torch.empty((len(volume), *encoded.shape[1:]), dtype=CACHE_DTYPE)
+            features.tensor[torch.from_numpy(batch)] = encoded.to("cpu", CACHE_DTYPE)
+            features.encoded[batch] = True
+            advance(len(batch))
+            start += len(batch)
+    return len(todo)
