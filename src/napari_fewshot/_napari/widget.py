@@ -1,47 +1,429 @@
-"""The plugin's dock widget: pick the scan, make a support layer to paint on."""
+"""The plugin's dock widget: paint a support, segment, check the least sure slices, correct, export.
+
+Thin by design: it gathers the layers and options, runs
+:func:`napari_fewshot.segment` through :class:`SegmentationRunner` (a thread
+worker, one run at a time), and turns results into layers with
+:func:`show_segmentation`.  Model work never runs on the GUI thread.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import Container, Label, PushButton, create_widget
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton, Select, create_widget
+from napari.layers import Labels
+from napari.utils.notifications import show_error, show_info, show_warning
 
+from ..core.confidence import slice_confidence, slices_to_check
+from ..core.device import available_devices, resolve_device
+from ..core.encoders import ENCODERS
+from ..core.engine import DEFAULT_CACHE, DEFAULT_ENCODER, Segmentation
+from ..core.heads import DEFAULT_HEAD, HEADS
+from ..core.postprocess import KEEP
+from ..io import VolumeWriteError
+from .export import PROVENANCE, export_labels
 from .layers import support_layer_data
+from .results import MAPS, find_layer, prediction_name, show_segmentation
+from .runner import Job, SegmentationRunner
+from .structures import format_names, layer_names, names_features, parse_names
 
 if TYPE_CHECKING:
     import napari
+
+#: Seconds to encode one slice on the CPU, measured on the project's 2-core machine
+#: (docs/benchmarks.md: 248 s for the 112 slices of abdomen-ct); replaced by the rate
+#: the last run measured here.
+CPU_SECONDS_PER_SLICE = {"litemedsam": 2.2}
+#: Keyboard shortcuts on the viewer, by action.
+SHORTCUTS = {"segment slice": "Alt-S", "segment volume": "Alt-V", "add to support": "Alt-A"}
+#: How many slices the "Slices to check" list shows.
+SLICES_TO_CHECK = 10
 
 
 class FewShotWidget(Container):
     """Dock widget "Few-shot segmentation".
 
-    - **Image**: the scan to segment (an Image layer).
-    - **New support layer**: an empty Labels layer on the scan's grid (same
-      transform, same file geometry), selected and ready to paint with label 1.
+    Paint a structure on one slice of a support layer, press "Segment volume"
+    (or "Segment slice" for a preview of the slice on screen), look at the
+    slices listed as least sure, correct the prediction there and press "Add
+    slice to support" (slices corrected by hand are added by the next run
+    anyway), segment again from the cached features, and export.
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self._viewer = viewer
+        self._runner = SegmentationRunner()
+        #: what the widget last wrote into each prediction layer, to find hand corrections
+        #: (layers compare equal through napari's plugin proxies; identity does not hold)
+        self._written: dict[Any, np.ndarray] = {}
+        self._seconds_per_slice = dict(CPU_SECONDS_PER_SLICE)
+
         self.image = create_widget(label="Image", annotation="napari.layers.Image")
+        self.support = create_widget(label="Support", annotation="napari.layers.Labels")
+        self.support.tooltip = "The Labels layer you paint on (value v = structure v); never overwritten by a prediction"
         self.new_support = PushButton(text="New support layer")
         self.new_support.tooltip = "Add an empty Labels layer on the image's grid to paint the structure on"
+        self.names = LineEdit(label="Structure names")
+        self.names.tooltip = "Names of the painted label values, e.g. 'liver, spleen' (labels 1, 2) or '1: liver, 3: kidney'"
+        self.encoder = ComboBox(label="Encoder", choices=list(ENCODERS), value=DEFAULT_ENCODER)
+        self.head = ComboBox(label="Head", choices=list(HEADS), value=DEFAULT_HEAD)
+        self.device = ComboBox(label="Device", choices=available_devices(), value="auto")
+        self.keep = ComboBox(label="Keep", choices=list(KEEP), value="painted")
+        self.keep.tooltip = "Which 3D parts of each structure stay: those touching the painting, the largest, or all"
+        self.fill_holes = CheckBox(text="Fill holes", value=False)
+        self.maps = ComboBox(label="Maps", choices=list(MAPS), value="attention")
+        self.maps.tooltip = "Per structure, an Image layer (hidden; additive) with the prototype attention or the probability"
+        self.device_note = Label(value="")
+        self.segment_slice = PushButton(text="Segment slice")
+        self.segment_slice.tooltip = f"Preview the slice on screen ({SHORTCUTS['segment slice']})"
+        self.segment_volume = PushButton(text="Segment volume")
+        self.segment_volume.tooltip = f"Segment every slice in the background ({SHORTCUTS['segment volume']})"
+        self.cancel = PushButton(text="Cancel", enabled=False)
+        self.cancel.tooltip = "Stop the run; the previous prediction stays"
         self.status = Label(value="")
-        self.status.native.setWordWrap(True)
-        self.new_support.changed.connect(self.add_support_layer)
-        self.extend([self.image, self.new_support, self.status])
+        self.check = Select(label="Slices to check", choices=[])
+        self.check.tooltip = "The least sure slices of the last run (click one to go there)"
+        self.add_to_support = PushButton(text="Add slice to support")
+        self.add_to_support.tooltip = (
+            f"Copy the prediction of the slice on screen, as corrected, into the support ({SHORTCUTS['add to support']}; "
+            "undo on the support layer with Ctrl-Z)"
+        )
+        self.export_layer = create_widget(label="Export", annotation="napari.layers.Labels")
+        self.export_path = FileEdit(label="To file", mode="w", filter="*.nii.gz *.nii *.nrrd *.mha")
+        self.export = PushButton(text="Export mask")
+        self.export.tooltip = "Write the layer on the scan's grid (NIfTI, NRRD, MHA) with a JSON sidecar of names and model"
+        for widget in (self.device_note, self.status):
+            widget.native.setWordWrap(True)
+        self.extend([
+            self.image, self.support, self.new_support, self.names, self.encoder, self.head, self.device,
+            self.keep, self.fill_holes, self.maps, self.device_note, self.segment_slice, self.segment_volume,
+            self.cancel, self.status, self.check, self.add_to_support, self.export_layer, self.export_path, self.export,
+        ])  # fmt: skip
 
+        self.new_support.changed.connect(self.add_support_layer)
+        self.segment_slice.changed.connect(lambda: self.run("slice"))
+        self.segment_volume.changed.connect(lambda: self.run("volume"))
+        self.cancel.changed.connect(self.cancel_run)
+        self.add_to_support.changed.connect(self.add_slice_to_support)
+        self.export.changed.connect(lambda: self.export_mask())
+        self.check.changed.connect(self._go_to_checked)
+        self.names.changed.connect(self._name_layers)
+        self.support.changed.connect(self._show_support_names)
+        for widget in (self.image, self.encoder, self.device):
+            widget.changed.connect(self._update_device_note)
+        self._runner.busy_changed.connect(self._busy)
+        viewer.layers.events.removed.connect(self._layer_removed)
+        for action, key in SHORTCUTS.items():
+            viewer.bind_key(key, self._shortcut(action), overwrite=True)
+        self._update_device_note()
+
+    # -- actions ---------------------------------------------------------------------
     def add_support_layer(self) -> napari.layers.Labels | None:
         """Add an empty support Labels layer on the chosen image's grid and select it for painting."""
         image = self.image.value
         if image is None:
-            self.status.value = "Open a scan first (File > Open, or File > Open Sample > napari-fewshot)."
-            return None
-        attributes = {"scale": image.scale, "translate": image.translate, "rotate": image.rotate, "metadata": image.metadata}
-        data, kwargs, _ = support_layer_data(image.data.shape, attributes, f"{image.name} support")
+            return self._refuse("Open a scan first (File > Open, or File > Open Sample > napari-fewshot).")
+        data, kwargs, _ = support_layer_data(image.data.shape, _grid(image), f"{image.name} support")
         layer = self._viewer.add_labels(data, **kwargs)
         layer.selected_label = 1
         layer.mode = "paint"
         self._viewer.layers.selection.active = layer
-        self.status.value = f"Paint the structure on '{layer.name}' (label 1; more labels for more structures)."
+        self.support.value = layer
+        self._name_layers()
+        self._say(f"Paint the structure on '{layer.name}' (label 1; more labels for more structures).")
         return layer
+
+    def run(self, kind: str) -> None:
+        """Segment the slice on screen (``kind="slice"``) or every slice (``"volume"``) in the background."""
+        checked = self._checked_layers()
+        if checked is None:
+            return
+        image, support, names = checked
+        axis, current = self._slice_axis(image), self._current_slice(image)
+        if kind == "volume":
+            self._take_corrections(image, support, axis)
+        n = image.data.shape[axis]
+        slices = np.arange(n) if kind == "volume" else np.array([current])
+        options = dict(
+            encoder=self.encoder.value,
+            head=self.head.value,
+            device=self.device.value,
+            axis=axis,
+            keep=self.keep.value if kind == "volume" else "all",
+            fill_holes=self.fill_holes.value,
+        )
+        kwargs = dict(
+            options,
+            image=np.asarray(image.data),
+            support_labels=np.array(support.data, copy=True),  # painting goes on during the run
+            spacing=tuple(float(s) for s in image.scale),
+            modality=image.metadata.get("modality"),
+            slices=None if kind == "volume" else slices,
+        )
+        context = dict(image=image, support=support, encoded=DEFAULT_CACHE.stats.encoded_slices)
+        what = f"{image.name}: {'every slice' if kind == 'volume' else f'slice {current}'}"
+        job = Job(
+            description=f"Segmenting {what}",
+            kwargs=kwargs,
+            started=lambda: self._say(f"Segmenting {what}..."),
+            done=lambda result: self._show(result, context, slices, names, options, support.name),
+            failed=self._failed,
+            cancelled=lambda: self._say(f"Cancelled ({what}); the previous prediction is unchanged."),
+            context=context,
+        )
+        self._runner.start(job)
+        if self._runner.job is not job:
+            self._say(f"Segmenting {what} once the current run has stopped...")
+
+    def cancel_run(self) -> None:
+        """Stop the running segmentation (and drop one waiting to start); results so far are not shown."""
+        if self._runner.busy:
+            self._runner.cancel_all()
+            self._say("Cancelling...")
+
+    def add_slice_to_support(self) -> None:
+        """Copy the prediction of the slice on screen into the support layer (undoable there with Ctrl-Z)."""
+        image, support = self.image.value, self.support.value
+        prediction = None if image is None else find_layer(self._viewer, prediction_name(image), Labels, image.data.shape)
+        if prediction is None or support is None:
+            return self._refuse("Segment first: there is no prediction to add to the support.")
+        if not _same_grid(image, support):
+            return self._refuse(_grid_message(image, support))
+        axis, current = self._slice_axis(image), self._current_slice(image)
+        if not np.take(prediction.data, current, axis=axis).any():
+            return self._refuse(f"Nothing is predicted on slice {current}; paint it on '{support.name}' instead.")
+        _copy_slices(prediction, support, [current], axis)
+        self._say(f"Slice {current} is now part of the support; press Segment volume (features are cached).")
+
+    def export_mask(self, path: str | None = None) -> list[str]:
+        """Write the chosen Labels layer (default: the prediction) to ``path`` (default: the file field)."""
+        layer = self.export_layer.value
+        target = str(path or self.export_path.value or "")
+        if layer is None:
+            return self._refuse("Nothing to export: segment first, or choose a Labels layer.") or []
+        if not target or target == ".":
+            return self._refuse("Choose a file to export to (.nii.gz, .nii, .nrrd or .mha).") or []
+        names = layer_names(layer.features) or self._names() or {}
+        attributes = {key: getattr(layer, key) for key in ("scale", "translate", "rotate", "metadata")}
+        try:
+            written = export_labels(target, layer.data, attributes, names)
+        except VolumeWriteError as error:
+            return self._refuse(str(error), error=True) or []
+        self._say(f"Exported '{layer.name}' to {written[0]} (sidecar {written[1].name}).")
+        return [str(p) for p in written]
+
+    # -- helpers ---------------------------------------------------------------------
+    def _checked_layers(self) -> tuple[Any, Any, dict[int, str]] | None:
+        image, support = self.image.value, self.support.value
+        if image is None:
+            return self._refuse("Open a scan first (File > Open, or File > Open Sample > napari-fewshot).")
+        if image.ndim != 3 or image.rgb:
+            return self._refuse(f"'{image.name}' is not a 3D grey-value volume; choose a scan (z, y, x).")
+        if support is None:
+            return self._refuse("Make a support layer ('New support layer') and paint the structure on one slice.")
+        if not _same_grid(image, support):
+            return self._refuse(_grid_message(image, support))
+        names = self._names()
+        return None if names is None else (image, support, names)
+
+    def _names(self) -> dict[int, str] | None:
+        try:
+            return parse_names(self.names.value)
+        except ValueError as error:
+            return self._refuse(f"Structure names: {error}")
+
+    def _slice_axis(self, image: napari.layers.Image) -> int:
+        """The axis the viewer slices along (the one not displayed in 2D; the first in 3D)."""
+        hidden = self._viewer.dims.not_displayed
+        return hidden[-1] - (self._viewer.dims.ndim - image.ndim) if len(hidden) and self._viewer.dims.ndisplay == 2 else 0
+
+    def _current_slice(self, image: napari.layers.Image) -> int:
+        axis = self._slice_axis(image)
+        index = image.world_to_data(self._viewer.dims.point)[axis]
+        return int(np.clip(round(index), 0, image.data.shape[axis] - 1))
+
+    def _take_corrections(self, image: napari.layers.Image, support: napari.layers.Labels, axis: int) -> None:
+        """Slices of the prediction changed by hand since the last run join the support, so no correction is lost."""
+        prediction = find_layer(self._viewer, prediction_name(image), Labels, image.data.shape)
+        written = None if prediction is None else self._written.get(prediction)
+        if written is None or written.shape != prediction.data.shape:
+            return
+        changed = np.moveaxis(prediction.data != written, axis, 0).reshape(written.shape[axis], -1).any(axis=1)
+        slices = _copy_slices(prediction, support, np.flatnonzero(changed).tolist(), axis)
+        if slices:
+            show_info(f"Slices {', '.join(map(str, slices))} corrected in '{prediction.name}' were added to the support.")
+
+    def _show(
+        self,
+        result: Segmentation,
+        context: dict[str, Any],
+        slices: np.ndarray,
+        names: dict[int, str],
+        options: dict[str, Any],
+        support_name: str,
+    ) -> None:
+        image = context["image"]
+        if image not in self._viewer.layers:
+            return  # closed during the run: _layer_removed has said so
+        encoded = DEFAULT_CACHE.stats.encoded_slices - context["encoded"]
+        if encoded and result.device == "cpu":
+            self._seconds_per_slice[result.encoder] = result.seconds["encode"] / encoded
+        provenance = {
+            "image": image.metadata.get("geometry", {}).get("source") or image.name,
+            "support_layer": support_name,
+            "support_slices": {str(v): list(s) for v, s in result.support_slices.items()},
+            "slices": "all" if len(slices) == image.data.shape[options["axis"]] else slices.tolist(),
+            **options,
+            "device": result.device,
+            "threshold": 0.5,
+            "seconds": round(result.seconds["total"], 2),
+        }
+        prediction = show_segmentation(
+            self._viewer, image, result, slices=slices, axis=options["axis"], names=names, maps=self.maps.value,
+            provenance=provenance,
+        )
+        self._written[prediction] = np.array(prediction.data, copy=True)
+        self.export_layer.reset_choices()
+        self.export_layer.value = prediction
+        if len(slices) > 1:
+            self._list_slices_to_check(result, options["axis"])
+        seconds = result.seconds
+        self._say(
+            f"Segmented {len(slices)} slice{'s' if len(slices) > 1 else ''} in {seconds['total']:.1f} s "
+            f"(encoding {encoded} slices: {seconds['encode']:.1f} s; head: {seconds['head']:.1f} s) on {result.device}."
+        )
+
+    def _list_slices_to_check(self, result: Segmentation, axis: int) -> None:
+        confidence = slice_confidence(result.probabilities.values(), axis)
+        predicted = np.moveaxis(result.labels, axis, 0).reshape(result.labels.shape[axis], -1).any(axis=1)
+        painted = {z for slices in result.support_slices.values() for z in slices}
+        worst = slices_to_check(confidence, predicted, painted, SLICES_TO_CHECK)
+        self.check.changed.disconnect(self._go_to_checked)
+        self.check.choices = [(f"slice {z}: {c:.2f} sure", z) for z, c in worst]
+        self.check.value = []
+        self.check.changed.connect(self._go_to_checked)
+
+    def _go_to_checked(self, value: list[int]) -> None:
+        image = self.image.value
+        if not value or image is None:
+            return
+        axis = self._slice_axis(image)
+        point = list(image.world_to_data(self._viewer.dims.point))
+        point[axis] = value[-1]
+        world = image.data_to_world(point)
+        self._viewer.dims.set_point(range(len(world)), world)
+
+    def _failed(self, error: Exception) -> None:
+        message = str(error) if error.__class__.__module__.startswith("napari_fewshot") else f"{type(error).__name__}: {error}"
+        self._refuse(f"Segmentation failed: {message}", error=True)
+
+    def _layer_removed(self, event: Any) -> None:
+        self._written.pop(event.value, None)
+        job = self._runner.job
+        if job is not None and any(event.value == job.context[k] for k in ("image", "support")):
+            self._runner.cancel_all()
+            show_warning(f"'{event.value.name}' was closed during the segmentation; the run was cancelled.")
+
+    def _name_layers(self) -> None:
+        try:
+            names = parse_names(self.names.value)
+        except ValueError as error:
+            self._say(f"Structure names: {error}")
+            return
+        image = self.image.value
+        layers = [self.support.value]
+        if image is not None:
+            layers.append(find_layer(self._viewer, prediction_name(image), Labels, image.data.shape))
+        for layer in filter(None, layers):
+            layer.features = names_features(names)
+
+    def _show_support_names(self) -> None:
+        support = self.support.value
+        names = {} if support is None else layer_names(support.features)
+        if names:
+            self.names.value = format_names(names)
+
+    def _update_device_note(self) -> None:
+        image, encoder = self.image.value, self.encoder.value
+        try:
+            device = resolve_device(self.device.value)
+        except Exception as error:  # a device named but gone: say so, do not break the widget
+            self.device_note.value = str(error)
+            return
+        if device.type != "cpu":
+            self.device_note.value = f"Running on {device}."
+            return
+        rate = self._seconds_per_slice.get(encoder)
+        if image is None or rate is None:
+            estimate = "the first run on a scan encodes every slice once"
+        else:
+            n = image.data.shape[self._slice_axis(image)] if image.ndim == 3 else 0
+            estimate = f"first run on '{image.name}': about {_duration(n * rate)} ({n} slices x {rate:.1f} s)"
+        self.device_note.value = f"Running on the CPU; {estimate}. Re-runs reuse the features: seconds."
+
+    def _busy(self, busy: bool) -> None:
+        self.cancel.enabled = busy
+
+    def _shortcut(self, action: str):
+        actions = {
+            "segment slice": lambda: self.run("slice"),
+            "segment volume": lambda: self.run("volume"),
+            "add to support": self.add_slice_to_support,
+        }
+
+        def press(viewer: napari.viewer.Viewer) -> None:
+            actions[action]()
+
+        press.__doc__ = f"napari-fewshot: {action}"
+        return press
+
+    def _say(self, message: str) -> None:
+        self.status.value = message
+
+    def _refuse(self, message: str, error: bool = False) -> None:
+        """Tell the user why nothing happened (status line and a napari notification); returns None."""
+        self._say(message)
+        (show_error if error else show_warning)(message)
+
+
+def _grid(layer: Any) -> dict[str, Any]:
+    return {key: getattr(layer, key) for key in ("scale", "translate", "rotate", "metadata")}
+
+
+def _same_grid(image: Any, labels: Any) -> bool:
+    return (
+        image.data.shape == labels.data.shape
+        and np.allclose(image.scale, labels.scale)
+        and np.allclose(image.translate, labels.translate)
+        and np.allclose(image.rotate, labels.rotate)
+    )
+
+
+def _grid_message(image: Any, labels: Any) -> str:
+    return (
+        f"'{labels.name}' (shape {labels.data.shape}, spacing {tuple(np.round(labels.scale, 3))}) is not on the grid of "
+        f"'{image.name}' (shape {image.data.shape}, spacing {tuple(np.round(image.scale, 3))}); "
+        "press 'New support layer' to paint on the image's grid."
+    )
+
+
+def _copy_slices(source: Any, target: Any, slices: list[int], axis: int) -> list[int]:
+    """Copy ``slices`` (along ``axis``) of Labels layer ``source`` into ``target`` as one undoable edit.
+
+    Returns the slices that changed ``target`` (those it already held are left out).
+    """
+    index: list[Any] = [slice(None)] * source.data.ndim
+    index[axis] = slices
+    region = np.zeros(source.data.shape, dtype=bool)
+    region[tuple(index)] = True
+    where = np.nonzero(region & (source.data != target.data))
+    if len(where[0]):
+        target.data_setitem(where, np.asarray(source.data)[where])
+    return np.unique(where[axis]).tolist()
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"

@@ -28,6 +28,12 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return torch.device(name)
 
 
+def available_devices() -> list[str]:
+    """The device names :func:`resolve_device` accepts on this machine: ``auto``, ``cpu``, then any GPU."""
+    gpus = [kind for kind, present in (("cuda", torch.cuda.is_available()), ("mps", torch.backends.mps.is_available())) if present]
+    return ["auto", "cpu", *gpus]
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """True for a device running out of memory (CUDA's error, or MPS's RuntimeError)."""
     return isinstance(error, torch.OutOfMemoryError) or (

@@ -12,7 +12,7 @@ from .formats import READ_FORMATS, WRITE_EXTENSIONS, format_name, looks_like_lab
 from .geometry import Geometry
 from .labels import label_dtype
 from .read import Volume, read_volume
-from .write import check_writable, write_volume
+from .write import check_writable, write_sidecar, write_volume
 
 __all__ = [
     "READ_FORMATS",
@@ -27,5 +27,6 @@ __all__ = [
     "label_dtype",
     "looks_like_label_map",
     "read_volume",
+    "write_sidecar",
     "write_volume",
 ]

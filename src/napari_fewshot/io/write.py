@@ -1,10 +1,13 @@
-"""Write a volume or label map with its geometry, atomically."""
+"""Write a volume or label map with its geometry, and its JSON sidecar, atomically."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -60,23 +63,49 @@ def write_volume(path: str | Path, data: np.ndarray, geometry: Geometry) -> Path
     image.SetOrigin(geometry.origin)
     image.SetDirection(geometry.direction)
 
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{ext}", dir=path.parent)
-    os.close(handle)
     try:
-        sitk.WriteImage(image, temporary, useCompression=ext != ".nii")
+        atomic_write(path, lambda temporary: sitk.WriteImage(image, str(temporary), useCompression=ext != ".nii"))
+    except RuntimeError as error:
+        raise VolumeWriteError(f"{path}: could not be written ({itk_reason(error)}); nothing was changed") from error
+    return path
+
+
+def write_sidecar(path: str | Path, record: dict[str, Any]) -> Path:
+    """Write ``record`` as JSON next to the volume ``path`` (``mask.nii.gz`` -> ``mask.json``), atomically.
+
+    Returns the sidecar's path; raises :class:`VolumeWriteError` when it cannot be written.
+    """
+    path = Path(path).expanduser()
+    sidecar = path.with_name(split_extension(path)[0] + ".json")
+    text = json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"
+    atomic_write(sidecar, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+    return sidecar
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(temporary)`` for a temporary file next to ``path``, flush it, then rename it over ``path``.
+
+    An interrupted or failed write leaves no partial file and keeps any file that
+    was there (with its permissions).  ``OSError`` becomes :class:`VolumeWriteError`;
+    other errors of ``write`` propagate after the temporary file is removed.
+    """
+    ext = split_extension(path)[1]
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{ext}", dir=path.parent)
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        write(temporary)
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
         os.chmod(temporary, mode)
         os.replace(temporary, path)
         _fsync_folder(path.parent)
-    except (RuntimeError, OSError) as error:
-        reason = itk_reason(error) if isinstance(error, RuntimeError) else str(error)
-        raise VolumeWriteError(f"{path}: could not be written ({reason}); nothing was changed") from error
+    except OSError as error:
+        raise VolumeWriteError(f"{path}: could not be written ({error}); nothing was changed") from error
     finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-    return path
+        if temporary.exists():
+            temporary.unlink()
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -1,0 +1,38 @@
+"""Export a Labels layer with its scan's geometry and a JSON sidecar that says how it was made."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..io import write_sidecar, write_volume
+from .layers import labels_for_writing
+
+#: ``layer.metadata`` key under which the widget records how a prediction was made.
+PROVENANCE = "napari_fewshot"
+
+
+def export_labels(path: str | Path, data: Any, attributes: dict[str, Any], names: dict[int, str]) -> tuple[Path, Path]:
+    """Write a Labels layer to ``path`` (NIfTI, NRRD or MHA) on its scan's grid, and its sidecar.
+
+    ``attributes`` are the layer's ``scale``, ``translate``, ``rotate`` and
+    ``metadata``; the sidecar (``mask.json`` beside ``mask.nii.gz``) holds the
+    structure ``names`` by label value, the grid, and, for a prediction, the
+    support slices, encoder, head and options that produced it.  Both files are
+    written atomically.  Returns ``(mask path, sidecar path)``; raises
+    :class:`~napari_fewshot.io.VolumeWriteError` with nothing written when the
+    path is not writable.
+    """
+    file_data, geometry = labels_for_writing(data, attributes)
+    written = write_volume(path, file_data, geometry)  # checks the path before writing anything
+    metadata = attributes.get("metadata", {})
+    record = {
+        "labels": {str(value): name for value, name in sorted(names.items())},
+        "geometry": geometry.to_dict(),
+        "segmentation": metadata.get(PROVENANCE),
+        "written_by": f"napari-fewshot {__version__}",
+        "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return written, write_sidecar(written, record)

@@ -1,0 +1,110 @@
+"""A :class:`Segmentation` as napari layers on the scan's grid, updated in place on re-runs.
+
+- ``<image> prediction``: a Labels layer (never the support layer) with the
+  structure names in its features and how it was made in its metadata;
+- per structure, ``<image> <name> attention`` or ``... probability``: an Image
+  layer tinted in the structure's label colour, additive, hidden until asked for.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.utils.colormaps import Colormap
+
+from ..core.engine import Segmentation
+from .export import PROVENANCE
+from .layers import support_layer_data
+from .structures import names_features
+
+if TYPE_CHECKING:
+    import napari
+
+MAPS = ("attention", "probability", "none")
+
+
+def prediction_name(image: napari.layers.Image) -> str:
+    return f"{image.name} prediction"
+
+
+def find_layer(viewer: napari.viewer.Viewer, name: str, kind: type, shape: tuple[int, ...]) -> Any | None:
+    """The layer called ``name`` if it is a ``kind`` layer (``Labels``, ``Image``) of ``shape``."""
+    layer = viewer.layers[name] if name in viewer.layers else None
+    if not isinstance(layer, kind) or layer.data.shape != shape:
+        return None
+    return layer
+
+
+def show_segmentation(
+    viewer: napari.viewer.Viewer,
+    image: napari.layers.Image,
+    result: Segmentation,
+    *,
+    slices: np.ndarray,
+    axis: int,
+    names: dict[int, str],
+    maps: str,
+    provenance: dict[str, Any],
+) -> napari.layers.Labels:
+    """Write ``result`` on ``slices`` (along ``axis``) into the prediction and map layers; returns the prediction.
+
+    Layers are made on ``image``'s grid the first time and updated in place after,
+    so a re-run keeps their place, colours and visibility.
+    """
+    where = _index(slices, axis, image.data.shape)
+    prediction = find_layer(viewer, prediction_name(image), Labels, image.data.shape)
+    if prediction is None or prediction.data.dtype != result.labels.dtype:
+        attributes = {key: getattr(image, key) for key in ("scale", "translate", "rotate", "metadata")}
+        data, kwargs, _ = support_layer_data(image.data.shape, attributes, prediction_name(image))
+        if prediction is not None:
+            viewer.layers.remove(prediction)
+        prediction = viewer.add_labels(data.astype(result.labels.dtype), **kwargs)
+    prediction.data[where] = result.labels[where]
+    prediction.features = names_features({v: names.get(v, f"structure {v}") for v in result.probabilities})
+    prediction.metadata[PROVENANCE] = provenance
+    prediction.refresh()
+    if maps != "none":
+        volumes = result.attention if maps == "attention" else result.probabilities
+        for value, volume in volumes.items():
+            _show_map(viewer, image, prediction, value, names.get(value, f"structure {value}"), maps, volume, where)
+    return prediction
+
+
+def _index(slices: np.ndarray, axis: int, shape: tuple[int, ...]) -> tuple[Any, ...]:
+    """An index of ``slices`` along ``axis``: a plain view when they are all the slices (no copy)."""
+    index: list[Any] = [slice(None)] * len(shape)
+    if len(slices) != shape[axis]:
+        index[axis] = np.asarray(slices)
+    return tuple(index)
+
+
+def _show_map(
+    viewer: napari.viewer.Viewer,
+    image: napari.layers.Image,
+    prediction: napari.layers.Labels,
+    value: int,
+    name: str,
+    kind: str,
+    volume: np.ndarray,
+    where: tuple[Any, ...],
+) -> None:
+    layer_name = f"{image.name} {name} {kind}"
+    layer = find_layer(viewer, layer_name, Image, volume.shape)
+    if layer is None:
+        colour = np.asarray(prediction.get_color(value), dtype=float)[:3]
+        layer = viewer.add_image(
+            np.zeros(volume.shape, dtype=np.float32),
+            name=layer_name,
+            colormap=Colormap([[0.0, 0.0, 0.0, 1.0], [*colour, 1.0]], name=f"{name} {kind}"),
+            blending="additive",
+            contrast_limits=(0.0, 1.0),
+            visible=False,
+            scale=image.scale,
+            translate=image.translate,
+            rotate=image.rotate,
+            metadata={"structure": value, "map": kind},
+        )
+    layer.data[where] = volume[where]
+    layer.refresh()

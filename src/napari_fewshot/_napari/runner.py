@@ -1,0 +1,122 @@
+"""Run the engine off the GUI thread, one run at a time, with progress and cancel.
+
+:class:`SegmentationRunner` starts :func:`napari_fewshot.segment` in a napari
+thread worker.  Progress goes to a bar in napari's activity dock (per batch of
+slices) through a Qt signal, so the GUI thread only ever touches widgets.  A run
+asked for while another is going cancels that one and starts when it has
+stopped: two runs never work at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from napari.qt.threading import create_worker
+from napari.utils.progress import cancelable_progress
+from qtpy.QtCore import QObject, Signal
+
+from ..core.engine import Segmentation, segment
+from ..core.errors import SegmentationCancelled
+
+
+@dataclass
+class Job:
+    """One call of :func:`segment` and what to do with its outcome (called on the GUI thread).
+
+    kwargs : the arguments of ``segment`` (its own copies of anything the user may edit).
+    started : called when the run begins; done : with the :class:`Segmentation`;
+    failed : with the exception; cancelled : with no argument (the run stopped,
+    or was replaced before it began).  context : the caller's own notes.
+    """
+
+    description: str
+    kwargs: dict[str, Any]
+    started: Callable[[], None]
+    done: Callable[[Segmentation], None]
+    failed: Callable[[Exception], None]
+    cancelled: Callable[[], None]
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+class SegmentationRunner(QObject):
+    """Starts :class:`Job` s in a thread worker; at most one runs, the newest waits for it."""
+
+    #: ``(done, total)`` in slices, emitted from the worker thread, delivered on the GUI thread.
+    progressed = Signal(int, int)
+    #: emitted on the GUI thread whenever a run starts or ends
+    busy_changed = Signal(bool)
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.job: Job | None = None
+        self._pending: Job | None = None
+        self._stop = threading.Event()
+        self._worker = None
+        self._bar: cancelable_progress | None = None
+        self.progressed.connect(self._show_progress)
+
+    @property
+    def busy(self) -> bool:
+        return self.job is not None
+
+    def start(self, job: Job) -> None:
+        """Run ``job`` now, or, when a run is going, cancel it and run ``job`` once it has stopped."""
+        if self.busy:
+            if self._pending is not None:
+                self._pending.cancelled()
+            self._pending = job
+            self.cancel()
+            return
+        self.job = job
+        self._stop = threading.Event()
+        stop, bar = self._stop, cancelable_progress(total=0, desc=job.description)
+        self._bar = bar
+        kwargs = dict(job.kwargs, progress=self.progressed.emit, cancel=lambda: stop.is_set() or bar.is_canceled)
+        worker = create_worker(segment, **kwargs, _start_thread=False, _ignore_errors=True)  # errors go to job.failed
+        worker.returned.connect(lambda result: self._end(lambda: job.done(result)))
+        worker.errored.connect(lambda error: self._end(lambda: self._report(job, error)))
+        self._worker = worker
+        worker.start()
+        self.busy_changed.emit(True)
+        job.started()
+
+    def cancel(self) -> None:
+        """Ask the running job to stop; the encoder checks before each of its layers."""
+        self._stop.set()
+
+    def cancel_all(self) -> None:
+        """Cancel the running job and forget the waiting one."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.cancelled()
+        self.cancel()
+
+    def _show_progress(self, done: int, total: int) -> None:
+        if self._bar is not None:
+            if self._bar.total != total:
+                self._bar.total = total
+            self._bar.update(done - self._bar.n)
+
+    @staticmethod
+    def _report(job: Job, error: Exception) -> None:
+        if isinstance(error, SegmentationCancelled):
+            job.cancelled()
+        else:
+            job.failed(error)
+
+    def _end(self, outcome: Callable[[], None]) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        self.job, self._worker = None, None
+        try:
+            outcome()
+        finally:
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                self.start(pending)
+            else:
+                self.busy_changed.emit(False)

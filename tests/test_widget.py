@@ -1,0 +1,304 @@
+"""The dock widget in a real napari viewer (under Xvfb): segment, correct, cancel, export, bad states.
+
+Runs go through the real thread worker; the tests wait on the runner with
+``qtbot.waitUntil``.  The ``tiny`` encoder keeps them fast; a slowed copy of it
+(registered by name, like any encoder) gives runs long enough to cancel.
+"""
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+from napari.utils.notifications import notification_manager
+from qtpy.QtCore import Qt, QTimer
+
+from conftest import DIRECTIONS, dice, ellipsoids, write_itk
+from napari_fewshot.core.encoders import ENCODERS
+from napari_fewshot.core.encoders.tiny import TinyEncoder
+from napari_fewshot.core.engine import DEFAULT_CACHE
+from napari_fewshot.io import Geometry, read_volume
+from napari_fewshot.io.orientation import closest_canonical, to_view
+
+PLUGIN = "napari-fewshot"
+WIDGET = "Few-shot segmentation"
+PAINTED = 12
+
+
+class SlowEncoder(TinyEncoder):
+    """The test encoder at a tenth of a second per batch: runs that last long enough to cancel."""
+
+    name = "slow"
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.1)
+        return super().trunk(x)
+
+
+@pytest.fixture
+def scan(tmp_path):
+    """An MR-like volume written as a RAS-stored NIfTI file, and its truth in the viewer's layout."""
+    image, truth = ellipsoids(seed=7)
+    path = write_itk(tmp_path / "scan.nii.gz", image, spacing=(0.9, 0.9, 2.0), direction=DIRECTIONS["ras-flip"])
+    geometry = read_volume(path).geometry
+    return path, to_view(truth, closest_canonical(geometry))
+
+
+@pytest.fixture
+def session(make_napari_viewer, scan, monkeypatch):
+    """A viewer showing the scan, the docked widget on the tiny encoder, and a support painted on one slice."""
+    monkeypatch.setitem(ENCODERS, "slow", SlowEncoder)
+    DEFAULT_CACHE.clear()  # each test counts the slices it encodes
+    path, truth = scan
+    viewer = make_napari_viewer(show=True)
+    [image] = viewer.open(path, plugin=PLUGIN)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    widget.encoder.value, widget.head.value, widget.names.value = "tiny", "alpnet", "bright, dark"
+    support = widget.add_support_layer()
+    support.data_setitem(np.nonzero(_slice_mask(truth, PAINTED)), truth[_slice_mask(truth, PAINTED)])
+    notification_manager.records.clear()
+    return viewer, widget, image, support, truth
+
+
+def _slice_mask(volume: np.ndarray, z: int) -> np.ndarray:
+    mask = np.zeros(volume.shape, bool)
+    mask[z] = volume[z] > 0
+    return mask
+
+
+def _run(qtbot, widget, button) -> None:
+    button.native.click()
+    qtbot.waitUntil(lambda: not widget._runner.busy, timeout=60_000)
+
+
+def _go_to(viewer, z: int) -> None:
+    viewer.dims.set_current_step(0, z)
+
+
+def _messages() -> list[str]:
+    return [str(record.message) for record in notification_manager.records]
+
+
+def test_segment_volume_gives_a_prediction_on_the_image_grid_and_maps(qtbot, session):
+    viewer, widget, image, support, truth = session
+    painted = np.array(support.data, copy=True)
+    _run(qtbot, widget, widget.segment_volume)
+
+    prediction = viewer.layers["scan prediction"]
+    assert prediction._type_string == "labels" and prediction is not support
+    np.testing.assert_array_equal(support.data, painted)  # the support is never written to
+    np.testing.assert_allclose(prediction.scale, image.scale)
+    np.testing.assert_allclose(prediction.translate, image.translate)
+    assert prediction.metadata["geometry"] == image.metadata["geometry"]
+    assert dice(prediction.data == 1, truth == 1) > 0.85 and dice(prediction.data == 2, truth == 2) > 0.8
+    assert list(prediction.features["name"]) == ["bright", "dark"]
+    record = prediction.metadata["napari_fewshot"]
+    assert record["support_slices"] == {"1": [PAINTED], "2": [PAINTED]} and record["encoder"] == "tiny"
+
+    for name in ("bright", "dark"):
+        attention = viewer.layers[f"scan {name} attention"]
+        assert attention.data.shape == image.data.shape and not attention.visible and attention.blending == "additive"
+    bright = viewer.layers["scan bright attention"].data
+    assert bright[truth == 1].mean() > bright[truth == 0].mean()
+    assert widget.export_layer.value is prediction
+    assert "Segmented 24 slices" in widget.status.value
+
+    # the slices worth a look: predicted, not painted, least sure first; a click goes there
+    listed = list(widget.check.choices)
+    assert 0 < len(listed) <= 10 and PAINTED not in listed
+    widget.check.value = [listed[-1]]
+    assert viewer.dims.current_step[0] == listed[-1]
+
+
+def test_segment_slice_previews_the_slice_on_screen_and_encodes_little(qtbot, session):
+    viewer, widget, image, support, truth = session
+    _go_to(viewer, 16)
+    before = DEFAULT_CACHE.stats.encoded_slices
+    _run(qtbot, widget, widget.segment_slice)
+    assert DEFAULT_CACHE.stats.encoded_slices - before == 2  # the slice on screen and the painted one
+    prediction = viewer.layers["scan prediction"]
+    assert np.flatnonzero(prediction.data.any(axis=(1, 2))).tolist() == [16]
+    assert dice(prediction.data[16] == 1, truth[16] == 1) > 0.8
+
+    _run(qtbot, widget, widget.segment_volume)  # the volume encodes only the 22 slices left
+    assert DEFAULT_CACHE.stats.encoded_slices - before == 24
+
+
+def test_correction_loop_reuses_the_features_and_keeps_every_correction(qtbot, session):
+    viewer, widget, image, support, truth = session
+    before = DEFAULT_CACHE.stats.encoded_slices
+    _run(qtbot, widget, widget.segment_volume)
+    assert DEFAULT_CACHE.stats.encoded_slices - before == 24
+    prediction = viewer.layers["scan prediction"]
+
+    # fix slice 6 by hand and add it to the support; undo takes it back, redo brings it again
+    prediction.data_setitem(np.nonzero(_slice_mask(truth, 6)), truth[_slice_mask(truth, 6)])
+    _go_to(viewer, 6)
+    widget.add_to_support.native.click()
+    np.testing.assert_array_equal(support.data[6], prediction.data[6])
+    support.undo()
+    assert not support.data[6].any()
+    support.redo()
+    np.testing.assert_array_equal(support.data[6], prediction.data[6])
+
+    # a slice corrected by hand but not added: the next run adds it rather than losing it
+    corrected = prediction.data[18].copy()
+    corrected[:5, :5] = 2
+    prediction.data_setitem(np.nonzero(np.ones_like(corrected, bool)[None] & (np.arange(24) == 18)[:, None, None]), corrected.ravel())
+    _run(qtbot, widget, widget.segment_volume)
+    assert DEFAULT_CACHE.stats.encoded_slices - before == 24  # head only
+    np.testing.assert_array_equal(support.data[18], corrected)
+    np.testing.assert_array_equal(prediction.data[18], corrected)  # painted slices keep what was painted
+    assert viewer.layers["scan prediction"] is prediction  # updated in place
+    assert any("Slices 18 corrected" in message for message in _messages())
+    assert prediction.metadata["napari_fewshot"]["support_slices"]["1"] == [6, PAINTED, 18]
+
+
+def test_cancel_stops_the_run_while_the_viewer_stays_responsive(qtbot, session):
+    viewer, widget, image, support, truth = session
+    _run(qtbot, widget, widget.segment_volume)
+    previous = np.array(viewer.layers["scan prediction"].data, copy=True)
+
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start(20)
+    widget.encoder.value = "slow"
+    widget.segment_volume.native.click()
+    qtbot.waitUntil(lambda: widget._runner._bar is not None and widget._runner._bar.n >= 4, timeout=30_000)
+    assert widget.cancel.enabled
+    support.paint((3, 20, 20), 1, refresh=True)  # painting works during the run...
+    _go_to(viewer, 5)  # ...and so does scrolling
+    widget.cancel.native.click()
+    qtbot.waitUntil(lambda: not widget._runner.busy, timeout=5_000)
+    timer.stop()
+    assert len(ticks) >= 3  # the GUI thread kept handling events while the worker encoded
+    assert "Cancelled" in widget.status.value and not widget.cancel.enabled
+    np.testing.assert_array_equal(viewer.layers["scan prediction"].data, previous)
+    assert support.data[3, 20, 20] == 1
+
+
+def test_a_new_run_while_one_is_going_replaces_it_never_runs_beside_it(qtbot, session):
+    viewer, widget, image, support, truth = session
+    widget.encoder.value = "slow"
+    started = []
+    widget._runner.busy_changed.connect(started.append)
+    widget.segment_volume.native.click()
+    qtbot.waitUntil(lambda: widget._runner._bar is not None and widget._runner._bar.n >= 1, timeout=30_000)
+    first = widget._runner.job
+    widget.encoder.value = "tiny"
+    widget.segment_volume.native.click()  # cancels the slow run, then starts
+    assert widget._runner.job is first and "once the current run has stopped" in widget.status.value
+    qtbot.waitUntil(lambda: not widget._runner.busy, timeout=10_000)
+    assert started == [True, True, False]  # one run, then the next: never two at once
+    assert viewer.layers["scan prediction"].metadata["napari_fewshot"]["encoder"] == "tiny"
+
+
+def test_shortcuts_run_the_actions(qtbot, session):
+    viewer, widget, image, support, truth = session
+    canvas = viewer.window._qt_viewer.canvas.native
+    canvas.setFocus()
+    qtbot.keyClick(canvas, Qt.Key.Key_V, Qt.KeyboardModifier.AltModifier)
+    qtbot.waitUntil(lambda: "scan prediction" in viewer.layers and not widget._runner.busy, timeout=60_000)
+    assert "Alt-V" in widget.segment_volume.tooltip and "Alt-S" in widget.segment_slice.tooltip
+    _go_to(viewer, 8)
+    qtbot.keyClick(canvas, Qt.Key.Key_A, Qt.KeyboardModifier.AltModifier)
+    assert support.data[8].any() and "Alt-A" in widget.add_to_support.tooltip
+
+
+def test_export_writes_the_mask_with_the_source_geometry_and_a_sidecar(qtbot, session, scan, tmp_path):
+    viewer, widget, image, support, truth = session
+    _run(qtbot, widget, widget.segment_volume)
+    prediction = viewer.layers["scan prediction"]
+    out = tmp_path / "mask.nrrd"
+    written = widget.export_mask(str(out))
+    assert written == [str(out), str(tmp_path / "mask.json")]
+    exported = read_volume(out)
+    source = read_volume(scan[0]).geometry
+    assert exported.geometry.same_grid(source)
+    np.testing.assert_array_equal(to_view(exported.data, closest_canonical(source)), prediction.data)
+    sidecar = json.loads((tmp_path / "mask.json").read_text())
+    assert sidecar["labels"] == {"1": "bright", "2": "dark"}
+    assert sidecar["segmentation"]["support_slices"] == {"1": [PAINTED], "2": [PAINTED]}
+    assert sidecar["segmentation"]["encoder"] == "tiny" and sidecar["segmentation"]["head"] == "alpnet"
+    assert Geometry.from_dict(sidecar["geometry"]).same_grid(source)
+
+    # over the scan itself: refused, nothing written, a notification says why
+    scan_bytes = scan[0].read_bytes()
+    assert widget.export_mask(str(scan[0])) == []
+    assert scan[0].read_bytes() == scan_bytes
+    assert any("would overwrite it" in message for message in _messages())
+
+
+def test_bad_states_notify_and_leave_the_layers_intact(qtbot, session, tmp_path):
+    viewer, widget, image, support, truth = session
+    layers = list(viewer.layers)
+    painted = np.array(support.data, copy=True)
+
+    widget.names.value = "bright, 1: dark"
+    _run(qtbot, widget, widget.segment_volume)
+    assert "label 1 is named twice" in _messages()[-1]
+    widget.names.value = "bright, dark"
+
+    other = viewer.add_labels(np.zeros((10, 48, 48), np.uint8), name="elsewhere")
+    widget.support.value = other
+    _run(qtbot, widget, widget.segment_volume)
+    assert "'elsewhere' (shape (10, 48, 48)" in _messages()[-1] and "not on the grid of 'scan'" in _messages()[-1]
+    viewer.layers.remove(other)
+
+    empty = widget.add_support_layer()
+    _run(qtbot, widget, widget.segment_volume)
+    assert "no painted voxel" in _messages()[-1] and "Segmentation failed" in widget.status.value
+    viewer.layers.remove(empty)
+    widget.support.value = support
+
+    noisy = viewer.add_image(np.where(truth > 0, np.nan, 1.0), name="broken", scale=image.scale, translate=image.translate)
+    widget.image.value = noisy
+    _run(qtbot, widget, widget.segment_volume)
+    assert "NaN or infinite voxels" in _messages()[-1]
+    viewer.layers.remove(noisy)
+    widget.image.value = image
+
+    # the image closed during a run: the run stops, nothing is added
+    widget.encoder.value = "slow"
+    widget.segment_volume.native.click()
+    qtbot.waitUntil(lambda: widget._runner._bar is not None and widget._runner._bar.n >= 1, timeout=30_000)
+    viewer.layers.remove(image)
+    qtbot.waitUntil(lambda: not widget._runner.busy, timeout=5_000)
+    assert "'scan' was closed during the segmentation" in _messages()[-1]
+    assert "scan prediction" not in viewer.layers
+    assert [layer.name for layer in viewer.layers] == [layer.name for layer in layers if layer is not image]
+    np.testing.assert_array_equal(support.data, painted)
+
+    assert widget.image.value is None  # no image left to choose
+    _run(qtbot, widget, widget.segment_volume)
+    assert "Open a scan first" in _messages()[-1]
+
+
+def test_the_canvas_shows_the_prediction(qtbot, session):
+    viewer, widget, image, support, truth = session
+    _run(qtbot, widget, widget.segment_volume)
+    prediction = viewer.layers["scan prediction"]
+    _go_to(viewer, PAINTED + 3)
+    assert viewer.screenshot(canvas_only=True).any()  # scan and prediction on screen
+
+    for layer in viewer.layers:
+        layer.visible = layer is prediction
+    prediction.opacity = 1.0
+    shown = viewer.screenshot(canvas_only=True)[..., :3].astype(int)
+    colour = np.round(np.asarray(prediction.get_color(1))[:3] * 255).astype(int)
+
+    def pixel(index) -> np.ndarray:
+        """The screenshot's colour where the voxel ``index`` (z, y, x) is drawn."""
+        world = np.asarray(prediction.data_to_world(index))
+        native = viewer.window._qt_viewer.canvas.native
+        ratio = shown.shape[1] / native.width()
+        row, col = (world[1:] - np.asarray(viewer.scene.camera.center)[1:]) * viewer.scene.camera.zoom + np.array(shown.shape[:2]) / ratio / 2
+        return shown[int(round(row * ratio)), int(round(col * ratio))]
+
+    z = PAINTED + 3
+    inside = np.argwhere(truth[z] == 1).mean(axis=0).round().astype(int)
+    assert prediction.data[z][tuple(inside)] == 1
+    assert np.abs(pixel((z, *inside)) - colour).max() <= 2  # the structure, in its label colour
+    assert not pixel((z, 2, 2)).any()  # background: nothing drawn
