@@ -6,6 +6,8 @@ Runs go through the real thread worker; the tests wait on the runner with
 """
 
 import json
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -153,6 +155,18 @@ def test_correction_loop_reuses_the_features_and_keeps_every_correction(qtbot, s
     assert viewer.layers["scan prediction"] is prediction  # updated in place
     assert any("Slices 18 corrected" in message for message in _messages())
     assert prediction.metadata["napari_fewshot"]["support_slices"]["1"] == [6, PAINTED, 18]
+
+    # a slice where the structure is absent: cleared by hand (or added while empty), it stays empty
+    assert prediction.data[19].any() and prediction.data[4].any()
+    prediction.data_setitem(np.nonzero(np.arange(24)[:, None, None] == np.full((1, 48, 48), 19)), 0)
+    _go_to(viewer, 4)
+    prediction.data_setitem(np.nonzero(np.arange(24)[:, None, None] == np.full((1, 48, 48), 4)), 0)
+    widget.add_to_support.native.click()
+    assert "Slice 4 is empty: later runs keep it empty" in widget.status.value
+    _run(qtbot, widget, widget.segment_volume)
+    assert not prediction.data[19].any() and not prediction.data[4].any() and prediction.data[10].any()
+    assert prediction.metadata["napari_fewshot"]["empty_slices"] == [4, 19]
+    assert any("Slices 4, 19, cleared by hand, stay empty" in message for message in _messages())
 
 
 def test_cancel_stops_the_run_while_the_viewer_stays_responsive(qtbot, session):
@@ -302,3 +316,26 @@ def test_the_canvas_shows_the_prediction(qtbot, session):
     assert prediction.data[z][tuple(inside)] == 1
     assert np.abs(pixel((z, *inside)) - colour).max() <= 2  # the structure, in its label colour
     assert not pixel((z, 2, 2)).any()  # background: nothing drawn
+
+
+def test_the_encoders_load_in_a_viewer_drawn_by_mesa_llvm(tmp_path):
+    """Under Xvfb, OpenGL runs on Mesa's LLVM; Triton's LLVM loaded after it crashed the process."""
+    script = tmp_path / "viewer_then_encoder.py"
+    script.write_text(
+        "import time, napari, numpy\n"
+        "from napari_fewshot._napari.widget import FewShotWidget\n"
+        "viewer = napari.Viewer(show=True)  # OpenGL starts after the plugin was imported\n"
+        "viewer.add_image(numpy.arange(8 * 16 * 16.0).reshape(8, 16, 16))\n"
+        "support = viewer.add_labels(numpy.zeros((8, 16, 16), numpy.uint8))\n"
+        "support.data[4, 4:9, 4:9] = 1\n"
+        "_, widget = viewer.window.add_plugin_dock_widget('napari-fewshot', 'Few-shot segmentation')\n"
+        "widget.encoder.value = 'tiny'\n"
+        "widget.run('volume')\n"
+        "while widget._runner.busy:\n"
+        "    napari.qt.get_qapp().processEvents(); time.sleep(0.01)\n"
+        "assert 'Segmented 8 slices' in widget.status.value, widget.status.value\n"
+        "import torchvision  # what the litemedsam and resnet101-coco encoders import\n"
+        "print('loaded')\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "loaded" in result.stdout, result.stderr[-2000:]

@@ -67,6 +67,11 @@ def file_layout(
     return data, Geometry.from_napari_transform(data.shape, scale, translate, rotate, str(data.dtype))
 
 
+def layer_attributes(layer: Any) -> dict[str, Any]:
+    """A layer's ``scale``, ``translate``, ``rotate`` and ``metadata``: what its grid and file geometry need."""
+    return {key: getattr(layer, key) for key in ("scale", "translate", "rotate", "metadata")}
+
+
 def support_layer_data(shape: tuple[int, ...], image: dict[str, Any], name: str) -> LayerDataTuple:
     """An empty ``uint8`` Labels layer on an image layer's grid, ready to paint.
 

@@ -16,7 +16,7 @@ from napari.utils.colormaps import Colormap
 
 from ..core.engine import Segmentation
 from .export import PROVENANCE
-from .layers import support_layer_data
+from .layers import layer_attributes, support_layer_data
 from .structures import names_features
 
 if TYPE_CHECKING:
@@ -56,8 +56,7 @@ def show_segmentation(
     where = _index(slices, axis, image.data.shape)
     prediction = find_layer(viewer, prediction_name(image), Labels, image.data.shape)
     if prediction is None or prediction.data.dtype != result.labels.dtype:
-        attributes = {key: getattr(image, key) for key in ("scale", "translate", "rotate", "metadata")}
-        data, kwargs, _ = support_layer_data(image.data.shape, attributes, prediction_name(image))
+        data, kwargs, _ = support_layer_data(image.data.shape, layer_attributes(image), prediction_name(image))
         if prediction is not None:
             viewer.layers.remove(prediction)
         prediction = viewer.add_labels(data.astype(result.labels.dtype), **kwargs)

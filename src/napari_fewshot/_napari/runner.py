@@ -9,9 +9,11 @@ stopped: two runs never work at once.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from napari.qt.threading import create_worker
@@ -20,6 +22,26 @@ from qtpy.QtCore import QObject, Signal
 
 from ..core.engine import Segmentation, segment
 from ..core.errors import SegmentationCancelled
+
+
+
+def _keep_triton_out() -> None:
+    """Make torch see Triton as absent when Mesa's LLVM is already loaded in this process.
+
+    Mesa's software and AMD OpenGL drivers (llvmpipe under Xvfb, radeonsi) load
+    ``libLLVM``; Triton brings its own LLVM, and loading it afterwards crashes the
+    process (a segmentation fault while torchvision imports ``torch._dynamo``, which
+    the encoders import).  The engine runs eagerly and never needs Triton, so when
+    a ``libLLVM`` is mapped and Triton is not loaded yet, ``import triton`` is made
+    to fail as if it were not installed.  Checked before every run: the viewer may
+    draw its first frame after this module is imported.
+    """
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:  # not Linux: no Mesa LLVM clash known
+        return
+    if "libLLVM" in maps and "triton" not in sys.modules:
+        sys.modules["triton"] = None  # type: ignore[assignment]
 
 
 @dataclass
@@ -71,6 +93,7 @@ class SegmentationRunner(QObject):
             self.cancel()
             return
         self.job = job
+        _keep_triton_out()
         self._stop = threading.Event()
         stop, bar = self._stop, cancelable_progress(total=0, desc=job.description)
         self._bar = bar

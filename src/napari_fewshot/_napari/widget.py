@@ -24,7 +24,7 @@ from ..core.heads import DEFAULT_HEAD, HEADS
 from ..core.postprocess import KEEP
 from ..io import VolumeWriteError
 from .export import PROVENANCE, export_labels
-from .layers import support_layer_data
+from .layers import layer_attributes, support_layer_data
 from .results import MAPS, find_layer, prediction_name, show_segmentation
 from .runner import Job, SegmentationRunner
 from .structures import format_names, layer_names, names_features, parse_names
@@ -59,6 +59,9 @@ class FewShotWidget(Container):
         #: what the widget last wrote into each prediction layer, to find hand corrections
         #: (layers compare equal through napari's plugin proxies; identity does not hold)
         self._written: dict[Any, np.ndarray] = {}
+        #: per prediction layer, (axis, slice) the user cleared: the structure is absent there,
+        #: which a label volume cannot say as a support, so later runs keep those slices empty
+        self._cleared: dict[Any, set[tuple[int, int]]] = {}
         self._seconds_per_slice = dict(CPU_SECONDS_PER_SLICE)
 
         self.image = create_widget(label="Image", annotation="napari.layers.Image")
@@ -126,7 +129,7 @@ class FewShotWidget(Container):
         image = self.image.value
         if image is None:
             return self._refuse("Open a scan first (File > Open, or File > Open Sample > napari-fewshot).")
-        data, kwargs, _ = support_layer_data(image.data.shape, _grid(image), f"{image.name} support")
+        data, kwargs, _ = support_layer_data(image.data.shape, layer_attributes(image), f"{image.name} support")
         layer = self._viewer.add_labels(data, **kwargs)
         layer.selected_label = 1
         layer.mode = "paint"
@@ -194,7 +197,9 @@ class FewShotWidget(Container):
             return self._refuse(_grid_message(image, support))
         axis, current = self._slice_axis(image), self._current_slice(image)
         if not np.take(prediction.data, current, axis=axis).any():
-            return self._refuse(f"Nothing is predicted on slice {current}; paint it on '{support.name}' instead.")
+            self._cleared.setdefault(prediction, set()).add((axis, current))
+            self._say(f"Slice {current} is empty: later runs keep it empty. Press Segment volume (features are cached).")
+            return
         _copy_slices(prediction, support, [current], axis)
         self._say(f"Slice {current} is now part of the support; press Segment volume (features are cached).")
 
@@ -207,9 +212,8 @@ class FewShotWidget(Container):
         if not target or target == ".":
             return self._refuse("Choose a file to export to (.nii.gz, .nii, .nrrd or .mha).") or []
         names = layer_names(layer.features) or self._names() or {}
-        attributes = {key: getattr(layer, key) for key in ("scale", "translate", "rotate", "metadata")}
         try:
-            written = export_labels(target, layer.data, attributes, names)
+            written = export_labels(target, layer.data, layer_attributes(layer), names)
         except VolumeWriteError as error:
             return self._refuse(str(error), error=True) or []
         self._say(f"Exported '{layer.name}' to {written[0]} (sidecar {written[1].name}).")
@@ -252,9 +256,13 @@ class FewShotWidget(Container):
         if written is None or written.shape != prediction.data.shape:
             return
         changed = np.moveaxis(prediction.data != written, axis, 0).reshape(written.shape[axis], -1).any(axis=1)
-        slices = _copy_slices(prediction, support, np.flatnonzero(changed).tolist(), axis)
-        if slices:
-            show_info(f"Slices {', '.join(map(str, slices))} corrected in '{prediction.name}' were added to the support.")
+        cleared = [z for z in np.flatnonzero(changed).tolist() if not np.take(prediction.data, z, axis=axis).any()]
+        self._cleared.setdefault(prediction, set()).update((axis, z) for z in cleared)
+        slices = _copy_slices(prediction, support, [z for z in np.flatnonzero(changed).tolist() if z not in cleared], axis)
+        if slices or cleared:
+            added = f"Slices {', '.join(map(str, slices))} corrected in '{prediction.name}' were added to the support. " if slices else ""
+            empty = f"Slices {', '.join(map(str, cleared))}, cleared by hand, stay empty." if cleared else ""
+            show_info((added + empty).strip())
 
     def _show(
         self,
@@ -271,11 +279,21 @@ class FewShotWidget(Container):
         encoded = DEFAULT_CACHE.stats.encoded_slices - context["encoded"]
         if encoded and result.device == "cpu":
             self._seconds_per_slice[result.encoder] = result.seconds["encode"] / encoded
+            self._update_device_note()
+        axis = options["axis"]
+        previous = find_layer(self._viewer, prediction_name(image), Labels, image.data.shape)
+        painted = {z for slices in result.support_slices.values() for z in slices}
+        empty = sorted(z for a, z in self._cleared.get(previous, ()) if a == axis and z not in painted)
+        if empty:
+            index: list[Any] = [slice(None)] * result.labels.ndim
+            index[axis] = empty
+            result.labels[tuple(index)] = 0
         provenance = {
             "image": image.metadata.get("geometry", {}).get("source") or image.name,
             "support_layer": support_name,
             "support_slices": {str(v): list(s) for v, s in result.support_slices.items()},
-            "slices": "all" if len(slices) == image.data.shape[options["axis"]] else slices.tolist(),
+            "slices": "all" if len(slices) == image.data.shape[axis] else slices.tolist(),
+            "empty_slices": empty,
             **options,
             "device": result.device,
             "threshold": 0.5,
@@ -322,6 +340,7 @@ class FewShotWidget(Container):
 
     def _layer_removed(self, event: Any) -> None:
         self._written.pop(event.value, None)
+        self._cleared.pop(event.value, None)
         job = self._runner.job
         if job is not None and any(event.value == job.context[k] for k in ("image", "support")):
             self._runner.cancel_all()
@@ -387,10 +406,6 @@ class FewShotWidget(Container):
         """Tell the user why nothing happened (status line and a napari notification); returns None."""
         self._say(message)
         (show_error if error else show_warning)(message)
-
-
-def _grid(layer: Any) -> dict[str, Any]:
-    return {key: getattr(layer, key) for key in ("scale", "translate", "rotate", "metadata")}
 
 
 def _same_grid(image: Any, labels: Any) -> bool:
