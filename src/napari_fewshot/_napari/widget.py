@@ -8,7 +8,6 @@ worker, one run at a time), and turns results into layers with
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,11 +18,11 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from ..core.confidence import slice_confidence, slices_to_check
 from ..core.device import available_devices, resolve_device
 from ..core.encoders import ENCODERS
-from ..core.engine import DEFAULT_CACHE, DEFAULT_ENCODER, Segmentation
+from ..core.engine import DEFAULT_CACHE, DEFAULT_ENCODER, DEFAULT_THRESHOLD, Segmentation
 from ..core.heads import DEFAULT_HEAD, HEADS
 from ..core.postprocess import KEEP
 from ..io import VolumeWriteError
-from .export import PROVENANCE, export_labels
+from .export import export_labels
 from .layers import layer_attributes, support_layer_data
 from .results import MAPS, find_layer, prediction_name, show_segmentation
 from .runner import Job, SegmentationRunner
@@ -157,6 +156,7 @@ class FewShotWidget(Container):
             axis=axis,
             keep=self.keep.value if kind == "volume" else "all",
             fill_holes=self.fill_holes.value,
+            threshold=DEFAULT_THRESHOLD,
         )
         kwargs = dict(
             options,
@@ -256,9 +256,10 @@ class FewShotWidget(Container):
         if written is None or written.shape != prediction.data.shape:
             return
         changed = np.moveaxis(prediction.data != written, axis, 0).reshape(written.shape[axis], -1).any(axis=1)
-        cleared = [z for z in np.flatnonzero(changed).tolist() if not np.take(prediction.data, z, axis=axis).any()]
+        holds = np.moveaxis(prediction.data, axis, 0).reshape(written.shape[axis], -1).any(axis=1)
+        cleared = np.flatnonzero(changed & ~holds).tolist()
         self._cleared.setdefault(prediction, set()).update((axis, z) for z in cleared)
-        slices = _copy_slices(prediction, support, [z for z in np.flatnonzero(changed).tolist() if z not in cleared], axis)
+        slices = _copy_slices(prediction, support, np.flatnonzero(changed & holds).tolist(), axis)
         if slices or cleared:
             added = f"Slices {', '.join(map(str, slices))} corrected in '{prediction.name}' were added to the support. " if slices else ""
             empty = f"Slices {', '.join(map(str, cleared))}, cleared by hand, stay empty." if cleared else ""
@@ -296,7 +297,6 @@ class FewShotWidget(Container):
             "empty_slices": empty,
             **options,
             "device": result.device,
-            "threshold": 0.5,
             "seconds": round(result.seconds["total"], 2),
         }
         prediction = show_segmentation(

@@ -27,6 +27,8 @@ from .preprocess import Preprocessing, from_encoder_slices, to_encoder_slices
 from .support import assign_supports, painted_slices, painted_structures
 
 DEFAULT_ENCODER = "litemedsam"
+#: A voxel is background unless some structure's probability exceeds this.
+DEFAULT_THRESHOLD = 0.5
 #: Features larger than this are average-pooled to it before the head (the reference 32x32).
 HEAD_GRID = 32
 #: A head batch holds at most this many support-to-query attention entries (Q * S * (h*w)^2).
@@ -79,7 +81,7 @@ def segment(
     modality: Modality | None = None,
     axis: int = 0,
     slices: Sequence[int] | None = None,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     keep: str | None = None,
     fill_holes: bool = False,
     batch_size: int | None = None,
