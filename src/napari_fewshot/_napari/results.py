@@ -53,7 +53,7 @@ def show_segmentation(
     Layers are made on ``image``'s grid the first time and updated in place after,
     so a re-run keeps their place, colours and visibility.
     """
-    where = _index(slices, axis, image.data.shape)
+    where = slice_index(slices, axis, image.data.shape)
     prediction = find_layer(viewer, prediction_name(image), Labels, image.data.shape)
     if prediction is None or prediction.data.dtype != result.labels.dtype:
         data, kwargs, _ = support_layer_data(image.data.shape, layer_attributes(image), prediction_name(image))
@@ -61,21 +61,22 @@ def show_segmentation(
             viewer.layers.remove(prediction)
         prediction = viewer.add_labels(data.astype(result.labels.dtype), **kwargs)
     prediction.data[where] = result.labels[where]
-    prediction.features = names_features({v: names.get(v, f"structure {v}") for v in result.probabilities})
+    names = {v: names.get(v, f"structure {v}") for v in result.probabilities}
+    prediction.features = names_features(names)
     prediction.metadata[PROVENANCE] = provenance
     prediction.refresh()
     if maps != "none":
         volumes = result.attention if maps == "attention" else result.probabilities
         for value, volume in volumes.items():
-            _show_map(viewer, image, prediction, value, names.get(value, f"structure {value}"), maps, volume, where)
+            _show_map(viewer, image, prediction, value, names[value], maps, volume, where)
     return prediction
 
 
-def _index(slices: np.ndarray, axis: int, shape: tuple[int, ...]) -> tuple[Any, ...]:
+def slice_index(slices: np.ndarray | list[int], axis: int, shape: tuple[int, ...]) -> tuple[Any, ...]:
     """An index of ``slices`` along ``axis``: a plain view when they are all the slices (no copy)."""
     index: list[Any] = [slice(None)] * len(shape)
     if len(slices) != shape[axis]:
-        index[axis] = np.asarray(slices)
+        index[axis] = np.asarray(slices, dtype=int)
     return tuple(index)
 
 

@@ -24,7 +24,6 @@ from ..core.engine import Segmentation, segment
 from ..core.errors import SegmentationCancelled
 
 
-
 def _keep_triton_out() -> None:
     """Make torch see Triton as absent when Mesa's LLVM is already loaded in this process.
 

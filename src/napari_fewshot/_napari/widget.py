@@ -24,7 +24,7 @@ from ..core.postprocess import KEEP
 from ..io import VolumeWriteError
 from .export import export_labels
 from .layers import layer_attributes, support_layer_data
-from .results import MAPS, find_layer, prediction_name, show_segmentation
+from .results import MAPS, find_layer, prediction_name, show_segmentation, slice_index
 from .runner import Job, SegmentationRunner
 from .structures import format_names, layer_names, names_features, parse_names
 
@@ -286,9 +286,7 @@ class FewShotWidget(Container):
         painted = {z for slices in result.support_slices.values() for z in slices}
         empty = sorted(z for a, z in self._cleared.get(previous, ()) if a == axis and z not in painted)
         if empty:
-            index: list[Any] = [slice(None)] * result.labels.ndim
-            index[axis] = empty
-            result.labels[tuple(index)] = 0
+            result.labels[slice_index(empty, axis, result.labels.shape)] = 0
         provenance = {
             "image": image.metadata.get("geometry", {}).get("source") or image.name,
             "support_layer": support_name,
@@ -430,10 +428,8 @@ def _copy_slices(source: Any, target: Any, slices: list[int], axis: int) -> list
 
     Returns the slices that changed ``target`` (those it already held are left out).
     """
-    index: list[Any] = [slice(None)] * source.data.ndim
-    index[axis] = slices
     region = np.zeros(source.data.shape, dtype=bool)
-    region[tuple(index)] = True
+    region[slice_index(slices, axis, source.data.shape)] = True
     where = np.nonzero(region & (source.data != target.data))
     if len(where[0]):
         target.data_setitem(where, np.asarray(source.data)[where])
