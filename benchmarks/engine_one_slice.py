@@ -2,11 +2,13 @@
 
 For each structure the support is its slice of largest area (along the file's
 first array axis); every slice of the volume is predicted and scored.  Each
-head runs with each choice of which 3D components to keep; all runs of one
-case share one feature cache, so only the first call encodes.
+head runs with each set of weights (untrained, the shipped model, a trained
+file) and each choice of which 3D components to keep; all runs of one case
+share one feature cache (the encoder's trunk features), so only the first call
+encodes.
 
     .venv/bin/python benchmarks/engine_one_slice.py --case abdomen-ct --labels 5 1 2 3
-    .venv/bin/python benchmarks/engine_one_slice.py --case brain-mr-mni --labels 1 2
+    .venv/bin/python benchmarks/engine_one_slice.py --case brain-mr-mni --labels 1 2 --weights none default
 
 Prints a Markdown table and writes ``--json`` when given.
 """
@@ -14,6 +16,7 @@ Prints a Markdown table and writes ``--json`` when given.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -48,6 +51,8 @@ def main() -> None:
     parser.add_argument("--labels", type=int, nargs="+", required=True)
     parser.add_argument("--encoder", default="litemedsam")
     parser.add_argument("--heads", nargs="+", default=list(HEADS))
+    parser.add_argument("--weights", nargs="+", default=["none"], help="none, default, or model files")
+    parser.add_argument("--keep", nargs="+", choices=KEEP, default=list(KEEP))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -62,22 +67,21 @@ def main() -> None:
         support_slice = int(structure.reshape(len(structure), -1).sum(axis=1).argmax())
         support = np.zeros(truth.shape, dtype=np.uint8)
         support[support_slice] = structure[support_slice]
-        for head in args.heads:
-            for keep in KEEP:
-                result = segment(
-                    image.data, support, spacing=spacing, encoder=args.encoder, head=head,
-                    device=args.device, keep=keep, cache=cache,
-                )
-                if first_seconds is None:
-                    first_seconds = result.seconds["total"]
-                    encoded_rss = peak_rss_mib()
-                else:
-                    again_seconds.append(result.seconds["total"])
-                rows.append({
-                    "label": value, "support_slice": support_slice, "head": head, "keep": keep,
-                    "dice": dice(result.labels == 1, structure), "seconds": result.seconds["total"],
-                })
-                print(rows[-1], flush=True)
+        for head, weights, keep in itertools.product(args.heads, args.weights, args.keep):
+            result = segment(
+                image.data, support, spacing=spacing, encoder=args.encoder, head=head, weights=weights,
+                device=args.device, keep=keep, cache=cache,
+            )
+            if first_seconds is None:
+                first_seconds = result.seconds["total"]
+                encoded_rss = peak_rss_mib()
+            else:
+                again_seconds.append(result.seconds["total"])
+            rows.append({
+                "label": value, "support_slice": support_slice, "head": head, "weights": weights, "keep": keep,
+                "dice": dice(result.labels == 1, structure), "seconds": result.seconds["total"],
+            })
+            print(rows[-1], flush=True)
     again = statistics.median(again_seconds)
     summary = {
         "case": args.case, "encoder": args.encoder, "device": result.device, "shape": list(image.data.shape),
@@ -87,12 +91,11 @@ def main() -> None:
         "peak_rss_after_first_mib": encoded_rss, "peak_rss_mib": peak_rss_mib(), "rows": rows,
     }
     print(f"\n{args.case} ({'x'.join(map(str, image.data.shape))}), encoder {args.encoder}, {summary['machine']}")
-    print("| head | components kept | " + " | ".join(f"label {v}" for v in args.labels) + " | mean |")
-    print("|---|---|" + "---|" * (len(args.labels) + 1))
-    for head in args.heads:
-        for keep in KEEP:
-            scores = [r["dice"] for r in rows if r["head"] == head and r["keep"] == keep]
-            print(f"| {head} | {keep} | " + " | ".join(f"{s:.3f}" for s in scores) + f" | {np.mean(scores):.3f} |")
+    print("| head | weights | components kept | " + " | ".join(f"label {v}" for v in args.labels) + " | mean |")
+    print("|---|---|---|" + "---|" * (len(args.labels) + 1))
+    for head, weights, keep in itertools.product(args.heads, args.weights, args.keep):
+        scores = [r["dice"] for r in rows if (r["head"], r["weights"], r["keep"]) == (head, weights, keep)]
+        print(f"| {head} | {weights} | {keep} | " + " | ".join(f"{s:.3f}" for s in scores) + f" | {np.mean(scores):.3f} |")
     print(f"\nfirst segmentation {first_seconds:.1f} s; re-segmentation median {again:.2f} s "
           f"({first_seconds / again:.0f}x); features {summary['feature_mib']:.0f} MiB; "
           f"peak RSS {encoded_rss:.0f} MiB after the first, {summary['peak_rss_mib']:.0f} MiB at the end")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from . import __version__
 from .core.postprocess import KEEP
@@ -86,7 +88,7 @@ def _segment(args: argparse.Namespace) -> int:
             probability_paths = _probability_paths(args.probabilities, list(painted_structures(support.data)))
             for path in probability_paths.values():
                 check_writable(path, image.geometry)
-        models = {name: getattr(args, name) for name in ("encoder", "head") if getattr(args, name)}
+        models = {name: getattr(args, name) for name in ("encoder", "head", "weights") if getattr(args, name)}
         result = segment(
             image.data,
             support.data,
@@ -146,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--output", required=True, metavar="PATH", help="predicted labels (.nii.gz, .nii, .nrrd, .mha)")
     seg.add_argument("--encoder", help="litemedsam (the default), resnet101-coco or tiny")
     seg.add_argument("--head", help="alpnet (the default), dspnet or panet")
+    seg.add_argument(
+        "--weights", metavar="default|none|PATH",
+        help="trained weights: default (the model shipped for the encoder), none (untrained), "
+        "or a model.safetensors from 'napari-fewshot train'",
+    )
     seg.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     seg.add_argument("--modality", choices=("CT", "MR"), help="override the detection from the intensities")
     seg.add_argument("--threshold", type=float, default=0.5, help="background below this probability (default 0.5)")
@@ -160,7 +167,91 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write foreground probabilities (float32); with several structures put {label} in the name",
     )
     seg.set_defaults(run=_segment)
+    _add_train_parser(commands)
     return parser
+
+
+def _add_train_parser(commands: argparse._SubParsersAction) -> None:
+    from .train.pseudolabels import SUPERPIXELS
+
+    train = commands.add_parser(
+        "train",
+        help="self-supervised training on unlabelled images (superpixel episodes); runs under torchrun too",
+        description="Train the projection and head (and, unless --freeze-encoder, the encoder) without labels. "
+        "Resumes from OUT/checkpoint.pt when there is one. Under 'torchrun --nproc_per_node=N' the ranks "
+        "train together (DistributedDataParallel).",
+    )
+    train.add_argument("--images", nargs="+", required=True, metavar="PATH", help="images to train on (no labels)")
+    train.add_argument("--out", required=True, metavar="DIR", help="the run's folder: checkpoint, log, cache, model")
+    train.add_argument("--encoder", default="litemedsam", help="litemedsam (default), resnet101-coco or tiny")
+    train.add_argument("--head", default="dspnet", help="dspnet (default), alpnet or panet")
+    train.add_argument("--freeze-encoder", action="store_true",
+                       help="keep the encoder's trunk fixed: its features are computed once and cached (fast on a CPU)")
+    train.add_argument("--steps", type=int, default=10_000, help="training steps (one episode per rank each)")
+    train.add_argument("--supervoxels", action="store_true",
+                       help="3D supervoxels: the query is a neighbouring slice of the support's supervoxel")
+    train.add_argument("--superpixels", choices=SUPERPIXELS, default="felzenszwalb", help="2D superpixel method")
+    train.add_argument("--slice-mm", type=float, default=0.0, metavar="MM",
+                       help="train on slices at least this far apart (default: every slice)")
+    train.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate (x0.95 every 1000 steps)")
+    train.add_argument("--checkpoint-every", type=int, default=500, metavar="N", help="steps between checkpoints")
+    train.add_argument("--log-every", type=int, default=50, metavar="N", help="steps between log lines")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    train.add_argument("--cache", metavar="DIR", help="where prepared volumes are kept (default: OUT/cache)")
+    train.set_defaults(run=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .core.errors import SegmentationError
+    from .io import VolumeError
+    from .train.trainer import TrainConfig, train
+
+    config = TrainConfig(
+        images=args.images, out=Path(args.out), encoder=args.encoder, head=args.head,
+        freeze_encoder=args.freeze_encoder, steps=args.steps, supervoxels=args.supervoxels,
+        superpixels=args.superpixels, slice_mm=args.slice_mm, lr=args.lr, checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every, seed=args.seed, device=args.device,
+        cache=Path(args.cache) if args.cache else None, command=["napari-fewshot", *sys.argv[1:]],
+    )
+    bars = TrainingProgress()
+    try:
+        path = train(config, progress=bars)
+    except (VolumeError, SegmentationError, ValueError, KeyError) as error:
+        message = error.args[0] if isinstance(error, KeyError) else error
+        print(f"\nerror: {message}", file=sys.stderr)
+        return 1
+    finally:
+        bars.close()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{path}: trained for {config.steps} steps (log: {config.out / 'log.jsonl'})")
+    return 0
+
+
+class TrainingProgress:
+    """Bars on stderr for the trainer's ``progress(stage, done, total, values)``."""
+
+    def __init__(self) -> None:
+        self.bars: dict[str, Any] = {}
+
+    def __call__(self, stage: str, done: int, total: int, values: dict[str, float]) -> None:
+        from tqdm import tqdm
+
+        if stage not in self.bars:
+            unit = "volume" if stage == "prepare" else "step"
+            self.bars[stage] = tqdm(total=total, desc=stage, unit=unit, file=sys.stderr, initial=done)
+        bar = self.bars[stage]
+        if values:
+            bar.set_postfix({k: f"{v:.3f}" for k, v in values.items()}, refresh=False)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -294,6 +294,7 @@ class FewShotWidget(Container):
             "slices": "all" if len(slices) == image.data.shape[axis] else slices.tolist(),
             "empty_slices": empty,
             **options,
+            "weights": result.weights,
             "device": result.device,
             "seconds": round(result.seconds["total"], 2),
         }

@@ -9,17 +9,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .cancel import CancelCheck, check_cancel
 from .device import resolve_device
 from .encoders import Encoder, EncoderUnavailable, build_encoder
 from .errors import SegmentationError
-from .features import FeatureCache, VolumeFeatures, encode_slices, feature_key
+from .features import FeatureCache, VolumeFeatures, encode_slices, feature_key, head_features
 from .heads import DEFAULT_HEAD, Head, build_head
+from .model import DEFAULT, FewShotModel, apply_model_file, model_source, read_model
 from .intensity import Modality
 from .postprocess import KEEP, connected_to, largest_component
 from .postprocess import fill_holes as fill_slice_holes
@@ -29,8 +30,6 @@ from .support import assign_supports, painted_slices, painted_structures
 DEFAULT_ENCODER = "litemedsam"
 #: A voxel is background unless some structure's probability exceeds this.
 DEFAULT_THRESHOLD = 0.5
-#: Features larger than this are average-pooled to it before the head (the reference 32x32).
-HEAD_GRID = 32
 #: A head batch holds at most this many support-to-query attention entries (Q * S * (h*w)^2).
 HEAD_BATCH_ELEMENTS = 2**25
 #: Slices per encoder batch by device type (halved on out-of-memory).
@@ -40,7 +39,7 @@ DEFAULT_CACHE = FeatureCache()
 
 Progress = Callable[[int, int], None]
 
-_encoders: dict[tuple[str, str], Encoder] = {}
+_encoders: dict[tuple[str, str, str], Encoder] = {}
 
 
 @dataclass
@@ -53,6 +52,7 @@ class Segmentation:
     attention : per label value, float32 cosine similarity in [-1, 1] of each voxel's
         features to the structure's foreground prototypes.
     support_slices : per label value, the painted slice indices (along ``axis``) used.
+    weights : the model file whose trained weights were used, or ``none``.
     feature_bytes : memory held by the features of the volume(s) segmented.
     seconds : wall time of ``encode`` (0 when the features were cached), ``head`` and ``total``.
     """
@@ -63,6 +63,7 @@ class Segmentation:
     support_slices: dict[int, tuple[int, ...]]
     encoder: str
     head: str
+    weights: str
     device: str
     feature_bytes: int
     seconds: dict[str, float] = field(default_factory=dict)
@@ -77,6 +78,7 @@ def segment(
     support_spacing: tuple[float, float, float] | None = None,
     encoder: str = DEFAULT_ENCODER,
     head: str = DEFAULT_HEAD,
+    weights: str | Path | None = DEFAULT,
     device: str | torch.device = "auto",
     modality: Modality | None = None,
     axis: int = 0,
@@ -99,6 +101,8 @@ def segment(
         ``support_image`` (default: ``spacing``); slices are padded to a physical
         square before encoding, so non-square pixels keep their shape.
     encoder, head : registered names (see ``ENCODERS`` and ``HEADS``).
+    weights : trained weights: ``default`` (the model shipped for ``encoder``, untrained
+        where none ships), ``none`` (untrained), or a model file from ``napari-fewshot train``.
     device : ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``mps``.
     modality : ``CT`` or ``MR``; detected from the intensities when None.
     slices : the slice indices (along ``axis``) to predict; default every slice.
@@ -139,8 +143,8 @@ def segment(
     query_aspect = _pixel_aspect(spacing, axis)
     support_aspect = query_aspect if support_spacing is None else _pixel_aspect(support_spacing, axis)
 
-    encoder_model = _encoder(encoder, torch_device)
-    head_model = _head(head, torch_device)
+    model, weights_used = _model(encoder, head, weights, torch_device)
+    encoder_model = model.encoder
     volumes = [(query_volume, query_aspect)] + ([] if same_volume else [(support_volume, support_aspect)])
     preprocessings = [Preprocessing.for_volume(volume, modality) for volume, _ in volumes]
     keys = [feature_key(v, encoder_model, p, a) for (v, a), p in zip(volumes, preprocessings)]
@@ -173,7 +177,7 @@ def segment(
     probabilities, attention = {}, {}
     for value, slices in structures.items():
         probabilities[value], attention[value] = _structure_maps(
-            head_model,
+            model,
             features[0].tensor,
             features[-1].tensor,
             painting == value,
@@ -201,6 +205,7 @@ def segment(
         support_slices=structures,
         encoder=encoder,
         head=head,
+        weights=weights_used,
         device=str(torch_device),
         feature_bytes=sum(f.nbytes for f in features),
         seconds={"encode": encoded - started, "head": finished - encoded, "total": finished - started},
@@ -269,8 +274,22 @@ def _pixel_aspect(spacing: tuple[float, float, float] | None, axis: int) -> floa
     return float(values[1] / values[2])
 
 
-def _encoder(name: str, device: torch.device) -> Encoder:
-    key = (name, str(device))
+def _model(encoder: str, head: str, weights: str | Path | None, device: torch.device) -> tuple[FewShotModel, str]:
+    """The encoder and head with the trained ``weights`` (see :func:`segment`), and where those came from."""
+    source = model_source(weights, encoder)
+    state, card = read_model(source) if source is not None else ({}, {})
+    # a trained trunk gets an encoder object of its own; the shared one keeps its pretrained weights
+    trunk = str(source.resolve()) if card.get("trained_trunk") else ""
+    model = FewShotModel(_encoder(encoder, device, trunk), _head(head, device)).to(device).eval()
+    if source is None:
+        return model, "none"
+    apply_model_file(model, state, card, source)
+    return model, str(source)
+
+
+def _encoder(name: str, device: torch.device, trunk: str = "") -> Encoder:
+    """The encoder ``name`` on ``device``, built once per ``trunk`` (a model file's path, or "" for pretrained)."""
+    key = (name, str(device), trunk)
     if key not in _encoders:
         try:
             _encoders[key] = build_encoder(name, device)
@@ -288,16 +307,8 @@ def _head(name: str, device: torch.device) -> Head:
         raise SegmentationError(error.args[0]) from error
 
 
-def _head_features(features: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Cached features as head input: float32 on ``device``, pooled to at most ``HEAD_GRID``."""
-    features = features.to(device, torch.float32)
-    if features.shape[-1] > HEAD_GRID or features.shape[-2] > HEAD_GRID:
-        features = F.adaptive_avg_pool2d(features, (min(HEAD_GRID, features.shape[-2]), min(HEAD_GRID, features.shape[-1])))
-    return features
-
-
 def _structure_maps(
-    head: Head,
+    model: FewShotModel,
     query_features: torch.Tensor,
     support_features: torch.Tensor,
     painted: np.ndarray,
@@ -321,7 +332,7 @@ def _structure_maps(
             group_queries = [z for z in group if z in wanted]
             if not group_queries:
                 continue
-            support = _head_features(support_features[list(support_slices)], device)
+            support = model.features(support_features[list(support_slices)].to(device))
             # features are square: the mask goes to their grid as the slices went to the encoder's
             mask = to_encoder_slices(painted[list(support_slices)].astype(np.float32), support.shape[-1], aspects[1])
             mask = mask[:, 0].to(device)
@@ -330,7 +341,7 @@ def _structure_maps(
             for start in range(0, len(group_queries), batch):
                 check_cancel(cancel)
                 chunk = group_queries[start : start + batch]
-                output = head(support, mask, _head_features(query_features[chunk], device))
+                output = model.head(support, mask, model.features(query_features[chunk].to(device)))
                 maps = torch.stack([output.logits.softmax(dim=1)[:, 1], output.attention], dim=1)
                 maps = from_encoder_slices(maps, query_shape, aspects[0]).cpu().numpy()
                 probability[chunk], attention[chunk] = maps[:, 0], maps[:, 1]

@@ -1,6 +1,8 @@
 """Encoding a volume once: features of its slices, cached by content, encoder and preprocessing.
 
-Features are computed in batches (memory stays bounded by the batch, plus the
+What is cached is the encoder's trunk output, before its 1x1 reduction: the
+reduction is what a trained model changes, so a new model (like a new support)
+re-runs only the cheap part.  Features are computed in batches (memory stays bounded by the batch, plus the
 cached result), stored on the CPU in bfloat16 (half of float32), and looked up
 by :func:`feature_key`, so a new support re-runs only the head.  A volume's
 entry fills slice by slice: a one-slice preview encodes that slice (and the
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from .cancel import CancelCheck, cancellable, check_cancel
 from .device import is_out_of_memory
@@ -29,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: How cached features are stored.
 CACHE_DTYPE = torch.bfloat16
+#: Features larger than this are average-pooled to it before the head (the reference 32x32).
+HEAD_GRID = 32
 #: The cache keeps at most this many bytes of features (least recently used go first).
 DEFAULT_CACHE_BYTES = 4 * 2**30
 
@@ -101,10 +107,15 @@ class FeatureCache:
 
 
 def encoder_fingerprint(encoder: Encoder) -> str:
-    """A digest of ``encoder``'s name and weights (computed once per encoder object)."""
+    """A digest of ``encoder``'s name and trunk weights (computed once per encoder object).
+
+    The 1x1 reduction is left out: cached features are the trunk's.
+    """
     if encoder not in _fingerprints:
         digest = hashlib.blake2b(encoder.name.encode(), digest_size=16)
         for name, tensor in encoder.state_dict().items():
+            if name.startswith("reduce."):
+                continue
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         _fingerprints[encoder] = digest.hexdigest()
@@ -134,6 +145,9 @@ def encode_slices(
 ) -> int:
     """Encode the slices of ``volume`` ``[N, H, W]`` (file units) listed in ``slices`` into ``features``.
 
+    ``features`` receives the trunk's output ``[N, trunk_channels, h, w]`` (the
+    1x1 reduction is applied later, by :func:`head_features`).
+
     Slices already in ``features`` are skipped; the others go through the encoder
     ``batch_size`` at a time, and ``advance(n)`` is called after each batch of
     ``n`` slices.  A cancelled run keeps the batches it finished.  When the device
@@ -150,7 +164,7 @@ def encode_slices(
             batch = todo[start : start + batch_size]
             normalised = normalise_intensities(volume[batch], preprocessing, window)
             try:
-                encoded = encoder(to_encoder_slices(normalised, encoder.input_size, pixel_aspect).to(device))
+                encoded = encoder.trunk(to_encoder_slices(normalised, encoder.input_size, pixel_aspect).to(device))
             except Exception as error:
                 if not is_out_of_memory(error):
                     raise
@@ -171,3 +185,21 @@ def encode_slices(
             advance(len(batch))
             start += len(batch)
     return len(todo)
+
+
+def pooled(trunk_features: torch.Tensor) -> torch.Tensor:
+    """Trunk features ``[N, C, h, w]`` average-pooled to at most ``HEAD_GRID`` per side, as float32."""
+    features = trunk_features.float()
+    height, width = features.shape[-2:]
+    if height > HEAD_GRID or width > HEAD_GRID:
+        features = F.adaptive_avg_pool2d(features, (min(HEAD_GRID, height), min(HEAD_GRID, width)))
+    return features
+
+
+def head_features(trunk_features: torch.Tensor, reduce: nn.Module, device: torch.device) -> torch.Tensor:
+    """Cached trunk features ``[N, C_trunk, h, w]`` as head input ``[N, 256, <=32, <=32]`` float32 on ``device``.
+
+    Pooling and the 1x1 reduction are both linear, so pooling first (cheaper) gives
+    what reducing the full grid and then pooling would.
+    """
+    return reduce(pooled(trunk_features.to(device)))

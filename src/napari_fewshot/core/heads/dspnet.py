@@ -194,7 +194,7 @@ class DSPNetHead(Head):
         """(background ``[Q, Kb, C]``, foreground ``[Q, Kf, C]``) prototypes for each query slice."""
         refined = refine_support(support, query)
         n_query, n_support, channels, height, width = refined.shape
-        window = window_for(support)
+        window = window_for(support, self.training)
         candidates = window_candidates(refined.reshape(-1, channels, height, width), window)
         candidates = candidates.reshape(n_query, n_support, channels, -1).transpose(1, 2).flatten(2)
         mixed = self.bcma(candidates).transpose(1, 2)  # [Q, S * windows, C]
