@@ -191,6 +191,21 @@ def test_model_files_are_checked_before_use(ct_file: Path, tmp_path: Path):
         read_model(tmp_path / "missing.safetensors")
 
 
+def test_the_segment_command_takes_trained_weights(ct_file: Path, tmp_path: Path, capsys):
+    path = train(config(ct_file, tmp_path / "run", steps=2))
+    image, body = phantom()
+    painting = sitk.GetImageFromArray(np.where(np.arange(SHAPE[0])[:, None, None] == 6, body, 0).astype(np.uint8))
+    painting.CopyInformation(sitk.ReadImage(str(ct_file)))
+    sitk.WriteImage(painting, str(tmp_path / "support.nii.gz"))
+    common = ["segment", "--image", str(ct_file), "--support-labels", str(tmp_path / "support.nii.gz"),
+              "--encoder", "tiny", "--device", "cpu", "--output", str(tmp_path / "mask.nii.gz")]
+    assert main([*common, "--weights", str(path)]) == 0
+    assert sitk.ReadImage(str(tmp_path / "mask.nii.gz")).GetSize() == sitk.ReadImage(str(ct_file)).GetSize()
+    (tmp_path / "broken.safetensors").write_bytes(b"not a model")
+    assert main([*common, "--weights", str(tmp_path / "broken.safetensors")]) == 1
+    assert "not a readable model file" in capsys.readouterr().err
+
+
 def test_two_torchrun_ranks_train_in_step(ct_file: Path, tmp_path: Path):
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
