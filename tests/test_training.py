@@ -164,6 +164,9 @@ def test_an_interrupted_run_resumes_to_the_same_weights(ct_file: Path, tmp_path:
     whole, cut = read_model(uninterrupted)[0], read_model(resumed)[0]
     assert whole.keys() == cut.keys()
     assert all(torch.equal(whole[name], cut[name]) for name in whole)
+    logs = [[json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()] for run in (tmp_path / "whole", tmp_path / "cut")]
+    assert [r["step"] for r in logs[1]] == [1, 2, 3, 4, 5, 6]  # steps 4 and 5 logged once, not twice
+    assert [r["loss"] for r in logs[1]] == pytest.approx([r["loss"] for r in logs[0]])
     with pytest.raises(ValueError, match="another run"):
         train(config(ct_file, tmp_path / "cut", head="alpnet", steps=9))
 

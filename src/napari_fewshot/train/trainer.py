@@ -257,7 +257,9 @@ def _resume(path: Path, config: TrainConfig, model: FewShotModel, optimizer: tor
             ranks: Ranks) -> tuple[int, list[dict[str, Any]]]:
     """The step and log history to go on from: a checkpoint's (loaded with ``weights_only``), or 0.
 
-    Rank 0 takes over the skip counts summed over all ranks; the others count afresh.
+    Rank 0 takes over the skip counts summed over all ranks, and rewrites the log
+    to the checkpoint's history (lines logged after it would be logged again); the
+    others count afresh.
     """
     if not path.is_file():
         return 0, []
@@ -270,9 +272,12 @@ def _resume(path: Path, config: TrainConfig, model: FewShotModel, optimizer: tor
     model.load_trained_state(state["model"], str(path))
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
+    history = json.loads(state["history"])
     if ranks.main:
         sampler.skipped.update(state["skipped"])
-    return int(state["step"]), json.loads(state["history"])
+        lines = "".join(json.dumps(record) + "\n" for record in history)
+        atomic_write(path.parent / LOG, lambda target: target.write_text(lines, encoding="utf-8"))
+    return int(state["step"]), history
 
 
 def _append_log(path: Path, record: dict[str, Any]) -> None:
