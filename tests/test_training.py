@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from napari_fewshot.cli import main
 from napari_fewshot.core.encoders import build_encoder
 from napari_fewshot.core.engine import segment
 from napari_fewshot.core.heads import build_head
-from napari_fewshot.core.model import FewShotModel, ModelFileError, read_model
+from napari_fewshot.core.model import FewShotModel, ModelFileError, model_source, packaged_model, read_model
 from napari_fewshot.core.preprocess import Preprocessing, normalise_intensities
 from napari_fewshot.train.augment import AugmentRanges, affine_matrix, random_warp, warp
 from napari_fewshot.train.data import TrainingVolume, prepare_volume, preparation_settings
@@ -111,7 +112,7 @@ def test_draws_that_make_no_usable_episode_are_counted_and_redrawn():
     labels = torch.ones(2, 64, 64, dtype=torch.int32)  # slice 0: one segment only
     labels[1, 30, 30] = 2  # slice 1: a speck (too small for the 32x32 head grid) in segment 1
     volume = TrainingVolume(images=torch.rand(2, 64, 64), labels=labels, trunk=None, spacing_mm=(3.0, 1.0, 1.0),
-                            source="synthetic", supervoxels=False)
+                            source="synthetic", key="synthetic", supervoxels=False)
     sampler = EpisodeSampler([volume], from_trunk=False, head_grid=32, ranges=AugmentRanges(elastic_alpha=0.0))
     rng = np.random.default_rng(0)
     for _ in range(10):
@@ -132,7 +133,9 @@ def test_training_steps_lower_the_loss_and_write_a_model_with_its_card(ct_file: 
     path = train(run)
     encoder = build_encoder("tiny")
     settings = preparation_settings(encoder, freeze=True, superpixel_method="felzenszwalb", use_supervoxels=False, slice_mm=0)
+    cached = sorted(run.cache_dir.iterdir())
     volume = prepare_volume(ct_file, encoder, settings, run.cache_dir, device=torch.device("cpu"))
+    assert sorted(run.cache_dir.iterdir()) == cached  # the run's cache serves slice_mm=0 as well as 0.0
     sampler = EpisodeSampler([volume], from_trunk=True, head_grid=32)
     episodes = [sampler.draw(np.random.default_rng([99, i])) for i in range(12)]
     untrained = FewShotModel(encoder, build_head("dspnet").train())
@@ -144,7 +147,8 @@ def test_training_steps_lower_the_loss_and_write_a_model_with_its_card(ct_file: 
     sidecar = json.loads(path.with_suffix(".json").read_text())
     assert sidecar == card
     assert card["encoder"] == "tiny" and card["head"] == "dspnet" and card["steps"] == 40
-    assert card["data"][0]["image"] == "ct.nii.gz" and card["date"] and card["code_version"]
+    assert card["data"][0]["image"] == str(ct_file) and card["data"][0]["key"] == volume.key
+    assert card["date"] and card["code_version"]
     log = [json.loads(line) for line in (run.out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [10, 20, 30, 40] and all(np.isfinite(r["loss"]) for r in log)
 
@@ -192,6 +196,18 @@ def test_model_files_are_checked_before_use(ct_file: Path, tmp_path: Path):
         read_model(pickled)
     with pytest.raises(ModelFileError, match="no model file"):
         read_model(tmp_path / "missing.safetensors")
+
+
+def test_the_shipped_models_are_found_by_encoder_and_head_and_say_how_they_were_made():
+    shipped = sorted(Path(str(resources.files("napari_fewshot") / "models")).glob("*.safetensors"))
+    assert shipped, "the package ships its trained models (package data under napari_fewshot/models)"
+    for path in shipped:
+        state, card = read_model(path)
+        assert path.stem == f"{card['encoder']}-{card['head']}"
+        assert model_source("default", card["encoder"], card["head"]) == packaged_model(card["encoder"], card["head"]) == path
+        assert card["steps"] > 0 and card["command"].startswith("napari-fewshot train ")
+        assert not card["trained_trunk"] and {name.split(".")[0] for name in state} <= {"reduce", "head"}
+    assert model_source("default", "tiny", "dspnet") is None  # nothing ships for the test encoder: untrained
 
 
 def test_the_segment_command_takes_trained_weights(ct_file: Path, tmp_path: Path, capsys):

@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--head", help="alpnet (the default), dspnet or panet")
     seg.add_argument(
         "--weights", metavar="default|none|PATH",
-        help="trained weights: default (the model shipped for the encoder), none (untrained), "
+        help="trained weights: default (the model shipped for the encoder and head), none (untrained), "
         "or a model.safetensors from 'napari-fewshot train'",
     )
     seg.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")

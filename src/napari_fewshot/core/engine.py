@@ -101,8 +101,8 @@ def segment(
         ``support_image`` (default: ``spacing``); slices are padded to a physical
         square before encoding, so non-square pixels keep their shape.
     encoder, head : registered names (see ``ENCODERS`` and ``HEADS``).
-    weights : trained weights: ``default`` (the model shipped for ``encoder``, untrained
-        where none ships), ``none`` (untrained), or a model file from ``napari-fewshot train``.
+    weights : trained weights: ``default`` (the model shipped for ``encoder`` and ``head``,
+        untrained where none ships), ``none`` (untrained), or a model file from ``napari-fewshot train``.
     device : ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``mps``.
     modality : ``CT`` or ``MR``; detected from the intensities when None.
     slices : the slice indices (along ``axis``) to predict; default every slice.
@@ -276,7 +276,7 @@ def _pixel_aspect(spacing: tuple[float, float, float] | None, axis: int) -> floa
 
 def _model(encoder: str, head: str, weights: str | Path | None, device: torch.device) -> tuple[FewShotModel, str]:
     """The encoder and head with the trained ``weights`` (see :func:`segment`), and where those came from."""
-    source = model_source(weights, encoder)
+    source = model_source(weights, encoder, head)
     state, card = read_model(source) if source is not None else ({}, {})
     # a trained trunk gets an encoder object of its own; the shared one keeps its pretrained weights
     trunk = str(source.resolve()) if card.get("trained_trunk") else ""

@@ -119,18 +119,18 @@ def read_model(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     return state, card
 
 
-def packaged_model(encoder: str) -> Path | None:
-    """The model shipped inside the package for ``encoder``, if there is one."""
-    path = Path(str(resources.files("napari_fewshot") / "models" / f"{encoder}.safetensors"))
+def packaged_model(encoder: str, head: str) -> Path | None:
+    """The model shipped inside the package for ``encoder`` and ``head`` (``models/<encoder>-<head>.safetensors``), if any."""
+    path = Path(str(resources.files("napari_fewshot") / "models" / f"{encoder}-{head}.safetensors"))
     return path if path.is_file() else None
 
 
-def model_source(weights: str | Path | None, encoder: str) -> Path | None:
-    """The model file ``weights`` names for ``encoder``: None for untrained, the shipped one for ``default``."""
+def model_source(weights: str | Path | None, encoder: str, head: str) -> Path | None:
+    """The model file ``weights`` names: None for untrained, the one shipped for ``encoder`` and ``head`` for ``default``."""
     if weights is None or weights == UNTRAINED:
         return None
     if weights == DEFAULT:
-        return packaged_model(encoder)
+        return packaged_model(encoder, head)
     return Path(weights)
 
 

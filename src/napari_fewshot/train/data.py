@@ -41,6 +41,7 @@ class TrainingVolume:
         grid (None when the encoder trains too, and features come from the images).
     spacing_mm : distance between kept slices, and the grid's pixel size (rows, columns).
     source : where the image came from, as given.
+    key : digest of the image's content and the preparation settings (its cache key).
     """
 
     images: torch.Tensor
@@ -48,6 +49,7 @@ class TrainingVolume:
     trunk: torch.Tensor | None
     spacing_mm: tuple[float, float, float]
     source: str
+    key: str
     supervoxels: bool
 
 
@@ -115,7 +117,7 @@ def prepare_volume(
     size, pixel_aspect = settings.input_size, spacing[1] / spacing[2]
     grid_mm = max(image.shape[1] * spacing[1], image.shape[2] * spacing[2]) / size
     slices_key = _digest(np.ascontiguousarray(image).view(np.uint8).data, str(image.shape), str(image.dtype),
-                         PREPARATION_VERSION, preprocessing.key(), size, settings.slice_mm)
+                         PREPARATION_VERSION, preprocessing.key(), size, float(settings.slice_mm))
 
     def grid_slices() -> dict[str, torch.Tensor]:
         body = body_mask(image, preprocessing)
@@ -156,6 +158,7 @@ def prepare_volume(
         trunk=trunk,
         spacing_mm=(slice_mm, grid_mm, grid_mm),
         source=str(path),
+        key=slices_key,
         supervoxels=settings.supervoxels,
     )
 

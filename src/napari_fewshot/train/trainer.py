@@ -305,10 +305,10 @@ def _write_rank_digest(out: Path, ranks: Ranks, model: FewShotModel, step: int) 
 
 
 def _code_version() -> str:
-    """The package version, with the git commit when the code runs from a checkout."""
+    """The package version, with the git commit (and "-dirty" for uncommitted changes) when run from a checkout."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).parent).stdout.strip()
+        commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True,
+                                text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return f"{__version__}+{commit}" if commit else __version__
@@ -334,7 +334,7 @@ def _card(config: TrainConfig, volumes: list[TrainingVolume], ranks: Ranks, step
             "training_input_mean": round(float(intensities.mean()), 4),
             "training_input_std": round(float(intensities.std()), 4),
         },
-        "data": [{"image": Path(v.source).name, "slices": len(v.labels), "slice_mm": v.spacing_mm[0]} for v in volumes],
+        "data": [{"image": v.source, "key": v.key, "slices": len(v.labels), "slice_mm": v.spacing_mm[0]} for v in volumes],
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
                    if k not in ("images", "out", "cache", "command")},
         "python": sys.version.split()[0],
