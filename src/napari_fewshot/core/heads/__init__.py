@@ -10,8 +10,8 @@ from .dspnet import DSPNetHead
 from .panet import PANetHead
 
 HEADS: dict[str, Callable[[], Head]] = {"dspnet": DSPNetHead, "alpnet": ALPNetHead, "panet": PANetHead}
-#: Measured best with untrained (pretrained-encoder) features: DSPNet's additions
-#: (refinement, BCMA's channel mixing) lower one-slice Dice until they are trained.
+#: Measured best on abdomen-ct and brain-mr-mni, untrained and with the shipped trained
+#: models alike (docs/benchmarks.md); DSPNet comes close only once trained.
 DEFAULT_HEAD = "alpnet"
 
 
