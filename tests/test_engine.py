@@ -72,6 +72,19 @@ def test_features_are_computed_once_per_volume_across_new_supports(volume):
     assert cache.stats.encoded_slices == 48
 
 
+def test_a_cache_folder_keeps_whole_volumes_for_a_later_process(volume, tmp_path):
+    image, truth = volume
+    support = one_slice_support(truth)
+    first_cache = FeatureCache(folder=tmp_path)
+    first = segment(image, support, encoder="tiny", cache=first_cache)
+    assert first_cache.stats.encoded_slices == len(image) and len(list(tmp_path.glob("*.safetensors"))) == 1
+    later_cache = FeatureCache(folder=tmp_path)  # as a new process would have
+    later = segment(image, support, encoder="tiny", cache=later_cache)
+    assert later_cache.stats.encoded_slices == 0 and np.array_equal(later.labels, first.labels)
+    segment(image + 1, support, encoder="tiny", cache=later_cache)  # another volume: encoded, and kept beside
+    assert later_cache.stats.encoded_slices == len(image) and len(list(tmp_path.glob("*.safetensors"))) == 2
+
+
 def test_a_one_slice_preview_encodes_that_slice_and_the_support_only(volume):
     image, truth = volume
     support = one_slice_support(truth, 12)
@@ -125,9 +138,9 @@ def test_cancel_between_head_batches(volume):
         segment(image, one_slice_support(truth), encoder="tiny", cache=cache, cancel=lambda: True)
 
 
-def test_support_from_another_volume(volume):
+def test_support_from_another_volume_of_another_shape(volume):
     image, truth = volume
-    other_image, other_truth = ellipsoids(shape=(30, 48, 48), seed=1)
+    other_image, other_truth = ellipsoids(shape=(30, 52, 44), seed=1)
     support = one_slice_support(other_truth, 12, values=(1,))
     result = segment(image, support, support_image=other_image, encoder="tiny", head="alpnet", cache=FeatureCache())
     assert result.labels.shape == truth.shape

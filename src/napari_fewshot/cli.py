@@ -168,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.set_defaults(run=_segment)
     _add_train_parser(commands)
+    _add_evaluate_parser(commands)
     return parser
 
 
@@ -252,6 +253,73 @@ class TrainingProgress:
     def close(self) -> None:
         for bar in self.bars.values():
             bar.close()
+
+
+def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
+    from .evaluation.methods import BASELINES
+    from .evaluation.protocols import PROTOCOLS
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="benchmark methods on labelled volumes: Dice, HD95, surface Dice, time and memory, side by side",
+        description="Run this project's engine and the peers' propagation (LiteMedSAM box prompts, registration, "
+        "the copy floor) on the same tasks in one process; write OUT/results.json, OUT/results.md and plots.",
+    )
+    evaluate.add_argument(
+        "--case", nargs="+", action="append", required=True, metavar=("DIR", "LABEL"),
+        help="a folder with image.* and label.* (and labels.json naming the values), then the label values to test; repeatable",
+    )
+    evaluate.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=["one-largest"],
+                          help="which slices are painted and scored (default one-largest)")
+    evaluate.add_argument(
+        "--methods", nargs="+", metavar="METHOD",
+        default=["alpnet", "dspnet", "alpnet@none", "dspnet@none", "panet@none", *BASELINES],
+        help="HEAD[@WEIGHTS][:KEEP] for the engine (weights: default, none or a model file; keep: painted, "
+        f"largest or all), or one of {', '.join(BASELINES)}; the first is compared with the others",
+    )
+    evaluate.add_argument("--encoder", default="litemedsam",
+                          help="the engine's encoder (default litemedsam); litemedsam-box always uses LiteMedSAM")
+    evaluate.add_argument("--repeats", type=int, default=3, help="runs per method and task; seconds are their median")
+    evaluate.add_argument("--nsd-mm", type=float, default=1.0, help="tolerance of the surface Dice in mm (default 1)")
+    evaluate.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    evaluate.add_argument("--cache", metavar="DIR",
+                          help="keep the encoded volumes here, so that a later run with the same cases encodes nothing")
+    evaluate.add_argument("--out", required=True, metavar="DIR", help="where results.json, results.md and the plots go")
+    evaluate.set_defaults(run=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .core.errors import SegmentationError
+    from .core.features import FeatureCache
+    from .evaluation.cases import read_case
+    from .evaluation.methods import Context, method
+    from .evaluation.report import markdown, plots
+    from .evaluation.run import evaluate
+    from .io import VolumeError
+    from .io.write import atomic_write
+
+    try:
+        methods = [method(name) for name in args.methods]
+        cases = [read_case(folder, [int(v) for v in values]) for folder, *values in args.case]
+        results = evaluate(
+            cases, args.protocols, methods, context=Context(device=args.device, encoder=args.encoder, cache=FeatureCache(folder=args.cache)), repeats=args.repeats,
+            tolerance_mm=args.nsd_mm, log=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+    except (VolumeError, SegmentationError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    results["command"] = " ".join(["napari-fewshot", *sys.argv[1:]])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in (("results.json", json.dumps(results, indent=1)), ("results.md", markdown(results))):
+        atomic_write(out / name, lambda temporary, text=text: temporary.write_text(text, encoding="utf-8"))
+    written = plots(results, out)
+    print(markdown(results))
+    print(f"written: {out / 'results.json'}, {out / 'results.md'}, " + ", ".join(str(p) for p in written))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

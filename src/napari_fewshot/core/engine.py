@@ -148,30 +148,15 @@ def segment(
     volumes = [(query_volume, query_aspect)] + ([] if same_volume else [(support_volume, support_aspect)])
     preprocessings = [Preprocessing.for_volume(volume, modality) for volume, _ in volumes]
     keys = [feature_key(v, encoder_model, p, a) for (v, a), p in zip(volumes, preprocessings)]
-    features = [cache.get(key) or VolumeFeatures(len(volume)) for key, (volume, _) in zip(keys, volumes)]
+    features = [_cached(cache, key, len(volume)) for key, (volume, _) in zip(keys, volumes)]
     support_needed = np.array(sorted({z for painted in structures.values() for z in painted}))
     needed = [np.union1d(queries, support_needed)] if same_volume else [queries, support_needed]
     total = sum(len(f.missing(n)) for f, n in zip(features, needed)) + len(structures) * len(queries)
-    done = 0
-
-    def advance(n: int) -> None:
-        nonlocal done
-        done += n
-        if progress is not None:
-            progress(done, total)
-
-    if progress is not None:
-        progress(0, total)
+    advance = _Advance(progress, total)
     batch = batch_size or ENCODE_BATCH.get(torch_device.type, 4)
     options = dict(device=torch_device, batch_size=batch, advance=advance, cancel=cancel)
     for (volume, aspect), preprocessing, key, entry, wanted in zip(volumes, preprocessings, keys, features, needed):
-        cache.put(key, entry)  # a cancelled run keeps the slices it encoded
-        try:
-            encoded_before = int(entry.encoded.sum())
-            encode_slices(volume, encoder_model, preprocessing, entry, wanted, pixel_aspect=aspect, **options)
-        finally:
-            cache.stats.encoded_slices += int(entry.encoded.sum()) - encoded_before
-            cache.put(key, entry)
+        _encode_into(cache, key, entry, volume, encoder_model, preprocessing, wanted, pixel_aspect=aspect, **options)
     encoded = time.perf_counter()
 
     probabilities, attention = {}, {}
@@ -192,11 +177,13 @@ def segment(
         if same_volume:
             probabilities[value][list(slices)] = painting[list(slices)] == value
     labels = _merge(probabilities, threshold, painting.dtype)
-    painted = painted_slices(painting) if same_volume else []
-    labels[painted] = painting[painted]
+    painted = painted_slices(painting) if same_volume else None  # another volume's painting is not on this grid
+    if painted is not None:
+        labels[painted] = painting[painted]
     for value in structures:
         _postprocess(labels, value, keep, fill_holes, painting == value)
-    labels[painted] = painting[painted]
+    if painted is not None:
+        labels[painted] = painting[painted]
     finished = time.perf_counter()
     return Segmentation(
         labels=np.moveaxis(labels, 0, axis),
@@ -210,6 +197,77 @@ def segment(
         feature_bytes=sum(f.nbytes for f in features),
         seconds={"encode": encoded - started, "head": finished - encoded, "total": finished - started},
     )
+
+
+def encode_volume(
+    image: np.ndarray,
+    *,
+    spacing: tuple[float, float, float] | None = None,
+    encoder: str = DEFAULT_ENCODER,
+    device: str | torch.device = "auto",
+    modality: Modality | None = None,
+    axis: int = 0,
+    cache: FeatureCache | None = None,
+    progress: Progress | None = None,
+    cancel: CancelCheck | None = None,
+) -> torch.Tensor:
+    """The pretrained ``encoder``'s trunk features of every slice of ``image``, as :func:`segment` caches them.
+
+    Returns ``[Z, C, h, w]`` bfloat16 on the CPU (for ``litemedsam``: LiteMedSAM's
+    image embeddings, ``[Z, 256, 64, 64]``), slices along ``axis``; only slices not
+    in ``cache`` yet are encoded, and what is encoded stays there for :func:`segment`.
+    Arguments as for :func:`segment`.
+    """
+    torch_device = resolve_device(device)
+    cache = DEFAULT_CACHE if cache is None else cache
+    volume = _slices_first(_checked_image(image, "image"), axis)
+    aspect = _pixel_aspect(spacing, axis)
+    encoder_model = _encoder(encoder, torch_device)
+    preprocessing = Preprocessing.for_volume(volume, modality)
+    key = feature_key(volume, encoder_model, preprocessing, aspect)
+    entry = _cached(cache, key, len(volume))
+    wanted = np.arange(len(volume))
+    advance = _Advance(progress, len(entry.missing(wanted)))
+    batch = ENCODE_BATCH.get(torch_device.type, 4)
+    _encode_into(cache, key, entry, volume, encoder_model, preprocessing, wanted, pixel_aspect=aspect,
+                 device=torch_device, batch_size=batch, advance=advance, cancel=cancel)
+    return entry.tensor
+
+
+class _Advance:
+    """``advance(n)``: ``n`` more slices done; tells ``progress(done, total)``, first with 0 done."""
+
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+        if progress is not None:
+            progress(0, total)
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+
+def _cached(cache: FeatureCache, key: str, n_slices: int) -> VolumeFeatures:
+    """The features ``cache`` holds under ``key``, or a new empty entry for ``n_slices`` slices."""
+    return cache.get(key) or VolumeFeatures(n_slices)
+
+
+def _encode_into(
+    cache: FeatureCache, key: str, entry: VolumeFeatures, volume: np.ndarray, encoder: Encoder,
+    preprocessing: Preprocessing, wanted: np.ndarray, **options,
+) -> None:
+    """Encode the ``wanted`` slices ``entry`` lacks (:func:`encode_slices`), keeping ``entry`` in ``cache``.
+
+    A cancelled run keeps the slices it encoded; the cache counts the slices encoded.
+    """
+    cache.put(key, entry)
+    encoded_before = int(entry.encoded.sum())
+    try:
+        encode_slices(volume, encoder, preprocessing, entry, wanted, **options)
+    finally:
+        cache.stats.encoded_slices += int(entry.encoded.sum()) - encoded_before
+        cache.put(key, entry)
 
 
 def _slices_first(array: np.ndarray, axis: int) -> np.ndarray:

@@ -17,12 +17,16 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
+from ..io.write import atomic_write
 from .cancel import CancelCheck, cancellable, check_cancel
 from .device import is_out_of_memory
 from .encoders import Encoder
@@ -72,10 +76,17 @@ class VolumeFeatures:
 
 
 class FeatureCache:
-    """:class:`VolumeFeatures` of recently used volumes on the CPU, least recently used dropped first."""
+    """:class:`VolumeFeatures` of recently used volumes on the CPU, least recently used dropped first.
 
-    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+    With a ``folder``, every volume whose slices are all encoded is also written
+    there (one safetensors file per key) and read back by a later process that
+    asks for the same key: a benchmark or a script re-run encodes nothing.  The
+    files hold tensors only; reading them runs no code.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES, folder: Path | str | None = None) -> None:
         self.max_bytes = max_bytes
+        self.folder = Path(folder) if folder is not None else None
         self.stats = CacheStats()
         self._entries: OrderedDict[str, VolumeFeatures] = OrderedDict()
 
@@ -88,6 +99,8 @@ class FeatureCache:
 
     def get(self, key: str) -> VolumeFeatures | None:
         features = self._entries.get(key)
+        if features is None and (features := self._read(key)) is not None:
+            self.put(key, features)
         if features is None:
             self.stats.misses += 1
             return None
@@ -96,14 +109,40 @@ class FeatureCache:
         return features
 
     def put(self, key: str, features: VolumeFeatures) -> None:
-        """Keep ``features``; older entries go while the total exceeds ``max_bytes`` (the newest stays)."""
+        """Keep ``features``; older entries go while the total exceeds ``max_bytes`` (the newest stays).
+
+        With a folder, a volume with every slice encoded is written there once.
+        """
         self._entries[key] = features
         self._entries.move_to_end(key)
         while len(self._entries) > 1 and self.nbytes > self.max_bytes:
             self._entries.popitem(last=False)
+        path = self._path(key)
+        if path is not None and features.tensor is not None and features.encoded.all() and not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda target: save_file({"features": features.tensor.contiguous()}, str(target), {"key": key}))
 
     def clear(self) -> None:
+        """Forget the volumes held in memory (files in the folder stay)."""
         self._entries.clear()
+
+    def _path(self, key: str) -> Path | None:
+        if self.folder is None:
+            return None
+        return self.folder / f"{hashlib.blake2b(key.encode(), digest_size=16).hexdigest()}.safetensors"
+
+    def _read(self, key: str) -> VolumeFeatures | None:
+        """The features of ``key`` from the folder, when a file there holds them under that key."""
+        path = self._path(key)
+        if path is None or not path.is_file():
+            return None
+        with safe_open(str(path), framework="pt") as stored:
+            if stored.metadata().get("key") != key:
+                return None
+            tensor = stored.get_tensor("features")
+        features = VolumeFeatures(len(tensor))
+        features.tensor, features.encoded[:] = tensor, True
+        return features
 
 
 def encoder_fingerprint(encoder: Encoder) -> str:

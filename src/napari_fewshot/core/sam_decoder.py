@@ -1,0 +1,51 @@
+"""LiteMedSAM's prompt encoder and mask decoder on cached image embeddings.
+
+The engine caches LiteMedSAM's image embeddings (the ``litemedsam`` encoder's
+trunk features, ``[N, 256, 64, 64]``), so a box prompt costs only the light
+decoder.  Masks and boxes live on the slice grid; they are carried to and from
+the encoder's 256x256 square with the engine's own padding
+(:func:`~napari_fewshot.core.preprocess.to_encoder_slices`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .encoders.litemedsam import LiteMedSAMEncoder, load_lite_medsam
+from .preprocess import from_encoder_slices, to_encoder_slices
+
+SIZE = LiteMedSAMEncoder.input_size
+
+
+def square_box(mask: np.ndarray, pixel_aspect: float = 1.0) -> np.ndarray | None:
+    """The box ``[x0, y0, x1, y1]`` (pixels of the 256x256 encoder square) around a slice mask ``[H, W]``; None when empty."""
+    square = to_encoder_slices(np.asarray(mask, np.float32)[None], SIZE, pixel_aspect)[0, 0] > 0.5
+    rows, cols = np.flatnonzero(square.any(dim=1).numpy()), np.flatnonzero(square.any(dim=0).numpy())
+    if rows.size == 0:
+        return None
+    return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float32)
+
+
+class BoxDecoder:
+    """``decode(embedding [256, 64, 64], box, shape, aspect) -> mask [H, W]`` with LiteMedSAM's decoder."""
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        model = load_lite_medsam()
+        self.device = torch.device(device)
+        self.prompt_encoder = model.prompt_encoder.to(self.device).eval()
+        self.mask_decoder = model.mask_decoder.to(self.device).eval()
+
+    @torch.inference_mode()
+    def decode(self, embedding: torch.Tensor, box: np.ndarray, shape: tuple[int, int], pixel_aspect: float = 1.0) -> np.ndarray:
+        """The mask (bool ``[H, W]`` on the slice grid ``shape``) that ``box`` prompts on one slice's embedding."""
+        boxes = torch.as_tensor(box, dtype=torch.float32, device=self.device).reshape(1, 1, 4)
+        sparse, dense = self.prompt_encoder(points=None, boxes=boxes, masks=None)
+        logits, _ = self.mask_decoder(
+            image_embeddings=embedding[None].to(self.device, torch.float32),
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        return (from_encoder_slices(logits.cpu(), shape, pixel_aspect)[0, 0] > 0).numpy()

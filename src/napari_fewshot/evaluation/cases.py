@@ -1,0 +1,101 @@
+"""Labelled volumes for benchmarks, and the task of segmenting one structure under one protocol."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..io import read_volume
+from .protocols import THIRDS, at_fractions, extent, painted, support_slices
+
+
+@dataclass
+class Case:
+    """One labelled volume: ``image`` and ``truth`` ``[Z, Y, X]`` (slices along Z), ``spacing`` in mm per axis."""
+
+    name: str
+    image: np.ndarray
+    truth: np.ndarray
+    spacing: tuple[float, float, float]
+    values: tuple[int, ...]
+    names: dict[int, str] = field(default_factory=dict)
+
+    def structure(self, value: int) -> str:
+        return self.names.get(value, f"label {value}")
+
+
+def read_case(folder: Path | str, values: list[int]) -> Case:
+    """``folder/image.nii.gz`` and ``folder/label.nii.gz`` (any format the reader takes), ``labels.json`` for names.
+
+    Each label value in ``values`` must occur in the label map.
+    """
+    folder = Path(folder)
+    image = read_volume(_one(folder, "image"), kind="image")
+    truth = read_volume(_one(folder, "label"), kind="labels").data
+    names_file = folder / "labels.json"
+    names = {int(k): v for k, v in json.loads(names_file.read_text()).items()} if names_file.is_file() else {}
+    missing = [v for v in values if not np.any(truth == v)]
+    if missing:
+        raise ValueError(f"{folder}: label values {missing} do not occur in its label map")
+    return Case(folder.name, image.data, truth, tuple(image.geometry.spacing[::-1]), tuple(values), names)
+
+
+def _one(folder: Path, stem: str) -> Path:
+    found = sorted(folder.glob(f"{stem}.*"))
+    if not found:
+        raise FileNotFoundError(f"{folder} has no {stem} file ({stem}.nii.gz, {stem}.nrrd, ...)")
+    return found[0]
+
+
+@dataclass
+class Task:
+    """Segment structure ``value`` of ``case`` from the slices a protocol paints.
+
+    ``support_slices``: the painted slice indices, on ``case`` or, for the cross
+    protocol, on ``support_case`` (one per third of the query's extent).
+    """
+
+    case: Case
+    value: int
+    protocol: str
+    support_slices: tuple[int, ...]
+    support_case: Case | None = None
+    support_value: int | None = None
+
+    @property
+    def truth(self) -> np.ndarray:
+        return self.case.truth == self.value
+
+    @property
+    def support_mask(self) -> np.ndarray:
+        source = self.support_case or self.case
+        return source.truth == (self.support_value if self.support_case else self.value)
+
+    def painting(self, slices: tuple[int, ...] | None = None) -> np.ndarray:
+        """The support label volume (value 1 on the painted slices, or on ``slices`` of them)."""
+        return painted(self.support_mask, self.support_slices if slices is None else slices)
+
+    def scored(self) -> np.ndarray:
+        """The slices scored: every slice, or the query's extent for the cross protocol."""
+        if self.support_case is None:
+            return np.arange(len(self.case.image))
+        first, last = extent(self.truth)
+        return np.arange(first, last + 1)
+
+
+def tasks_for(case: Case, protocol: str, others: list[Case]) -> list[Task]:
+    """The tasks of ``protocol`` on ``case``: one per structure; for ``cross``, one per other case holding a structure of that name."""
+    if protocol != "cross":
+        return [Task(case, v, protocol, support_slices(case.truth == v, protocol)) for v in case.values]
+    tasks = []
+    for other in others:
+        by_name = {other.structure(v): v for v in other.values}
+        for value in case.values:
+            if other is not case and case.structure(value) in by_name:
+                support_value = by_name[case.structure(value)]
+                slices = at_fractions(other.truth == support_value, THIRDS)
+                tasks.append(Task(case, value, protocol, slices, other, support_value))
+    return tasks

@@ -1,0 +1,145 @@
+"""The methods a benchmark compares, by name: this project's engine and the peers' propagation.
+
+- ``HEAD[@WEIGHTS][:KEEP]``: the engine (:func:`~napari_fewshot.core.engine.segment`)
+  with a head (``dspnet``, ``alpnet``, ``panet``), weights (``default``: the
+  shipped model, ``none``: untrained, or a model file) and the 3D components it
+  keeps (``painted``: those touching the painting, the engine's default; ``largest``;
+  ``all``); the cross-volume protocol keeps all;
+- ``litemedsam-box``: the painted mask's box prompts LiteMedSAM on the next slice,
+  each predicted mask's box the one after, until the mask vanishes;
+- ``registration``: the mask warped slice to slice by demons registration;
+- ``copy``: the painted mask copied to every slice of the structure's true extent
+  (it knows where the structure ends: a floor, not a method).
+
+Each method maps a :class:`~napari_fewshot.evaluation.cases.Task` to a boolean
+mask ``[Z, Y, X]``.  The peers propagate within one volume, so they take no part
+in the cross-volume protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..core.device import resolve_device
+from ..core.engine import DEFAULT_ENCODER, encode_volume, segment
+from ..core.features import FeatureCache
+from ..core.heads import HEADS
+from ..core.model import DEFAULT, UNTRAINED
+from ..core.postprocess import KEEP
+from ..core.preprocess import Preprocessing, normalise_intensities
+from ..core.sam_decoder import BoxDecoder
+from .cases import Task
+from .propagation import BoxPromptStep, RegistrationStep, copy_step, propagate
+from .protocols import extent, query_thirds
+
+BASELINES = ("litemedsam-box", "registration", "copy")
+
+
+@dataclass
+class Context:
+    """What the methods of one run share: the device and the cache of encoded volumes."""
+
+    device: str = "auto"
+    encoder: str = DEFAULT_ENCODER
+    cache: FeatureCache = field(default_factory=FeatureCache)
+    _decoder: BoxDecoder | None = field(default=None, repr=False)
+
+    def decoder(self) -> BoxDecoder:
+        if self._decoder is None:
+            self._decoder = BoxDecoder(resolve_device(self.device))
+        return self._decoder
+
+
+class Method:
+    """A named way to segment a task; ``encodes`` says whether it needs the encoded volume."""
+
+    name: str
+    encodes: bool = True
+    cross_volume: bool = False
+
+    def __call__(self, task: Task, context: Context) -> np.ndarray:
+        raise NotImplementedError
+
+
+class EngineMethod(Method):
+    cross_volume = True
+
+    def __init__(self, name: str) -> None:
+        spec, _, keep = name.partition(":")
+        head, _, weights = spec.partition("@")
+        if head not in HEADS:
+            raise ValueError(
+                f"unknown method '{name}'; choose HEAD[@WEIGHTS][:KEEP] with a head of {', '.join(HEADS)}, "
+                f"or one of {', '.join(BASELINES)}"
+            )
+        if weights and weights not in (DEFAULT, UNTRAINED) and not Path(weights).is_file():
+            raise ValueError(f"method '{name}': weights must be default, none or a model file")
+        if keep and keep not in KEEP:
+            raise ValueError(f"method '{name}': keep must be one of {', '.join(KEEP)}")
+        self.name, self.head, self.weights, self.keep = name, head, weights or DEFAULT, keep or "painted"
+
+    def _segment(self, task: Task, context: Context, support: np.ndarray, **options) -> np.ndarray:
+        result = segment(
+            task.case.image, support, spacing=task.case.spacing, encoder=context.encoder, head=self.head,
+            weights=self.weights, device=context.device, cache=context.cache, **options,
+        )
+        return result.labels == 1
+
+    def __call__(self, task: Task, context: Context) -> np.ndarray:
+        if task.support_case is None:
+            return self._segment(task, context, task.painting(), keep=self.keep)
+        prediction = np.zeros(task.truth.shape, dtype=bool)
+        for third, slice_index in zip(query_thirds(task.truth), task.support_slices):
+            if len(third):
+                masks = self._segment(
+                    task, context, task.painting((slice_index,)), support_image=task.support_case.image,
+                    support_spacing=task.support_case.spacing, slices=third, keep="all",
+                )
+                prediction[third] = masks[third]
+        return prediction
+
+
+def _seeds(task: Task) -> dict[int, np.ndarray]:
+    return {z: task.truth[z] for z in task.support_slices}
+
+
+class BoxPromptMethod(Method):
+    name = "litemedsam-box"
+
+    def __call__(self, task: Task, context: Context) -> np.ndarray:
+        case = task.case
+        embeddings = encode_volume(case.image, spacing=case.spacing, encoder="litemedsam", device=context.device, cache=context.cache)
+        step = BoxPromptStep(embeddings, context.decoder(), case.spacing[1] / case.spacing[2])
+        return propagate(_seeds(task), len(case.image), step)
+
+
+class RegistrationMethod(Method):
+    name = "registration"
+    encodes = False
+
+    def __call__(self, task: Task, context: Context) -> np.ndarray:
+        case = task.case
+        volume = normalise_intensities(case.image, Preprocessing.for_volume(case.image))
+        return propagate(_seeds(task), len(case.image), RegistrationStep(volume, case.spacing[1:]))
+
+
+class CopyMethod(Method):
+    name = "copy"
+    encodes = False
+
+    def __call__(self, task: Task, context: Context) -> np.ndarray:
+        first, last = extent(task.truth)
+        prediction = propagate(_seeds(task), len(task.case.image), copy_step)
+        prediction[:first] = prediction[last + 1 :] = False
+        return prediction
+
+
+def method(name: str) -> Method:
+    """The method called ``name`` (see the module's docstring); ``ValueError`` names the choices."""
+    baselines = {"litemedsam-box": BoxPromptMethod, "registration": RegistrationMethod, "copy": CopyMethod}
+    if name in baselines:
+        return baselines[name]()
+    return EngineMethod(name)

@@ -1,0 +1,106 @@
+"""Run methods on labelled volumes under protocols and measure them side by side, in one process.
+
+Every method of a run meets the same tasks on the same machine.  Volumes are
+encoded once per run (timed on their own as ``encode``); every method that
+needs the encoder then reads the same cached features, so its seconds are those
+of a re-segmentation, and a first segmentation costs ``encode`` plus that.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from ..core.engine import encode_volume
+from .cases import Case, Task, tasks_for
+from .memory import peak_mib, reset_peak
+from .methods import Context, Method
+from .metrics import dice, hd95, surface_dice
+from .protocols import extent
+
+
+def machine() -> str:
+    """This machine in a few words: processor, cores, torch version."""
+    return f"{platform.machine()} {platform.processor() or ''}".strip() + f", {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def score(prediction: np.ndarray, task: Task, tolerance_mm: float = 1.0) -> dict[str, float | None]:
+    """Dice, Dice on the structure's extent, HD95 (mm, None when one mask is empty) and surface Dice of ``prediction``.
+
+    Only the slices the protocol scores count (``task.scored()``).
+    """
+    scored = task.scored()
+    predicted, truth = prediction[scored], task.truth[scored]
+    first, last = extent(truth)
+    distance = hd95(predicted, truth, task.case.spacing)
+    return {
+        "dice": dice(predicted, truth),
+        "dice_extent": dice(predicted[first : last + 1], truth[first : last + 1]),
+        "hd95_mm": distance if math.isfinite(distance) else None,
+        "nsd": surface_dice(predicted, truth, task.case.spacing, tolerance_mm),
+    }
+
+
+def evaluate(
+    cases: list[Case],
+    protocols: list[str],
+    methods: list[Method],
+    *,
+    context: Context,
+    repeats: int = 3,
+    tolerance_mm: float = 1.0,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Every method on every task of ``protocols`` over ``cases``; a JSON-ready dict of settings, encode times and rows.
+
+    Each row: case, structure, protocol, method, support slices, the scores of
+    :func:`score`, the median seconds of ``repeats`` runs and the peak resident
+    memory (MiB) while the method ran.
+    """
+    encode = {}
+    if any(m.encodes for m in methods):
+        for case in cases:
+            reset_peak()
+            started = time.perf_counter()
+            encode_volume(case.image, spacing=case.spacing, encoder=context.encoder, device=context.device, cache=context.cache)
+            encode[case.name] = {"seconds": time.perf_counter() - started, "slices": len(case.image), "peak_mib": peak_mib()}
+            log(f"{case.name}: encoded {len(case.image)} slices in {encode[case.name]['seconds']:.1f} s")
+    rows = []
+    for protocol in protocols:
+        for case in cases:
+            for task in tasks_for(case, protocol, cases):
+                for method in methods:
+                    if task.support_case is not None and not method.cross_volume:
+                        continue
+                    rows.append(_measure(method, task, context, repeats, tolerance_mm))
+                    log(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items() if k != "seconds_all"))
+    return {
+        "machine": machine(), "device": str(context.device), "encoder": context.encoder, "repeats": repeats,
+        "nsd_tolerance_mm": tolerance_mm, "date": time.strftime("%Y-%m-%d"),
+        "cases": {c.name: {"shape": list(c.image.shape), "spacing_mm": list(c.spacing)} for c in cases},
+        "encode": encode, "rows": rows,
+    }
+
+
+def _measure(method: Method, task: Task, context: Context, repeats: int, tolerance_mm: float) -> dict:
+    reset_peak()
+    seconds, prediction = [], None
+    for _ in range(max(repeats, 1)):
+        started = time.perf_counter()
+        prediction = method(task, context)
+        seconds.append(time.perf_counter() - started)
+    return {
+        "case": task.case.name, "structure": task.case.structure(task.value), "value": task.value,
+        "protocol": task.protocol, "method": method.name,
+        "support": task.support_case.name if task.support_case else task.case.name,
+        "support_slices": list(task.support_slices),
+        **score(prediction, task, tolerance_mm),
+        "seconds": statistics.median(seconds), "seconds_all": seconds, "peak_mib": peak_mib(),
+    }

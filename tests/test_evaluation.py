@@ -1,0 +1,174 @@
+"""The benchmark harness: metrics against hand-computed cases, protocols, propagation, and a whole run."""
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy.spatial.distance import cdist
+
+from conftest import ellipsoids
+from napari_fewshot.cli import main
+from napari_fewshot.core.engine import encode_volume
+from napari_fewshot.core.features import FeatureCache
+from napari_fewshot.core.sam_decoder import BoxDecoder, square_box
+from napari_fewshot.evaluation.methods import method
+from napari_fewshot.evaluation.metrics import dice, hd95, surface, surface_dice
+from napari_fewshot.evaluation.propagation import BoxPromptStep, RegistrationStep, copy_step, propagate
+from napari_fewshot.evaluation.protocols import extent, query_thirds, support_slices
+
+
+def test_dice_of_known_overlaps():
+    a = np.zeros((4, 4, 4), bool)
+    b = np.zeros_like(a)
+    a[0, :2, :2] = True  # 4 voxels
+    b[0, :2, :] = True  # 8 voxels, 4 shared
+    assert dice(a, b) == pytest.approx(2 * 4 / 12)
+    assert dice(a, np.zeros_like(a)) == 0.0 and dice(np.zeros_like(a), np.zeros_like(a)) == 1.0
+
+
+def test_hd95_and_surface_dice_in_anisotropic_spacing():
+    spacing = (3.0, 1.0, 0.5)
+    truth = np.zeros((12, 5, 8), bool)
+    truth[1:11, 2, 2] = True  # a line along z
+    shifted = np.roll(truth, 2, axis=2)  # two columns over: 2 x 0.5 mm
+    assert hd95(shifted, truth, spacing) == pytest.approx(1.0)
+    assert surface_dice(shifted, truth, spacing, tolerance=1.0) == 1.0
+    assert surface_dice(shifted, truth, spacing, tolerance=0.9) == 0.0
+    lowered = np.roll(truth, 1, axis=0)  # one slice down: the lines overlap but for one end each, 3 mm away
+    assert hd95(lowered, truth, spacing) == pytest.approx(3.0)  # 2 of the 20 distances are 3 mm: above the 95th rank
+    far = np.zeros_like(truth)
+    far[5, 2, 2] = True
+    assert hd95(far, truth, spacing) == pytest.approx(np.percentile([0.0] + [3.0 * abs(z - 5) for z in range(1, 11)], 95))
+    assert hd95(np.zeros_like(truth), truth, spacing) == float("inf") and surface_dice(np.zeros_like(truth), truth, spacing) == 0.0
+    assert hd95(np.zeros_like(truth), np.zeros_like(truth), spacing) == 0.0
+
+
+def test_hd95_matches_brute_force_on_random_shapes():
+    rng = np.random.default_rng(1)
+    spacing = (2.5, 0.8, 1.1)
+    for _ in range(3):
+        a = np.zeros((20, 30, 30), bool)
+        b = np.zeros_like(a)
+        a[rng.integers(0, 10) :, 5 : rng.integers(10, 30), 3:20] = True
+        b[2:15, rng.integers(0, 12) : 25, rng.integers(0, 10) : 28] = True
+        points = [np.argwhere(surface(m)) * spacing for m in (a, b)]
+        distances = cdist(points[0], points[1])
+        pooled = np.concatenate([distances.min(axis=1), distances.min(axis=0)])
+        assert hd95(a, b, spacing) == pytest.approx(np.percentile(pooled, 95))
+        assert surface_dice(a, b, spacing, 2.0) == pytest.approx((pooled <= 2.0).mean())
+
+
+def test_support_slices_of_each_protocol():
+    mask = np.zeros((30, 4, 4), bool)
+    for z, width in zip(range(6, 24), [1, 1, 2, 2, 3, 3, 4, 4, 4, 4, 4, 3, 3, 3, 2, 2, 1, 1]):
+        mask[z, :width, :] = True
+    mask[15] = False  # a gap where the middle of the extent falls
+    assert extent(mask) == (6, 23)
+    assert support_slices(mask, "one-largest") == (12,)
+    assert support_slices(mask, "one-middle") in ((14,), (16,))
+    assert support_slices(mask, "three") == (9, 14, 21)  # 6 + [18/6, 18/2 -> gap -> nearest, 18*5/6]
+    thirds = query_thirds(mask)
+    assert [t.tolist() for t in thirds] == [list(range(6, 12)), list(range(12, 18)), list(range(18, 24))]
+    with pytest.raises(ValueError, match="one of"):
+        support_slices(mask, "two")
+
+
+def test_propagation_reaches_each_slice_from_the_nearest_seed_and_stops_when_the_mask_vanishes():
+    seeds = {2: np.eye(3, dtype=bool), 7: np.ones((3, 3), bool)}
+    copied = propagate(seeds, 10, copy_step)
+    assert [int(m.sum()) for m in copied] == [3] * 5 + [9] * 5  # slice 4 is nearer 2; 5 is nearer 7
+    visits = []
+
+    def shrinking(mask, source, target):
+        visits.append((source, target))
+        return mask & (np.arange(3)[:, None] < 3 - abs(target - 7))
+
+    shrunk = propagate({7: np.ones((3, 3), bool)}, 12, shrinking)
+    assert [int(m.any()) for m in shrunk] == [0] * 5 + [1] * 5 + [0] * 2
+    assert (7, 8) in visits and (9, 10) in visits and (10, 11) not in visits  # stopped at the first empty mask
+
+
+def test_registration_carries_the_mask_along_a_moving_shape():
+    y, x = np.mgrid[:48, :48]
+    centres = [14 + 2 * z for z in range(6)]
+    disks = np.stack([(y - 24) ** 2 + (x - c) ** 2 < 64 for c in centres])
+    image = np.where(disks, 1.0, 0.1).astype(np.float32)
+    result = propagate({0: disks[0]}, 6, RegistrationStep(image, (1.0, 1.0)))
+    assert dice(result[5], disks[5]) > 0.8 and dice(disks[0], disks[5]) < 0.3
+
+
+def test_square_box_follows_the_padding_of_non_square_pixels():
+    mask = np.zeros((32, 64), bool)
+    mask[8:16, 32:48] = True  # rows twice as far apart as columns: 32 x 64 pixels is a physical square
+    assert np.allclose(square_box(mask, pixel_aspect=2.0), [128, 64, 191, 127], atol=2)  # rows x8, columns x4
+    assert np.allclose(square_box(mask, pixel_aspect=1.0), [128, 32, 191, 63], atol=2)  # padded to 64 x 64: x4
+    assert square_box(np.zeros((8, 8)), 1.0) is None
+
+
+def test_litemedsam_box_prompt_finds_a_bright_disk():
+    y, x = np.mgrid[:64, :64]
+    disk = (y - 30) ** 2 + (x - 34) ** 2 < 144
+    image = np.stack([np.where(disk, 400.0, 0.0) + 10 * np.random.default_rng(z).normal(size=disk.shape) for z in range(3)])
+    embeddings = encode_volume(image.astype(np.float32), encoder="litemedsam", device="cpu", cache=FeatureCache())
+    assert embeddings.shape == (3, 256, 64, 64)
+    step = BoxPromptStep(embeddings, BoxDecoder("cpu"))
+    assert dice(step(disk, 0, 1), disk) > 0.8
+
+
+def _write_case(folder, image, truth, names, spacing=(1.0, 1.0, 2.0)):
+    folder.mkdir()
+    for name, data in (("image", image), ("label", truth)):
+        volume = sitk.GetImageFromArray(data)
+        volume.SetSpacing(spacing)
+        sitk.WriteImage(volume, str(folder / f"{name}.nii.gz"))
+    (folder / "labels.json").write_text(json.dumps(names))
+    return folder
+
+
+def test_evaluate_runs_methods_side_by_side_and_writes_json_markdown_and_plots(tmp_path, capsys):
+    first = _write_case(tmp_path / "first", *ellipsoids(), {"1": "bright", "2": "dark"})
+    second = _write_case(tmp_path / "second", *ellipsoids(seed=3), {"1": "bright"})
+    out = tmp_path / "out"
+    status = main([
+        "evaluate", "--case", str(first), "1", "2", "--case", str(second), "1", "--encoder", "tiny",
+        "--protocols", "one-largest", "cross", "--methods", "alpnet@none", "copy", "registration",
+        "--repeats", "2", "--device", "cpu", "--out", str(out),
+    ])
+    assert status == 0
+    results = json.loads((out / "results.json").read_text())
+    rows = results["rows"]
+    one = [r for r in rows if r["protocol"] == "one-largest"]
+    assert len(one) == 3 * 3  # three structures, three methods
+    cross = [r for r in rows if r["protocol"] == "cross"]
+    assert {(r["case"], r["support"], r["method"]) for r in cross} == {("first", "second", "alpnet@none"), ("second", "first", "alpnet@none")}
+    for row in rows:
+        assert 0 <= row["dice"] <= 1 and 0 <= row["nsd"] <= 1 and len(row["seconds_all"]) == 2 and row["peak_mib"] > 0
+    copy = [r for r in one if r["method"] == "copy"]
+    assert all(r["dice"] == r["dice_extent"] for r in copy)  # the copy floor stays in the extent
+    engine = next(r for r in one if r["method"] == "alpnet@none" and r["case"] == "first" and r["value"] == 1)
+    assert engine["dice"] > 0.8 and engine["support_slices"] == list(support_slices(ellipsoids()[1] == 1, "one-largest"))
+    assert set(results["encode"]) == {"first", "second"}
+    table = (out / "results.md").read_text()
+    assert "### Protocol `one-largest`" in table and "| copy |" in table and "vs `registration`" in table
+    assert (out / "dice-one-largest.png").stat().st_size > 1000 and (out / "seconds.png").is_file()
+    assert "written:" in capsys.readouterr().out
+
+
+def test_methods_are_named_by_head_weights_and_components_kept():
+    engine = method("dspnet@none:largest")
+    assert (engine.name, engine.head, engine.weights, engine.keep) == ("dspnet@none:largest", "dspnet", "none", "largest")
+    assert (method("alpnet").weights, method("alpnet").keep) == ("default", "painted")
+    assert method("copy").name == "copy" and not method("copy").cross_volume and method("panet@none").cross_volume
+    with pytest.raises(ValueError, match="keep must be one of all, largest, painted"):
+        method("alpnet:biggest")
+    with pytest.raises(ValueError, match="weights must be default, none or a model file"):
+        method("alpnet@missing.safetensors")
+
+
+def test_evaluate_refuses_unknown_methods_and_missing_labels(tmp_path, capsys):
+    case = _write_case(tmp_path / "case", *ellipsoids(), {})
+    assert main(["evaluate", "--case", str(case), "1", "--methods", "sam2", "--out", str(tmp_path / "o")]) == 1
+    assert "unknown method 'sam2'" in capsys.readouterr().err
+    assert main(["evaluate", "--case", str(case), "7", "--methods", "copy", "--out", str(tmp_path / "o")]) == 1
+    assert "label values [7] do not occur" in capsys.readouterr().err
