@@ -55,7 +55,7 @@ def markdown(results: dict) -> str:
         mine = [r for r in rows if r["protocol"] == protocol]
         methods, columns = _ordered(mine, "method"), list(dict.fromkeys(_column(r) for r in mine))
         cell = {(r["method"], _column(r)): r for r in mine}
-        lines += [f"### Protocol `{protocol}`", "", "Dice (whole volume" + (", the query's extent" if protocol == "cross" else "") + "):", ""]
+        lines += [f"### Protocol `{protocol}`", "", "Dice (" + ("the query's extent" if protocol == "cross" else "whole volume") + "):", ""]
         lines += ["| method | " + " | ".join(columns) + " | mean |", "|---" * (len(columns) + 2) + "|"]
         for name in methods:
             values = [cell[(name, c)]["dice"] if (name, c) in cell else None for c in columns]
