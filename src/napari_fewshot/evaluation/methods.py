@@ -54,11 +54,13 @@ class Context:
 
 
 class Method:
-    """A named way to segment a task; ``encodes`` says whether it needs the encoded volume."""
+    """A named way to segment a task; :meth:`encoder` names the encoder whose features it reads, if any."""
 
     name: str
-    encodes: bool = True
     cross_volume: bool = False
+
+    def encoder(self, context: Context) -> str | None:
+        return context.encoder
 
     def __call__(self, task: Task, context: Context) -> np.ndarray:
         raise NotImplementedError
@@ -109,16 +111,23 @@ def _seeds(task: Task) -> dict[int, np.ndarray]:
 class BoxPromptMethod(Method):
     name = "litemedsam-box"
 
+    def encoder(self, context: Context) -> str | None:
+        return "litemedsam"
+
     def __call__(self, task: Task, context: Context) -> np.ndarray:
         case = task.case
-        embeddings = encode_volume(case.image, spacing=case.spacing, encoder="litemedsam", device=context.device, cache=context.cache)
+        embeddings = encode_volume(
+            case.image, spacing=case.spacing, encoder=self.encoder(context), device=context.device, cache=context.cache
+        )
         step = BoxPromptStep(embeddings, context.decoder(), case.spacing[1] / case.spacing[2])
         return propagate(_seeds(task), len(case.image), step)
 
 
 class RegistrationMethod(Method):
     name = "registration"
-    encodes = False
+
+    def encoder(self, context: Context) -> str | None:
+        return None
 
     def __call__(self, task: Task, context: Context) -> np.ndarray:
         case = task.case
@@ -128,7 +137,9 @@ class RegistrationMethod(Method):
 
 class CopyMethod(Method):
     name = "copy"
-    encodes = False
+
+    def encoder(self, context: Context) -> str | None:
+        return None
 
     def __call__(self, task: Task, context: Context) -> np.ndarray:
         first, last = extent(task.truth)

@@ -65,13 +65,14 @@ def evaluate(
     memory (MiB) while the method ran.
     """
     encode = {}
-    if any(m.encodes for m in methods):
+    for encoder in dict.fromkeys(e for m in methods if (e := m.encoder(context)) is not None):
         for case in cases:
             reset_peak()
             started = time.perf_counter()
-            encode_volume(case.image, spacing=case.spacing, encoder=context.encoder, device=context.device, cache=context.cache)
-            encode[case.name] = {"seconds": time.perf_counter() - started, "slices": len(case.image), "peak_mib": peak_mib()}
-            log(f"{case.name}: encoded {len(case.image)} slices in {encode[case.name]['seconds']:.1f} s")
+            encode_volume(case.image, spacing=case.spacing, encoder=encoder, device=context.device, cache=context.cache)
+            name = case.name if encoder == context.encoder else f"{case.name} ({encoder})"
+            encode[name] = {"seconds": time.perf_counter() - started, "slices": len(case.image), "peak_mib": peak_mib()}
+            log(f"{name}: encoded {len(case.image)} slices in {encode[name]['seconds']:.1f} s")
     rows = []
     for protocol in protocols:
         for case in cases:
