@@ -45,17 +45,16 @@ def measure(slices: int, pixels: int, device: str) -> dict:
     from napari_fewshot.core.engine import segment
     from napari_fewshot.core.features import FeatureCache
     from napari_fewshot.evaluation.memory import peak_mib, reset_peak
+    from napari_fewshot.evaluation.protocols import painted, support_slices
 
     image, spacing = resampled(DATA / "image.nii.gz", slices, pixels, sitk.sitkLinear)
     liver = resampled(DATA / "label.nii.gz", slices, pixels, sitk.sitkNearestNeighbor)[0] == LIVER
-    painted = np.zeros(liver.shape, dtype=np.uint8)
-    largest = int(liver.reshape(slices, -1).sum(axis=1).argmax())
-    painted[largest] = liver[largest]
+    support = painted(liver, support_slices(liver, "one-largest"))
     cache = FeatureCache()
     reset_peak()
-    first = segment(image, painted, spacing=spacing, device=device, cache=cache)
+    first = segment(image, support, spacing=spacing, device=device, cache=cache)
     first_peak = peak_mib()
-    again = [segment(image, painted, spacing=spacing, device=device, cache=cache).seconds["total"] for _ in range(3)]
+    again = [segment(image, support, spacing=spacing, device=device, cache=cache).seconds["total"] for _ in range(3)]
     result_mib = sum(a.nbytes for a in (*first.probabilities.values(), *first.attention.values(), first.labels)) / 2**20
     return {
         "slices": slices, "pixels": pixels, "image_mib": image.nbytes / 2**20, "device": first.device,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -65,12 +66,14 @@ class Task:
     support_case: Case | None = None
     support_value: int | None = None
 
-    @property
+    @cached_property
     def truth(self) -> np.ndarray:
+        """The structure's true mask ``[Z, Y, X]`` bool on ``case`` (computed once)."""
         return self.case.truth == self.value
 
-    @property
+    @cached_property
     def support_mask(self) -> np.ndarray:
+        """The structure's true mask on the volume the support is painted on (computed once)."""
         source = self.support_case or self.case
         return source.truth == (self.support_value if self.support_case else self.value)
 
