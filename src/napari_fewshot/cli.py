@@ -100,6 +100,7 @@ def _segment(args: argparse.Namespace) -> int:
             modality=args.modality,
             threshold=args.threshold,
             keep=args.keep,
+            boundaries=args.boundaries,
             fill_holes=args.fill_holes,
             progress=ProgressBar("segmenting"),
         )
@@ -160,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep", choices=KEEP,
         help="3D components kept per structure: all, the largest, or those touching the painting "
         "(default: painted; all with --support-image)",
+    )
+    seg.add_argument(
+        "--boundaries", metavar="decoder|prototype",
+        help="who draws each slice's boundary: decoder (LiteMedSAM's decoder, prompted by the prototypes' box; "
+        "the default with the litemedsam encoder) or prototype (the head's own mask)",
     )
     seg.add_argument("--fill-holes", action="store_true", help="fill holes in each slice of each structure")
     seg.add_argument(
@@ -273,9 +279,11 @@ def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
                           help="which slices are painted and scored (default one-largest)")
     evaluate.add_argument(
         "--methods", nargs="+", metavar="METHOD",
-        default=["alpnet", "dspnet", "alpnet@none", "dspnet@none", "panet@none", *BASELINES],
-        help="HEAD[@WEIGHTS][:KEEP] for the engine (weights: default, none or a model file; keep: painted, "
-        f"largest or all), or one of {', '.join(BASELINES)}; the first is compared with the others",
+        default=["alpnet", "alpnet+prototype", "dspnet", "alpnet@none", "dspnet@none+prototype", "panet@none+prototype",
+                 *BASELINES],
+        help="HEAD[@WEIGHTS][:KEEP][+BOUNDARIES] for the engine (weights: default, none or a model file; keep: "
+        "painted, largest or all; boundaries: decoder or prototype), "
+        f"or one of {', '.join(BASELINES)}; the first is compared with the others",
     )
     evaluate.add_argument("--encoder", default="litemedsam",
                           help="the engine's encoder (default litemedsam); litemedsam-box always uses LiteMedSAM")

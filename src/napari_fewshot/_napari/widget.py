@@ -295,6 +295,7 @@ class FewShotWidget(Container):
             "empty_slices": empty,
             **options,
             "weights": result.weights,
+            "boundaries": {str(v): drawn_by for v, drawn_by in result.boundaries.items()},
             "device": result.device,
             "seconds": round(result.seconds["total"], 2),
         }
@@ -310,7 +311,8 @@ class FewShotWidget(Container):
         seconds = result.seconds
         self._say(
             f"Segmented {len(slices)} slice{'s' if len(slices) > 1 else ''} in {seconds['total']:.1f} s "
-            f"(encoding {encoded} slices: {seconds['encode']:.1f} s; head: {seconds['head']:.1f} s) on {result.device}."
+            f"(encoding {encoded} slices: {seconds['encode']:.1f} s; head and boundaries: {seconds['head']:.1f} s) "
+            f"on {result.device}."
         )
 
     def _list_slices_to_check(self, result: Segmentation, axis: int) -> None:

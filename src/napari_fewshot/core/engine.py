@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .boundaries import BOUNDARIES, BoxCalibration, calibrate, draw_boundaries
 from .cancel import CancelCheck, check_cancel
 from .device import resolve_device
 from .encoders import Encoder, EncoderUnavailable, build_encoder
@@ -25,6 +26,7 @@ from .intensity import Modality
 from .postprocess import KEEP, connected_to, largest_component
 from .postprocess import fill_holes as fill_slice_holes
 from .preprocess import Preprocessing, from_encoder_slices, to_encoder_slices
+from .sam_decoder import box_decoder
 from .support import assign_supports, painted_slices, painted_structures
 
 DEFAULT_ENCODER = "litemedsam"
@@ -52,15 +54,20 @@ class Segmentation:
     attention : per label value, float32 cosine similarity in [-1, 1] of each voxel's
         features to the structure's foreground prototypes.
     support_slices : per label value, the painted slice indices (along ``axis``) used.
+    boundaries : per label value, who drew its boundaries: ``prototype`` or ``decoder``
+        (asked for the decoder, a structure it cannot redraw from its painting keeps
+        the prototype boundaries).
     weights : the model file whose trained weights were used, or ``none``.
     feature_bytes : memory held by the features of the volume(s) segmented.
-    seconds : wall time of ``encode`` (0 when the features were cached), ``head`` and ``total``.
+    seconds : wall time of ``encode`` (0 when the features were cached), ``head`` (with the
+        boundaries drawn) and ``total``.
     """
 
     labels: np.ndarray
     probabilities: dict[int, np.ndarray]
     attention: dict[int, np.ndarray]
     support_slices: dict[int, tuple[int, ...]]
+    boundaries: dict[int, str]
     encoder: str
     head: str
     weights: str
@@ -85,6 +92,7 @@ def segment(
     slices: Sequence[int] | None = None,
     threshold: float = DEFAULT_THRESHOLD,
     keep: str | None = None,
+    boundaries: str | None = None,
     fill_holes: bool = False,
     batch_size: int | None = None,
     cache: FeatureCache | None = None,
@@ -113,6 +121,10 @@ def segment(
     keep : which 3D connected components of each structure stay: ``all``, the
         ``largest``, or those touching what was ``painted`` (support on ``image`` and
         every slice predicted).  Default: ``painted`` where possible, else ``all``.
+    boundaries : ``decoder``: the box around each slice's prototype mask prompts
+        LiteMedSAM's mask decoder, which draws the boundary (the hybrid; needs the
+        ``litemedsam`` encoder with its pretrained trunk); ``prototype``: the head's
+        own mask.  Default: ``decoder`` where possible.
     fill_holes : fill the holes of each structure in every slice.
     batch_size : slices per encoder batch (default by device; halved on out-of-memory).
     cache : where features are kept between calls (default: a shared cache); a new
@@ -143,7 +155,8 @@ def segment(
     query_aspect = _pixel_aspect(spacing, axis)
     support_aspect = query_aspect if support_spacing is None else _pixel_aspect(support_spacing, axis)
 
-    model, weights_used = _model(encoder, head, weights, torch_device)
+    model, weights_used, trained_trunk = _model(encoder, head, weights, torch_device)
+    boundaries = _checked_boundaries(boundaries, encoder, trained_trunk)
     encoder_model = model.encoder
     volumes = [(query_volume, query_aspect)] + ([] if same_volume else [(support_volume, support_aspect)])
     preprocessings = [Preprocessing.for_volume(volume, modality) for volume, _ in volumes]
@@ -151,7 +164,8 @@ def segment(
     features = [_cached(cache, key, len(volume)) for key, (volume, _) in zip(keys, volumes)]
     support_needed = np.array(sorted({z for painted in structures.values() for z in painted}))
     needed = [np.union1d(queries, support_needed)] if same_volume else [queries, support_needed]
-    total = sum(len(f.missing(n)) for f, n in zip(features, needed)) + len(structures) * len(queries)
+    passes = 2 if boundaries == "decoder" else 1  # the head over the queries, then the decoder over them
+    total = sum(len(f.missing(n)) for f, n in zip(features, needed)) + passes * len(structures) * len(queries)
     advance = _Advance(progress, total)
     batch = batch_size or ENCODE_BATCH.get(torch_device.type, 4)
     options = dict(device=torch_device, batch_size=batch, advance=advance, cancel=cancel)
@@ -180,7 +194,23 @@ def segment(
     painted = painted_slices(painting) if same_volume else None  # another volume's painting is not on this grid
     if painted is not None:
         labels[painted] = painting[painted]
-    for value in structures:
+    drawn_by = dict.fromkeys(structures, "prototype")
+    for value, support_slices in structures.items():
+        if boundaries == "decoder":
+            calibration = _calibration(model, features[-1].tensor, painting == value, support_slices,
+                                       support_aspect, threshold, torch_device)
+            done_before = advance.done
+            if calibration.trusted:
+                # the decoder draws only the slices the prototypes keep; painted slices stay as painted
+                _postprocess(labels, value, keep, False, painting == value)
+                scales = _slice_scales(calibration, len(labels), len(features[-1].tensor), support_slices)
+                drawn = draw_boundaries(labels == value, features[0].tensor, box_decoder(str(torch_device)),
+                                        scales, query_aspect, keep=_on(painted, len(labels)),
+                                        advance=advance, cancel=cancel)
+                labels[(labels == value) & ~drawn] = 0
+                labels[drawn & (labels == 0)] = value
+                drawn_by[value] = "decoder"
+            advance(len(queries) - (advance.done - done_before))  # the slices without a prediction to draw
         _postprocess(labels, value, keep, fill_holes, painting == value)
     if painted is not None:
         labels[painted] = painting[painted]
@@ -190,6 +220,7 @@ def segment(
         probabilities={v: np.moveaxis(p, 0, axis) for v, p in probabilities.items()},
         attention={v: np.moveaxis(a, 0, axis) for v, a in attention.items()},
         support_slices=structures,
+        boundaries=drawn_by,
         encoder=encoder,
         head=head,
         weights=weights_used,
@@ -332,17 +363,18 @@ def _pixel_aspect(spacing: tuple[float, float, float] | None, axis: int) -> floa
     return float(values[1] / values[2])
 
 
-def _model(encoder: str, head: str, weights: str | Path | None, device: torch.device) -> tuple[FewShotModel, str]:
-    """The encoder and head with the trained ``weights`` (see :func:`segment`), and where those came from."""
+def _model(encoder: str, head: str, weights: str | Path | None, device: torch.device) -> tuple[FewShotModel, str, bool]:
+    """The encoder and head with the trained ``weights`` (see :func:`segment`), where those came from, and
+    whether they changed the encoder's trunk."""
     source = model_source(weights, encoder, head)
     state, card = read_model(source) if source is not None else ({}, {})
     # a trained trunk gets an encoder object of its own; the shared one keeps its pretrained weights
     trunk = str(source.resolve()) if card.get("trained_trunk") else ""
     model = FewShotModel(_encoder(encoder, device, trunk), _head(head, device)).to(device).eval()
     if source is None:
-        return model, "none"
+        return model, "none", False
     apply_model_file(model, state, card, source)
-    return model, str(source)
+    return model, str(source), bool(trunk)
 
 
 def _encoder(name: str, device: torch.device, trunk: str = "") -> Encoder:
@@ -356,6 +388,30 @@ def _encoder(name: str, device: torch.device, trunk: str = "") -> Encoder:
         except EncoderUnavailable as error:
             raise SegmentationError(str(error)) from error
     return _encoders[key]
+
+
+def _checked_boundaries(boundaries: str | None, encoder: str, trained_trunk: bool) -> str:
+    """Who draws the boundaries (see :func:`segment`), or a clear error when the decoder cannot."""
+    possible = encoder == "litemedsam" and not trained_trunk
+    if boundaries is None:
+        return "decoder" if possible else "prototype"
+    if boundaries not in BOUNDARIES:
+        raise SegmentationError(f"boundaries must be one of {', '.join(BOUNDARIES)}; got '{boundaries}'")
+    if boundaries == "decoder" and not possible:
+        why = "a model whose encoder trunk was trained" if encoder == "litemedsam" else f"the '{encoder}' encoder"
+        raise SegmentationError(
+            f"boundaries='decoder' prompts LiteMedSAM's decoder with LiteMedSAM's own image embeddings, which {why} "
+            "does not make; use encoder='litemedsam' with its pretrained trunk, or boundaries='prototype'"
+        )
+    return boundaries
+
+
+def _on(slices: np.ndarray | None, n: int) -> np.ndarray:
+    """``[n]`` bool, True at ``slices``."""
+    flags = np.zeros(n, dtype=bool)
+    if slices is not None:
+        flags[slices] = True
+    return flags
 
 
 def _head(name: str, device: torch.device) -> Head:
@@ -405,6 +461,41 @@ def _structure_maps(
                 probability[chunk], attention[chunk] = maps[:, 0], maps[:, 1]
                 advance(len(chunk))
     return probability, attention
+
+
+def _calibration(
+    model: FewShotModel,
+    support_features: torch.Tensor,
+    painted: np.ndarray,
+    slices: tuple[int, ...],
+    aspect: float,
+    threshold: float,
+    device: torch.device,
+) -> BoxCalibration:
+    """:func:`~napari_fewshot.core.boundaries.calibrate` one structure on its painted ``slices`` of the support.
+
+    Each painted slice is predicted by the head from itself.  ``support_features``
+    ``[Z, 256, 64, 64]`` are LiteMedSAM's embeddings; ``painted`` ``[Z, H, W]`` bool.
+    """
+    index = list(slices)
+    embeddings = support_features[index]
+    masks = painted[index]
+    with torch.inference_mode():
+        features = model.features(embeddings.to(device))
+        grid = to_encoder_slices(masks.astype(np.float32), features.shape[-1], aspect)[:, 0].to(device)
+        predicted = [model.head(features[i : i + 1], grid[i : i + 1], features[i : i + 1]).logits.softmax(dim=1)[:, 1:]
+                     for i in range(len(index))]
+    probability = from_encoder_slices(torch.cat(predicted).cpu(), masks.shape[1:], aspect)[:, 0].numpy()
+    return calibrate(masks, probability > threshold, embeddings, box_decoder(str(device)), aspect)
+
+
+def _slice_scales(calibration: BoxCalibration, n_query: int, n_support: int, painted: tuple[int, ...]) -> np.ndarray:
+    """``[n_query, 2]``: each query slice's box scale, that of the painted slice(s) it takes its support from."""
+    scale_of = dict(zip(painted, calibration.scales))
+    scales = np.ones((n_query, 2))
+    for support_slices, group in assign_supports(n_query, n_support, painted).items():
+        scales[group] = np.mean([scale_of[z] for z in support_slices], axis=0)
+    return scales
 
 
 def _merge(probabilities: dict[int, np.ndarray], threshold: float, dtype: np.dtype) -> np.ndarray:

@@ -1,10 +1,12 @@
 """The methods a benchmark compares, by name: this project's engine and the peers' propagation.
 
-- ``HEAD[@WEIGHTS][:KEEP]``: the engine (:func:`~napari_fewshot.core.engine.segment`)
+- ``HEAD[@WEIGHTS][:KEEP][+BOUNDARIES]``: the engine (:func:`~napari_fewshot.core.engine.segment`)
   with a head (``dspnet``, ``alpnet``, ``panet``), weights (``default``: the
-  shipped model, ``none``: untrained, or a model file) and the 3D components it
+  shipped model, ``none``: untrained, or a model file), the 3D components it
   keeps (``painted``: those touching the painting, the engine's default; ``largest``;
-  ``all``); the cross-volume protocol keeps all;
+  ``all``; the cross-volume protocol keeps all) and who draws the boundaries
+  (``decoder``: LiteMedSAM's decoder prompted by the prototypes, the engine's
+  default with the ``litemedsam`` encoder; ``prototype``: the head);
 - ``litemedsam-box``: the painted mask's box prompts LiteMedSAM on the next slice,
   each predicted mask's box the one after, until the mask vanishes;
 - ``registration``: the mask warped slice to slice by demons registration;
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.boundaries import BOUNDARIES
 from ..core.device import resolve_device
 from ..core.engine import DEFAULT_ENCODER, encode_volume, segment
 from ..core.features import FeatureCache
@@ -30,7 +33,7 @@ from ..core.heads import HEADS
 from ..core.model import DEFAULT, UNTRAINED
 from ..core.postprocess import KEEP
 from ..core.preprocess import Preprocessing, normalise_intensities
-from ..core.sam_decoder import BoxDecoder
+from ..core.sam_decoder import BoxDecoder, box_decoder
 from .cases import Task
 from .propagation import BoxPromptStep, RegistrationStep, copy_step, propagate
 from .protocols import extent, query_thirds
@@ -45,12 +48,9 @@ class Context:
     device: str = "auto"
     encoder: str = DEFAULT_ENCODER
     cache: FeatureCache = field(default_factory=FeatureCache)
-    _decoder: BoxDecoder | None = field(default=None, repr=False)
 
     def decoder(self) -> BoxDecoder:
-        if self._decoder is None:
-            self._decoder = BoxDecoder(resolve_device(self.device))
-        return self._decoder
+        return box_decoder(str(resolve_device(self.device)))
 
 
 class Method:
@@ -70,23 +70,27 @@ class EngineMethod(Method):
     cross_volume = True
 
     def __init__(self, name: str) -> None:
-        spec, _, keep = name.partition(":")
+        spec, _, boundaries = name.partition("+")
+        spec, _, keep = spec.partition(":")
         head, _, weights = spec.partition("@")
         if head not in HEADS:
             raise ValueError(
-                f"unknown method '{name}'; choose HEAD[@WEIGHTS][:KEEP] with a head of {', '.join(HEADS)}, "
-                f"or one of {', '.join(BASELINES)}"
+                f"unknown method '{name}'; choose HEAD[@WEIGHTS][:KEEP][+BOUNDARIES] with a head of "
+                f"{', '.join(HEADS)}, or one of {', '.join(BASELINES)}"
             )
         if weights and weights not in (DEFAULT, UNTRAINED) and not Path(weights).is_file():
             raise ValueError(f"method '{name}': weights must be default, none or a model file")
         if keep and keep not in KEEP:
             raise ValueError(f"method '{name}': keep must be one of {', '.join(KEEP)}")
+        if boundaries and boundaries not in BOUNDARIES:
+            raise ValueError(f"method '{name}': boundaries must be one of {', '.join(BOUNDARIES)}")
         self.name, self.head, self.weights, self.keep = name, head, weights or DEFAULT, keep or "painted"
+        self.boundaries = boundaries or None
 
     def _segment(self, task: Task, context: Context, support: np.ndarray, **options) -> np.ndarray:
         result = segment(
             task.case.image, support, spacing=task.case.spacing, encoder=context.encoder, head=self.head,
-            weights=self.weights, device=context.device, cache=context.cache, **options,
+            weights=self.weights, boundaries=self.boundaries, device=context.device, cache=context.cache, **options,
         )
         return result.labels == 1
 

@@ -69,7 +69,7 @@ class BoxPromptStep:
         box = square_box(mask, self.pixel_aspect)
         if box is None:
             return np.zeros_like(mask, dtype=bool)
-        return self.decoder.decode(self.embeddings[target], box, mask.shape, self.pixel_aspect)
+        return self.decoder.decode(self.embeddings[target : target + 1], box, mask.shape, self.pixel_aspect)[0]
 
 
 class RegistrationStep:
