@@ -12,6 +12,7 @@ from napari_fewshot.core.features import FeatureCache, VolumeFeatures, encode_sl
 from napari_fewshot.core.heads import HEADS
 from napari_fewshot.core.postprocess import connected_to, fill_holes, largest_component
 from napari_fewshot.core.preprocess import Preprocessing, padded_shape
+from napari_fewshot.core.priors import apply_location_prior
 from napari_fewshot.core.support import assign_supports, painted_structures
 
 segment = napari_fewshot.segment
@@ -199,13 +200,47 @@ def test_keeping_components_in_the_engine_drops_a_look_alike(volume, keep):
     image[4:9, 40:46, 38:46] = 300 + np.random.default_rng(2).normal(0, 8, (5, 6, 8))  # a bright look-alike
     support = one_slice_support(truth, values=(1,))
     cache = FeatureCache()
-    plain = segment(image, support, encoder="tiny", head="alpnet", cache=cache, keep="all")
-    cleaned = segment(image, support, encoder="tiny", head="alpnet", cache=cache, keep=keep, fill_holes=True)
+    plain = segment(image, support, encoder="tiny", head="alpnet", cache=cache, keep="all", location=False)
+    cleaned = segment(image, support, encoder="tiny", head="alpnet", cache=cache, keep=keep, fill_holes=True,
+                      location=False)
     assert plain.labels[4:9, 40:46, 38:46].any() and not cleaned.labels[4:9, 40:46, 38:46].any()
     assert dice(cleaned.labels == 1, truth == 1) > dice(plain.labels == 1, truth == 1)
     if keep == "painted":  # the default for a support painted on the image itself
-        default = segment(image, support, encoder="tiny", head="alpnet", cache=cache, fill_holes=True)
+        default = segment(image, support, encoder="tiny", head="alpnet", cache=cache, fill_holes=True, location=False)
         np.testing.assert_array_equal(default.labels, cleaned.labels)
+
+
+def test_a_structure_that_ends_mid_volume_is_not_predicted_past_its_end():
+    image, truth = ellipsoids(shape=(40, 48, 48))  # both structures span slices 4-20; 19 slices of background follow
+    result = segment(image, one_slice_support(truth), encoder="tiny", cache=FeatureCache())
+    predicted = np.flatnonzero(result.labels.reshape(len(truth), -1).any(axis=1))
+    assert predicted.min() >= 3 and predicted.max() <= 21
+    assert dice(result.labels == 1, truth == 1) > 0.85 and dice(result.labels == 2, truth == 2) > 0.7
+
+
+def test_the_location_prior_damps_a_look_alike_far_from_the_painting_in_plane(volume):
+    image, truth = volume
+    image = image.copy()
+    image[9:12, 40:46, 38:46] = 300 + np.random.default_rng(2).normal(0, 8, (3, 6, 8))  # near slices, far in plane
+    support = one_slice_support(truth, values=(1,))
+    cache = FeatureCache()
+    plain = segment(image, support, encoder="tiny", head="alpnet", cache=cache, keep="all", location=False)
+    located = segment(image, support, encoder="tiny", head="alpnet", cache=cache, keep="all")
+    assert plain.labels[9:12, 40:46, 38:46].any() and not located.labels[9:12, 40:46, 38:46].any()
+    assert dice(located.labels == 1, truth == 1) > dice(plain.labels == 1, truth == 1)
+    with pytest.raises(SegmentationError, match="location=True needs the painting on the image itself"):
+        segment(image, support, support_image=image, encoder="tiny", cache=cache, location=True)
+
+
+def test_location_prior_widens_with_distance_in_mm():
+    probability = np.ones((3, 1, 41), np.float32)
+    painted = np.zeros(probability.shape, bool)
+    painted[0, 0, :11] = True  # columns 0-10 painted on slice 0
+    apply_location_prior(probability, painted, (0,), spacing=(4.0, 1.0, 0.5))
+    assert probability[:, 0, :11].min() == 1.0  # inside the painting
+    # 20 columns = 10 mm beyond the painting: sigma 5 mm on slice 0, 5 + 0.5 * 8 = 9 mm two slices (8 mm) away
+    assert probability[0, 0, 30] == pytest.approx(np.exp(-0.5 * (10 / 5) ** 2), rel=1e-5)
+    assert probability[2, 0, 30] == pytest.approx(np.exp(-0.5 * (10 / 9) ** 2), rel=1e-5)
 
 
 def test_nearest_painted_slice_and_ties():

@@ -100,6 +100,7 @@ def _segment(args: argparse.Namespace) -> int:
             modality=args.modality,
             threshold=args.threshold,
             keep=args.keep,
+            location=args.location_prior,
             boundaries=args.boundaries,
             fill_holes=args.fill_holes,
             progress=ProgressBar("segmenting"),
@@ -161,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep", choices=KEEP,
         help="3D components kept per structure: all, the largest, or those touching the painting "
         "(default: painted; all with --support-image)",
+    )
+    seg.add_argument(
+        "--location-prior", action=argparse.BooleanOptionalAction,
+        help="damp each slice's probabilities far in plane from the painting of its support slice, less so the "
+        "farther the slices are apart in mm (default: on, off with --support-image)",
     )
     seg.add_argument(
         "--boundaries", metavar="decoder|prototype",
@@ -281,8 +287,8 @@ def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
         "--methods", nargs="+", metavar="METHOD",
         default=["alpnet", "alpnet+prototype", "dspnet", "alpnet@none", "dspnet@none+prototype", "panet@none+prototype",
                  *BASELINES],
-        help="HEAD[@WEIGHTS][:KEEP][+BOUNDARIES] for the engine (weights: default, none or a model file; keep: "
-        "painted, largest or all; boundaries: decoder or prototype), "
+        help="HEAD[@WEIGHTS][:KEEP][+FLAG...] for the engine (weights: default, none or a model file; keep: "
+        "painted, largest or all; flags: +decoder or +prototype boundaries, +nolocation), "
         f"or one of {', '.join(BASELINES)}; the first is compared with the others",
     )
     evaluate.add_argument("--encoder", default="litemedsam",

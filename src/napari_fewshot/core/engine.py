@@ -26,6 +26,7 @@ from .intensity import Modality
 from .postprocess import KEEP, connected_to, largest_component
 from .postprocess import fill_holes as fill_slice_holes
 from .preprocess import Preprocessing, from_encoder_slices, to_encoder_slices
+from .priors import apply_location_prior
 from .sam_decoder import box_decoder
 from .support import assign_supports, painted_slices, painted_structures
 
@@ -92,6 +93,7 @@ def segment(
     slices: Sequence[int] | None = None,
     threshold: float = DEFAULT_THRESHOLD,
     keep: str | None = None,
+    location: bool | None = None,
     boundaries: str | None = None,
     fill_holes: bool = False,
     batch_size: int | None = None,
@@ -121,6 +123,10 @@ def segment(
     keep : which 3D connected components of each structure stay: ``all``, the
         ``largest``, or those touching what was ``painted`` (support on ``image`` and
         every slice predicted).  Default: ``painted`` where possible, else ``all``.
+    location : scale each slice's probabilities by an in-plane prior around the
+        painting of its support slice, widening with their distance in mm
+        (:mod:`~napari_fewshot.core.priors`); only for a support painted on ``image``.
+        Default: where possible.
     boundaries : ``decoder``: the box around each slice's prototype mask prompts
         LiteMedSAM's mask decoder, which draws the boundary (the hybrid; needs the
         ``litemedsam`` encoder with its pretrained trunk); ``prototype``: the head's
@@ -148,6 +154,9 @@ def segment(
         reason = "the painting is on another volume" if whole else "only some slices are predicted"
         choices = KEEP if same_volume and whole else KEEP[:2] if whole else KEEP[:1]
         raise SegmentationError(f"keep='{keep}' is not possible here ({reason}); choose one of {', '.join(choices)}")
+    location = same_volume if location is None else location
+    if location and not same_volume:
+        raise SegmentationError("location=True needs the painting on the image itself; the support is another volume")
     support_array = query_array if same_volume else _checked_image(support_image, "support image")
     painting = _slices_first(_checked_labels(support_labels, support_array.shape, same_volume), axis)
     query_volume, support_volume = _slices_first(query_array, axis), _slices_first(support_array, axis)
@@ -188,6 +197,8 @@ def segment(
             advance=advance,
             cancel=cancel,
         )
+        if location:
+            apply_location_prior(probabilities[value], painting == value, slices, _spacing_first(spacing, axis), queries)
         if same_volume:
             probabilities[value][list(slices)] = painting[list(slices)] == value
     labels = _merge(probabilities, threshold, painting.dtype)
@@ -351,6 +362,11 @@ def _checked_labels(labels: np.ndarray, shape: tuple[int, ...], same_volume: boo
     if array.min() < 0:
         raise SegmentationError("the support labels have negative values; use 0 for unpainted and 1, 2, ... for structures")
     return array
+
+
+def _spacing_first(spacing: tuple[float, float, float] | None, axis: int) -> tuple[float, float, float]:
+    """Voxel size in mm with the slice axis first; 1 mm without spacing."""
+    return (1.0, 1.0, 1.0) if spacing is None else tuple(np.moveaxis(np.asarray(spacing, dtype=float), axis, 0))
 
 
 def _pixel_aspect(spacing: tuple[float, float, float] | None, axis: int) -> float:

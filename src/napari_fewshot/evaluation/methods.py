@@ -1,12 +1,13 @@
 """The methods a benchmark compares, by name: this project's engine and the peers' propagation.
 
-- ``HEAD[@WEIGHTS][:KEEP][+BOUNDARIES]``: the engine (:func:`~napari_fewshot.core.engine.segment`)
+- ``HEAD[@WEIGHTS][:KEEP][+FLAG...]``: the engine (:func:`~napari_fewshot.core.engine.segment`)
   with a head (``dspnet``, ``alpnet``, ``panet``), weights (``default``: the
   shipped model, ``none``: untrained, or a model file), the 3D components it
   keeps (``painted``: those touching the painting, the engine's default; ``largest``;
-  ``all``; the cross-volume protocol keeps all) and who draws the boundaries
-  (``decoder``: LiteMedSAM's decoder prompted by the prototypes, the engine's
-  default with the ``litemedsam`` encoder; ``prototype``: the head);
+  ``all``; the cross-volume protocol keeps all), and flags: who draws the boundaries
+  (``+decoder``: LiteMedSAM's decoder prompted by the prototypes, the engine's
+  default with the ``litemedsam`` encoder; ``+prototype``: the head), ``+nolocation``
+  (no in-plane location prior);
 - ``litemedsam-box``: the painted mask's box prompts LiteMedSAM on the next slice,
   each predicted mask's box the one after, until the mask vanishes;
 - ``registration``: the mask warped slice to slice by demons registration;
@@ -39,6 +40,10 @@ from .propagation import BoxPromptStep, RegistrationStep, copy_step, propagate
 from .protocols import extent, query_thirds
 
 BASELINES = ("litemedsam-box", "registration", "copy")
+#: The flag that switches the engine's location prior off.
+NO_LOCATION = "nolocation"
+#: What may follow ``+`` in an engine method's name: who draws the boundaries, or no location prior.
+FLAGS = (*BOUNDARIES, NO_LOCATION)
 
 
 @dataclass
@@ -70,27 +75,30 @@ class EngineMethod(Method):
     cross_volume = True
 
     def __init__(self, name: str) -> None:
-        spec, _, boundaries = name.partition("+")
+        spec, *flags = name.split("+")
         spec, _, keep = spec.partition(":")
         head, _, weights = spec.partition("@")
         if head not in HEADS:
             raise ValueError(
-                f"unknown method '{name}'; choose HEAD[@WEIGHTS][:KEEP][+BOUNDARIES] with a head of "
+                f"unknown method '{name}'; choose HEAD[@WEIGHTS][:KEEP][+FLAG...] with a head of "
                 f"{', '.join(HEADS)}, or one of {', '.join(BASELINES)}"
             )
         if weights and weights not in (DEFAULT, UNTRAINED) and not Path(weights).is_file():
             raise ValueError(f"method '{name}': weights must be default, none or a model file")
         if keep and keep not in KEEP:
             raise ValueError(f"method '{name}': keep must be one of {', '.join(KEEP)}")
-        if boundaries and boundaries not in BOUNDARIES:
-            raise ValueError(f"method '{name}': boundaries must be one of {', '.join(BOUNDARIES)}")
+        unknown = [flag for flag in flags if flag not in FLAGS]
+        if unknown:
+            raise ValueError(f"method '{name}': {', '.join(unknown)} is not one of the flags {', '.join(FLAGS)}")
         self.name, self.head, self.weights, self.keep = name, head, weights or DEFAULT, keep or "painted"
-        self.boundaries = boundaries or None
+        self.boundaries = next((flag for flag in flags if flag in BOUNDARIES), None)
+        self.location = False if NO_LOCATION in flags else None
 
     def _segment(self, task: Task, context: Context, support: np.ndarray, **options) -> np.ndarray:
         result = segment(
             task.case.image, support, spacing=task.case.spacing, encoder=context.encoder, head=self.head,
-            weights=self.weights, boundaries=self.boundaries, device=context.device, cache=context.cache, **options,
+            weights=self.weights, boundaries=self.boundaries, location=self.location, device=context.device,
+            cache=context.cache, **options,
         )
         return result.labels == 1
 
