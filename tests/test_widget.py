@@ -97,6 +97,7 @@ def test_segment_volume_gives_a_prediction_on_the_image_grid_and_maps(qtbot, ses
     assert list(prediction.features["name"]) == ["bright", "dark"]
     record = prediction.metadata["napari_fewshot"]
     assert record["support_slices"] == {"1": [PAINTED], "2": [PAINTED]} and record["encoder"] == "tiny"
+    assert record["boundaries"] == {"1": "prototype", "2": "prototype"}  # auto: no LiteMedSAM embeddings to decode
 
     for name in ("bright", "dark"):
         attention = viewer.layers[f"scan {name} attention"]
