@@ -131,19 +131,19 @@ def draw_boundaries(
     decoder: BoxDecoder,
     scales: np.ndarray,
     pixel_aspect: float = 1.0,
-    keep: np.ndarray | None = None,
+    fixed: np.ndarray | None = None,
     advance: Callable[[int], None] | None = None,
     cancel: CancelCheck | None = None,
 ) -> np.ndarray:
     """The decoder's masks ``[Z, H, W]`` bool for a structure's prototype masks ``masks`` ``[Z, H, W]`` bool.
 
     embeddings : ``[Z, 256, 64, 64]`` of the same slices; scales : ``[Z, 2]``, each
-    slice's box scale (:func:`prompt_box`).  Slices where ``keep`` ``[Z]`` bool is
+    slice's box scale (:func:`prompt_box`).  Slices where ``fixed`` ``[Z]`` bool is
     True (the painted ones) and empty slices are returned as they are.
     ``advance(n)`` is told after each batch of ``n`` slices; ``cancel`` is asked before each.
     """
     drawn = masks.copy()
-    drawable = masks.reshape(len(masks), -1).any(axis=1) & (True if keep is None else ~keep)
+    drawable = masks.reshape(len(masks), -1).any(axis=1) & (True if fixed is None else ~fixed)
     slices = np.flatnonzero(drawable)
     for start in range(0, len(slices), DECODE_BATCH):
         check_cancel(cancel)

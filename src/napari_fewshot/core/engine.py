@@ -216,7 +216,7 @@ def segment(
                 _postprocess(labels, value, keep, False, painting == value)
                 scales = _slice_scales(calibration, len(labels), len(features[-1].tensor), support_slices)
                 drawn = draw_boundaries(labels == value, features[0].tensor, box_decoder(str(torch_device)),
-                                        scales, query_aspect, keep=_on(painted, len(labels)),
+                                        scales, query_aspect, fixed=_on(painted, len(labels)),
                                         advance=advance, cancel=cancel)
                 labels[(labels == value) & ~drawn] = 0
                 labels[drawn & (labels == 0)] = value
@@ -365,18 +365,19 @@ def _checked_labels(labels: np.ndarray, shape: tuple[int, ...], same_volume: boo
 
 
 def _spacing_first(spacing: tuple[float, float, float] | None, axis: int) -> tuple[float, float, float]:
-    """Voxel size in mm with the slice axis first; 1 mm without spacing."""
-    return (1.0, 1.0, 1.0) if spacing is None else tuple(np.moveaxis(np.asarray(spacing, dtype=float), axis, 0))
+    """Voxel size in mm with the slice axis first (1 mm without spacing), or a clear error."""
+    if spacing is None:
+        return (1.0, 1.0, 1.0)
+    values = np.moveaxis(np.asarray(spacing, dtype=float), axis, 0) if len(spacing) == 3 else None
+    if values is None or not np.all(values > 0):
+        raise SegmentationError(f"spacing must be three positive sizes in mm, one per array axis; got {spacing}")
+    return tuple(float(v) for v in values)
 
 
 def _pixel_aspect(spacing: tuple[float, float, float] | None, axis: int) -> float:
     """Row spacing over column spacing of the slices along ``axis``; 1 without spacing."""
-    if spacing is None:
-        return 1.0
-    values = np.moveaxis(np.asarray(spacing, dtype=float), axis, 0) if len(spacing) == 3 else None
-    if values is None or not np.all(values > 0):
-        raise SegmentationError(f"spacing must be three positive sizes in mm, one per array axis; got {spacing}")
-    return float(values[1] / values[2])
+    _, rows, columns = _spacing_first(spacing, axis)
+    return rows / columns
 
 
 def _model(encoder: str, head: str, weights: str | Path | None, device: torch.device) -> tuple[FewShotModel, str, bool]:
