@@ -207,13 +207,14 @@ def segment(
         labels[painted] = painting[painted]
     drawn_by = dict.fromkeys(structures, "prototype")
     for value, support_slices in structures.items():
+        painted_value = painting == value
         if boundaries == "decoder":
-            calibration = _calibration(model, features[-1].tensor, painting == value, support_slices,
+            calibration = _calibration(model, features[-1].tensor, painted_value, support_slices,
                                        support_aspect, threshold, torch_device)
             done_before = advance.done
             if calibration.trusted:
                 # the decoder draws only the slices the prototypes keep; painted slices stay as painted
-                _postprocess(labels, value, keep, False, painting == value)
+                _postprocess(labels, value, keep, False, painted_value)
                 scales = _slice_scales(calibration, len(labels), len(features[-1].tensor), support_slices)
                 drawn = draw_boundaries(labels == value, features[0].tensor, box_decoder(str(torch_device)),
                                         scales, query_aspect, fixed=_on(painted, len(labels)),
@@ -222,7 +223,7 @@ def segment(
                 labels[drawn & (labels == 0)] = value
                 drawn_by[value] = "decoder"
             advance(len(queries) - (advance.done - done_before))  # the slices without a prediction to draw
-        _postprocess(labels, value, keep, fill_holes, painting == value)
+        _postprocess(labels, value, keep, fill_holes, painted_value)
     if painted is not None:
         labels[painted] = painting[painted]
     finished = time.perf_counter()
@@ -463,21 +464,39 @@ def _structure_maps(
             group_queries = [z for z in group if z in wanted]
             if not group_queries:
                 continue
-            support = model.features(support_features[list(support_slices)].to(device))
-            # features are square: the mask goes to their grid as the slices went to the encoder's
-            mask = to_encoder_slices(painted[list(support_slices)].astype(np.float32), support.shape[-1], aspects[1])
-            mask = mask[:, 0].to(device)
+            support, mask = _support(model, support_features, painted, support_slices, aspects[1], device)
             positions = support.shape[-2] * support.shape[-1]
             batch = max(1, HEAD_BATCH_ELEMENTS // (len(support_slices) * positions**2))
             for start in range(0, len(group_queries), batch):
                 check_cancel(cancel)
                 chunk = group_queries[start : start + batch]
-                output = model.head(support, mask, model.features(query_features[chunk].to(device)))
-                maps = torch.stack([output.logits.softmax(dim=1)[:, 1], output.attention], dim=1)
-                maps = from_encoder_slices(maps, query_shape, aspects[0]).cpu().numpy()
+                query = model.features(query_features[chunk].to(device))
+                maps = _predict(model, support, mask, query, query_shape, aspects[0])
                 probability[chunk], attention[chunk] = maps[:, 0], maps[:, 1]
                 advance(len(chunk))
     return probability, attention
+
+
+def _support(
+    model: FewShotModel, support_features: torch.Tensor, painted: np.ndarray, slices: tuple[int, ...], aspect: float,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Head features ``[S, C, h, w]`` of the painted ``slices`` and their painting on the head's grid ``[S, h, w]``."""
+    index = list(slices)
+    support = model.features(support_features[index].to(device))
+    # features are square: the mask goes to their grid as the slices went to the encoder's
+    mask = to_encoder_slices(painted[index].astype(np.float32), support.shape[-1], aspect)[:, 0].to(device)
+    return support, mask
+
+
+def _predict(
+    model: FewShotModel, support: torch.Tensor, mask: torch.Tensor, query: torch.Tensor, shape: tuple[int, int],
+    aspect: float,
+) -> np.ndarray:
+    """Foreground probability and attention ``[Q, 2, H, W]`` float32 of head features ``query`` on the slice grid ``shape``."""
+    output = model.head(support, mask, query)
+    maps = torch.stack([output.logits.softmax(dim=1)[:, 1], output.attention], dim=1)
+    return from_encoder_slices(maps, shape, aspect).cpu().numpy()
 
 
 def _calibration(
@@ -494,16 +513,14 @@ def _calibration(
     Each painted slice is predicted by the head from itself.  ``support_features``
     ``[Z, 256, 64, 64]`` are LiteMedSAM's embeddings; ``painted`` ``[Z, H, W]`` bool.
     """
-    index = list(slices)
-    embeddings = support_features[index]
-    masks = painted[index]
+    masks = painted[list(slices)]
     with torch.inference_mode():
-        features = model.features(embeddings.to(device))
-        grid = to_encoder_slices(masks.astype(np.float32), features.shape[-1], aspect)[:, 0].to(device)
-        predicted = [model.head(features[i : i + 1], grid[i : i + 1], features[i : i + 1]).logits.softmax(dim=1)[:, 1:]
-                     for i in range(len(index))]
-    probability = from_encoder_slices(torch.cat(predicted).cpu(), masks.shape[1:], aspect)[:, 0].numpy()
-    return calibrate(masks, probability > threshold, embeddings, box_decoder(str(device)), aspect)
+        support, mask = _support(model, support_features, painted, slices, aspect, device)
+        probability = np.concatenate([
+            _predict(model, support[i : i + 1], mask[i : i + 1], support[i : i + 1], masks.shape[1:], aspect)[:, 0]
+            for i in range(len(slices))
+        ])
+    return calibrate(masks, probability > threshold, support_features[list(slices)], box_decoder(str(device)), aspect)
 
 
 def _slice_scales(calibration: BoxCalibration, n_query: int, n_support: int, painted: tuple[int, ...]) -> np.ndarray:
