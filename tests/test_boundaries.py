@@ -24,7 +24,8 @@ def test_a_prompt_box_is_the_mask_box_scaled_about_its_centre_plus_a_margin():
     beside = mask.copy()
     beside[34:40, 20:30] = True  # a smaller look-alike caught beside the structure
     assert np.array_equal(prompt_box(beside, (1.0, 1.0)), prompt_box(mask, (1.0, 1.0)))
-    assert BoxCalibration(np.ones((1, 2)), 0.8, 0.9).trusted is False and BoxCalibration(np.ones((1, 2)), 0.9, 0.8).trusted
+    calibration = BoxCalibration(np.ones((2, 2)), np.array([0.8, 0.9]), np.array([0.9, 0.8]))
+    assert calibration.trusted.tolist() == [False, True]
 
 
 def disk_and_ring(slices: int = 4, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -60,6 +61,20 @@ def test_the_decoder_draws_a_disk_and_does_not_fill_a_ring():
     hole[:, 36:45, 40:49] = True  # inside the ring's inner radius of 8
     assert np.count_nonzero(hybrid.labels[hole & unpainted[:, None, None]] == 2) < 0.1 * hole[unpainted].sum()
     assert dice(hybrid.labels[unpainted] == 2, truth[unpainted] == 2) > 0.6
+
+
+def test_each_painted_slice_decides_whether_the_decoder_draws_its_neighbours():
+    # one structure, a disk on slices 0-2 that becomes a ring on slices 3-5: only the disk trusts the decoder
+    image, truth = disk_and_ring(slices=6)
+    structure = np.where(np.arange(6)[:, None, None] < 3, truth == 1, truth == 2)
+    painting = np.zeros_like(truth)
+    painting[[1, 4]] = structure[[1, 4]]
+    result = segment(image, painting, encoder="litemedsam", boundaries="decoder", device="cpu")
+    assert result.boundaries == {1: "decoder near painted slices 1; prototype near 4"}
+    assert dice(result.labels[[0, 2]] == 1, structure[[0, 2]]) > 0.9
+    hole = np.zeros_like(structure)
+    hole[3:, 36:45, 40:49] = True
+    assert np.count_nonzero(result.labels[hole] == 1) < 0.1 * hole.sum()
 
 
 def test_the_decoder_needs_litemedsam_embeddings():

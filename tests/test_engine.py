@@ -216,6 +216,13 @@ def test_a_structure_that_ends_mid_volume_is_not_predicted_past_its_end():
     predicted = np.flatnonzero(result.labels.reshape(len(truth), -1).any(axis=1))
     assert predicted.min() >= 3 and predicted.max() <= 21
     assert dice(result.labels == 1, truth == 1) > 0.85 and dice(result.labels == 2, truth == 2) > 0.7
+    # presence: 1 on the painted slice, 0 past the end, and what is predicted resembles the painting
+    painted = result.support_slices[1][0]
+    for value in (1, 2):
+        presence = result.presence[value]
+        assert presence.shape == (40,) and presence[painted] == pytest.approx(1.0) and presence[22:].max() == 0.0
+        kept = (result.labels == value).any(axis=(1, 2))
+        assert presence[kept].min() > 0.2
 
 
 def test_the_location_prior_damps_a_look_alike_far_from_the_painting_in_plane(volume):

@@ -107,9 +107,16 @@ def test_segment_volume_gives_a_prediction_on_the_image_grid_and_maps(qtbot, ses
     assert widget.export_layer.value is prediction
     assert "Segmented 24 slices" in widget.status.value
 
-    # the slices worth a look: predicted, not painted, least sure first; a click goes there
+    # the slices worth a look: where each structure begins and ends, then the weakest; a click goes there
     listed = list(widget.check.choices)
     assert 0 < len(listed) <= 10 and PAINTED not in listed
+    text = [widget.check.native.item(i).text() for i in range(widget.check.native.count())]
+    for value, name in ((1, "bright"), (2, "dark")):
+        held = np.flatnonzero((prediction.data == value).any(axis=(1, 2)))
+        assert 0 < held[0] and held[-1] < len(prediction.data) - 1  # both end inside the volume
+        assert any(t.startswith(f"slice {held[0]}: ") and f"{name} begins" in t for t in text)
+        assert any(t.startswith(f"slice {held[-1]}: ") and f"{name} ends" in t for t in text)
+    assert all(t.endswith(" sure") for t in text) and any(" present, " in t for t in text)
     widget.check.value = [listed[-1]]
     assert viewer.dims.current_step[0] == listed[-1]
 

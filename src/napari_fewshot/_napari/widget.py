@@ -96,7 +96,10 @@ class FewShotWidget(Container):
         self.cancel.tooltip = "Stop the run; the previous prediction stays"
         self.status = Label(value="")
         self.check = Select(label="Slices to check", choices=[])
-        self.check.tooltip = "The least sure slices of the last run (click one to go there)"
+        self.check.tooltip = (
+            "Where each structure begins and ends in the last run, then the slices least sure or least present "
+            "(how much the prediction resembles the painting, 0-1); click one to go there"
+        )
         self.add_to_support = PushButton(text="Add slice to support")
         self.add_to_support.tooltip = (
             f"Copy the prediction of the slice on screen, as corrected, into the support ({SHORTCUTS['add to support']}; "
@@ -317,7 +320,7 @@ class FewShotWidget(Container):
         self.export_layer.reset_choices()
         self.export_layer.value = prediction
         if len(slices) > 1:
-            self._list_slices_to_check(result, options["axis"])
+            self._list_slices_to_check(result, options["axis"], names)
         seconds = result.seconds
         self._say(
             f"Segmented {len(slices)} slice{'s' if len(slices) > 1 else ''} in {seconds['total']:.1f} s "
@@ -325,13 +328,21 @@ class FewShotWidget(Container):
             f"on {result.device}."
         )
 
-    def _list_slices_to_check(self, result: Segmentation, axis: int) -> None:
-        confidence = slice_confidence(result.probabilities.values(), axis)
-        predicted = np.moveaxis(result.labels, axis, 0).reshape(result.labels.shape[axis], -1).any(axis=1)
+    def _list_slices_to_check(self, result: Segmentation, axis: int, names: dict[int, str]) -> None:
+        sure = slice_confidence(result.probabilities.values(), axis)
+        labels = np.moveaxis(result.labels, axis, 0).reshape(result.labels.shape[axis], -1)
+        predicted = {value: (labels == value).any(axis=1) for value in result.presence}
         painted = {z for slices in result.support_slices.values() for z in slices}
-        worst = slices_to_check(confidence, predicted, painted, SLICES_TO_CHECK)
+        listed = slices_to_check(sure, result.presence, predicted, painted, SLICES_TO_CHECK)
+        name = {value: names.get(value, f"structure {value}") for value in result.presence}
+        choices = []
+        for item in listed:
+            notes = [f"{name[value]} {'begins' if which == 'first' else 'ends'}" for value, which in item.ends]
+            if item.weakest is not None:
+                notes.append(f"{name[item.weakest[0]]} {item.weakest[1]:.2f} present")
+            choices.append((f"slice {item.slice}: {', '.join([*notes, f'{item.sure:.2f} sure'])}", item.slice))
         self.check.changed.disconnect(self._go_to_checked)
-        self.check.choices = [(f"slice {z}: {c:.2f} sure", z) for z, c in worst]
+        self.check.choices = choices
         self.check.value = []
         self.check.changed.connect(self._go_to_checked)
 

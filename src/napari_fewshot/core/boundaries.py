@@ -15,11 +15,14 @@ Both steps are calibrated on the painted slices, where the truth is known:
   it takes its support from, plus a margin of
   :data:`MARGIN` pixels of the 256x256 encoder square (within the jitter
   MedSAM's boxes were trained with);
-- **trust**: prompted with the box of the painting (its largest piece), the
-  decoder must redraw the painting better (Dice) than the head predicts it from
-  itself; where it does not (a ring it fills, diffuse tissue such as grey
-  matter: a box does not say which of its contents is meant; a structure in
-  several pieces), the prototype boundaries stay.
+- **trust**, per painted slice: prompted with the box of the painting (its
+  largest piece), the decoder must redraw the painting better (Dice) than the
+  head predicts it from itself; where it does not (a ring it fills, diffuse
+  tissue such as grey matter: a box does not say which of its contents is meant;
+  a structure in several pieces), the slices that take their support from that
+  painted slice keep the prototype boundaries.  An organ's shape changes along
+  its extent (a kidney's pole against its hilum), so one painted slice's verdict
+  does not speak for the slices near another.
 """
 
 from __future__ import annotations
@@ -46,19 +49,21 @@ DECODE_BATCH = 8
 
 @dataclass(frozen=True)
 class BoxCalibration:
-    """How one structure's prototype boxes are scaled and whether the decoder is trusted.
+    """How one structure's prototype boxes are scaled and where the decoder is trusted, per painted slice.
 
     ``scales``: ``[S, 2]``, the (rows, columns) factor of each painted slice's
-    boxes.  ``decoder_dice``, ``prototype_dice``: how well the decoder (from the
-    painting's box) and the head (from the painting itself) redraw the painted slices.
+    boxes.  ``decoder_dice``, ``prototype_dice``: ``[S]``, how well the decoder
+    (from the painting's box) and the head (from the painting itself) redraw each
+    painted slice.
     """
 
     scales: np.ndarray
-    decoder_dice: float
-    prototype_dice: float
+    decoder_dice: np.ndarray
+    prototype_dice: np.ndarray
 
     @property
-    def trusted(self) -> bool:
+    def trusted(self) -> np.ndarray:
+        """``[S]`` bool: the painted slices the decoder redraws better than the head."""
         return self.decoder_dice > self.prototype_dice
 
 
@@ -96,19 +101,20 @@ def calibrate(
     painted, predicted : ``[S, H, W]`` bool, the painting of each painted slice and
         the head's prediction of that slice from itself.
     embeddings : ``[S, 256, 64, 64]``, LiteMedSAM's embeddings of those slices.
+    A slice with nothing painted is not trusted.
     """
     boxes = [_box(truth, pixel_aspect) for truth in painted]
     index = [i for i, box in enumerate(boxes) if box is not None]
-    if not index:
-        return BoxCalibration(np.ones((len(painted), 2)), 0.0, 1.0)
-    redrawn = decoder.decode(embeddings[index], np.stack([boxes[i] for i in index]), painted.shape[1:], pixel_aspect)
-    decoder_dice = np.mean([_dice(mask, painted[i]) for mask, i in zip(redrawn, index)])
-    prototype_dice = np.mean([_dice(predicted[i], painted[i]) for i in index])
     scales = np.ones((len(painted), 2))
+    decoder_dice, prototype_dice = np.zeros(len(painted)), np.ones(len(painted))
+    if index:
+        redrawn = decoder.decode(embeddings[index], np.stack([boxes[i] for i in index]), painted.shape[1:], pixel_aspect)
+        decoder_dice[index] = [_dice(mask, painted[i]) for mask, i in zip(redrawn, index)]
+        prototype_dice[index] = [_dice(predicted[i], painted[i]) for i in index]
     for i in index:
         guessed = _box(predicted[i], pixel_aspect)
         scales[i] = _size(boxes[i]) / _size(guessed) if guessed is not None else MAX_SCALE
-    return BoxCalibration(np.clip(scales, 1.0, MAX_SCALE), float(decoder_dice), float(prototype_dice))
+    return BoxCalibration(np.clip(scales, 1.0, MAX_SCALE), decoder_dice, prototype_dice)
 
 
 def prompt_box(mask: np.ndarray, scale: np.ndarray, pixel_aspect: float = 1.0) -> np.ndarray | None:

@@ -1,14 +1,24 @@
 """How sure a segmentation is, slice by slice: which slices are most worth a look.
 
-On each slice, a voxel is *sure* when the most probable structure's probability
-is at least ``SURE`` and *unsure* when it lies in ``[1 - SURE, SURE)``; the
-slice's confidence is the share of sure voxels among both.  A slice with
-neither (nothing predicted, nothing close) is fully confident.
+Two measures, both in [0, 1]:
+
+- **sure** (:func:`slice_confidence`): on each slice, a voxel is *sure* when the
+  most probable structure's probability is at least ``SURE`` and *unsure* when it
+  lies in ``[1 - SURE, SURE)``; the slice's confidence is the share of sure voxels
+  among both.  A slice with neither (nothing predicted, nothing close) is fully
+  confident.
+- **presence** (:func:`structure_presence`), per structure: how much what was
+  predicted on a slice resembles the structure's prototypes, on the scale the
+  painted slice itself sets.  1: as alike as the painting is to its own
+  prototypes; 0: no more alike than the painted slice's background, or nothing
+  predicted.  Low presence on a predicted slice says the prediction there may be
+  something else; the slices where it falls away are where the structure ends.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,15 +43,74 @@ def slice_confidence(probabilities: Iterable[np.ndarray], axis: int = 0) -> np.n
     return np.where(seen > 0, sure / np.maximum(seen, 1), 1.0)
 
 
-def slices_to_check(
-    confidence: np.ndarray, predicted: np.ndarray, painted: Iterable[int], count: int = 10
-) -> list[tuple[int, float]]:
-    """The ``count`` least confident slices that hold a prediction and were not painted.
+def similarity_levels(attention: np.ndarray, painted: np.ndarray) -> np.ndarray:
+    """``[S, 2]``: mean attention inside and outside the painting of each painted slice.
 
-    confidence : ``[Z]`` from :func:`slice_confidence`; predicted : ``[Z]`` bool, the
-    slices with any predicted voxel.  Returns ``(slice, confidence)`` pairs, least
-    confident first (ties: lower slice first).
+    attention : ``[S, H, W]``, each painted slice's similarity to its own prototypes;
+    painted : ``[S, H, W]`` bool, its painting.
     """
-    candidates = np.flatnonzero(predicted & ~np.isin(np.arange(len(confidence)), list(painted)))
-    order = candidates[np.argsort(confidence[candidates], kind="stable")][:count]
-    return [(int(z), float(confidence[z])) for z in order]
+    inside = [a[m].mean() if m.any() else 1.0 for a, m in zip(attention, painted)]
+    outside = [a[~m].mean() if (~m).any() else -1.0 for a, m in zip(attention, painted)]
+    return np.stack([inside, outside], axis=1).astype(np.float64)
+
+
+def structure_presence(attention: np.ndarray, predicted: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Presence in [0, 1] of one structure on each slice: ``[Z]`` float64.
+
+    attention : ``[Z, H, W]``, similarity to the structure's prototypes; predicted :
+    ``[Z, H, W]`` bool, where it is predicted; levels : ``[Z, 2]``, the inside and
+    outside levels (:func:`similarity_levels`) of the painted slice(s) each slice
+    takes its support from.  The mean attention over a slice's prediction is placed
+    between the two levels; a slice with nothing predicted has presence 0.
+    """
+    flat = predicted.reshape(len(predicted), -1)
+    count = flat.sum(axis=1)
+    mean = np.where(flat, attention.reshape(len(attention), -1), 0).sum(axis=1) / np.maximum(count, 1)
+    inside, outside = levels[:, 0], levels[:, 1]
+    scaled = (mean - outside) / np.maximum(inside - outside, 1e-6)
+    return np.where(count > 0, np.clip(scaled, 0.0, 1.0), 0.0)
+
+
+@dataclass(frozen=True)
+class SliceToCheck:
+    """A slice worth a look: its ``sure`` confidence, the least present structure predicted
+    on it (``weakest``: label value and presence, None when none is), and the structures
+    whose prediction begins or ends on it (``ends``: label value and ``first`` or ``last``)."""
+
+    slice: int
+    sure: float
+    weakest: tuple[int, float] | None
+    ends: tuple[tuple[int, str], ...]
+
+
+def slices_to_check(
+    sure: np.ndarray,
+    presence: dict[int, np.ndarray],
+    predicted: dict[int, np.ndarray],
+    painted: Iterable[int],
+    count: int = 10,
+) -> list[SliceToCheck]:
+    """The unpainted slices most worth a look, at most ``count``: where each structure's prediction
+    begins and ends, then the predicted slices least sure or least present.
+
+    sure : ``[Z]`` from :func:`slice_confidence`; presence, predicted : per label value,
+    ``[Z]`` from :func:`structure_presence` and ``[Z]`` bool (slices holding that
+    structure).  A prediction that reaches the first or last slice of the volume does
+    not end there.  Ends come first (in slice order), then the rest by
+    min(sure, weakest presence), lowest first (ties: lower slice first).
+    """
+    n = len(sure)
+    unpainted = ~np.isin(np.arange(n), list(painted))
+    ends: dict[int, list[tuple[int, str]]] = {}
+    for value, held in predicted.items():
+        slices = np.flatnonzero(held)
+        for z, which in ((slices[:1], "first"), (slices[-1:], "last")):
+            if z.size and 0 < z[0] < n - 1 and unpainted[z[0]]:
+                ends.setdefault(int(z[0]), []).append((value, which))
+    weakest = {}
+    for z in np.flatnonzero(np.any(list(predicted.values()), axis=0) & unpainted):
+        weakest[int(z)] = min(((v, float(presence[v][z])) for v, held in predicted.items() if held[z]), key=lambda p: p[1])
+    score = {z: min(float(sure[z]), weakest[z][1]) for z in weakest}
+    rest = sorted((z for z in score if z not in ends), key=lambda z: (score[z], z))
+    chosen = (sorted(ends) + rest)[:count]
+    return [SliceToCheck(z, float(sure[z]), weakest.get(z), tuple(ends.get(z, ()))) for z in chosen]

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .boundaries import BOUNDARIES, BoxCalibration, calibrate, draw_boundaries
+from .boundaries import BOUNDARIES, calibrate, draw_boundaries
 from .cancel import CancelCheck, check_cancel
+from .confidence import similarity_levels, structure_presence
 from .device import resolve_device
 from .encoders import Encoder, EncoderUnavailable, build_encoder
 from .errors import SegmentationError
@@ -55,9 +56,14 @@ class Segmentation:
     attention : per label value, float32 cosine similarity in [-1, 1] of each voxel's
         features to the structure's foreground prototypes.
     support_slices : per label value, the painted slice indices (along ``axis``) used.
-    boundaries : per label value, who drew its boundaries: ``prototype`` or ``decoder``
-        (asked for the decoder, a structure it cannot redraw from its painting keeps
-        the prototype boundaries).
+    boundaries : per label value, who drew its boundaries: ``prototype``, ``decoder``,
+        or, when some painted slices trust the decoder and some do not, which drew near
+        which painted slices (asked for the decoder, the slices near a painting it
+        cannot redraw keep the prototype boundaries).
+    presence : per label value, ``[n_slices]`` float64 in [0, 1] along ``axis``: how much
+        what is predicted on each slice resembles the structure's prototypes, on the
+        scale its painted slice sets (:func:`~napari_fewshot.core.confidence.structure_presence`;
+        0 where nothing is predicted, 1 on a slice as painted).
     weights : the model file whose trained weights were used, or ``none``.
     feature_bytes : memory held by the features of the volume(s) segmented.
     seconds : wall time of ``encode`` (0 when the features were cached), ``head`` (with the
@@ -69,6 +75,7 @@ class Segmentation:
     attention: dict[int, np.ndarray]
     support_slices: dict[int, tuple[int, ...]]
     boundaries: dict[int, str]
+    presence: dict[int, np.ndarray]
     encoder: str
     head: str
     weights: str
@@ -206,26 +213,34 @@ def segment(
     if painted is not None:
         labels[painted] = painting[painted]
     drawn_by = dict.fromkeys(structures, "prototype")
+    levels = {}
+    n_query, n_support = len(labels), len(features[-1].tensor)
     for value, support_slices in structures.items():
         painted_value = painting == value
+        masks = painted_value[list(support_slices)]
+        own = _own_maps(model, features[-1].tensor, painted_value, support_slices, support_aspect, torch_device)
+        levels[value] = _per_query(similarity_levels(own[:, 1], masks), n_query, n_support, support_slices)
         if boundaries == "decoder":
-            calibration = _calibration(model, features[-1].tensor, painted_value, support_slices,
-                                       support_aspect, threshold, torch_device)
+            decoder = box_decoder(str(torch_device))
+            calibration = calibrate(masks, own[:, 0] > threshold, features[-1].tensor[list(support_slices)], decoder,
+                                    support_aspect)
             done_before = advance.done
-            if calibration.trusted:
+            if calibration.trusted.any():
                 # the decoder draws only the slices the prototypes keep; painted slices stay as painted
                 _postprocess(labels, value, keep, False, painted_value)
-                scales = _slice_scales(calibration, len(labels), len(features[-1].tensor), support_slices)
-                drawn = draw_boundaries(labels == value, features[0].tensor, box_decoder(str(torch_device)),
-                                        scales, query_aspect, fixed=_on(painted, len(labels)),
-                                        advance=advance, cancel=cancel)
+                scales = _per_query(calibration.scales, n_query, n_support, support_slices)
+                trusted = (_per_query(calibration.decoder_dice, n_query, n_support, support_slices)
+                           > _per_query(calibration.prototype_dice, n_query, n_support, support_slices))
+                drawn = draw_boundaries(labels == value, features[0].tensor, decoder, scales, query_aspect,
+                                        fixed=_on(painted, n_query) | ~trusted, advance=advance, cancel=cancel)
                 labels[(labels == value) & ~drawn] = 0
                 labels[drawn & (labels == 0)] = value
-                drawn_by[value] = "decoder"
+                drawn_by[value] = _drawn_by(calibration.trusted, support_slices)
             advance(len(queries) - (advance.done - done_before))  # the slices without a prediction to draw
         _postprocess(labels, value, keep, fill_holes, painted_value)
     if painted is not None:
         labels[painted] = painting[painted]
+    presence = {v: structure_presence(attention[v], labels == v, levels[v]) for v in structures}
     finished = time.perf_counter()
     return Segmentation(
         labels=np.moveaxis(labels, 0, axis),
@@ -233,6 +248,7 @@ def segment(
         attention={v: np.moveaxis(a, 0, axis) for v, a in attention.items()},
         support_slices=structures,
         boundaries=drawn_by,
+        presence=presence,
         encoder=encoder,
         head=head,
         weights=weights_used,
@@ -499,37 +515,45 @@ def _predict(
     return from_encoder_slices(maps, shape, aspect).cpu().numpy()
 
 
-def _calibration(
+def _own_maps(
     model: FewShotModel,
     support_features: torch.Tensor,
     painted: np.ndarray,
     slices: tuple[int, ...],
     aspect: float,
-    threshold: float,
     device: torch.device,
-) -> BoxCalibration:
-    """:func:`~napari_fewshot.core.boundaries.calibrate` one structure on its painted ``slices`` of the support.
+) -> np.ndarray:
+    """Probability and attention ``[S, 2, H, W]`` float32 of each painted slice predicted by the head from itself.
 
-    Each painted slice is predicted by the head from itself.  ``support_features``
-    ``[Z, 256, 64, 64]`` are LiteMedSAM's embeddings; ``painted`` ``[Z, H, W]`` bool.
+    ``support_features`` ``[Z, C, h, w]`` are the encoder's; ``painted`` ``[Z, H, W]``
+    bool, the structure's painting.  Where the truth is known, these calibrate the
+    decoder (:func:`~napari_fewshot.core.boundaries.calibrate`) and set the scale of presence.
     """
-    masks = painted[list(slices)]
+    shape = painted.shape[1:]
     with torch.inference_mode():
         support, mask = _support(model, support_features, painted, slices, aspect, device)
-        probability = np.concatenate([
-            _predict(model, support[i : i + 1], mask[i : i + 1], support[i : i + 1], masks.shape[1:], aspect)[:, 0]
+        return np.concatenate([
+            _predict(model, support[i : i + 1], mask[i : i + 1], support[i : i + 1], shape, aspect)
             for i in range(len(slices))
         ])
-    return calibrate(masks, probability > threshold, support_features[list(slices)], box_decoder(str(device)), aspect)
 
 
-def _slice_scales(calibration: BoxCalibration, n_query: int, n_support: int, painted: tuple[int, ...]) -> np.ndarray:
-    """``[n_query, 2]``: each query slice's box scale, that of the painted slice(s) it takes its support from."""
-    scale_of = dict(zip(painted, calibration.scales))
-    scales = np.ones((n_query, 2))
+def _per_query(values: np.ndarray, n_query: int, n_support: int, painted: tuple[int, ...]) -> np.ndarray:
+    """``[n_query, ...]``: for each query slice, the mean of ``values`` ``[S, ...]`` (one row per painted
+    slice) over the painted slice(s) it takes its support from."""
+    row = {z: i for i, z in enumerate(painted)}
+    spread = np.zeros((n_query, *values.shape[1:]))
     for support_slices, group in assign_supports(n_query, n_support, painted).items():
-        scales[group] = np.mean([scale_of[z] for z in support_slices], axis=0)
-    return scales
+        spread[group] = values[[row[z] for z in support_slices]].mean(axis=0)
+    return spread
+
+
+def _drawn_by(trusted: np.ndarray, painted: tuple[int, ...]) -> str:
+    """``decoder``, ``prototype``, or which painted slices' neighbours each drew (``trusted`` ``[S]`` bool)."""
+    if trusted.all() or not trusted.any():
+        return BOUNDARIES[int(trusted.all())]
+    near = {flag: ", ".join(str(z) for z, t in zip(painted, trusted) if t == flag) for flag in (True, False)}
+    return f"decoder near painted slices {near[True]}; prototype near {near[False]}"
 
 
 def _merge(probabilities: dict[int, np.ndarray], threshold: float, dtype: np.dtype) -> np.ndarray:

@@ -1,0 +1,46 @@
+"""Per-slice confidence: how sure each slice is, and how present each structure is."""
+
+import numpy as np
+import pytest
+
+from napari_fewshot.core.confidence import similarity_levels, slice_confidence, slices_to_check, structure_presence
+
+
+def test_sure_voxels_share_and_the_slices_to_check_first():
+    probability = np.zeros((4, 2, 2), np.float32)
+    probability[1] = [[0.9, 0.6], [0.6, 0.6]]  # 1 sure of 4 seen
+    probability[2] = [[0.9, 0.9], [0.9, 0.4]]  # 3 sure of 4 seen
+    probability[3] = [[0.9, 0.0], [0.0, 0.0]]
+    confidence = slice_confidence([probability])
+    assert confidence.tolist() == pytest.approx([1.0, 0.25, 0.75, 1.0])
+    with pytest.raises(ValueError, match="at least one"):
+        slice_confidence([])
+
+
+def test_presence_places_the_prediction_between_the_painted_slices_levels():
+    painted = np.zeros((1, 4, 4), bool)
+    painted[0, :2] = True
+    attention = np.where(painted, 0.8, 0.2).astype(np.float32)
+    levels = similarity_levels(attention, painted)
+    assert levels.shape == (1, 2) and levels[0].tolist() == pytest.approx([0.8, 0.2])
+
+    query = np.full((4, 4, 4), 0.2, np.float32)
+    predicted = np.zeros(query.shape, bool)
+    predicted[:3, :2] = True
+    query[0, :2] = 0.8  # as alike as the painting
+    query[1, :2] = 0.5  # half way
+    query[2, :2] = 0.1  # less alike than the painted slice's background
+    presence = structure_presence(query, predicted, np.repeat(levels, 4, axis=0))
+    assert presence.tolist() == pytest.approx([1.0, 0.5, 0.0, 0.0])  # slice 3: nothing predicted
+
+
+def test_slices_to_check_list_where_structures_end_then_the_weakest():
+    sure = np.array([1.0, 0.9, 0.5, 0.9, 0.8, 0.95, 1.0, 1.0])
+    held = {1: np.array([0, 1, 1, 1, 1, 1, 0, 0], bool), 2: np.array([1, 1, 1, 1, 0, 0, 0, 0], bool)}
+    presence = {1: np.array([0, 0.9, 0.9, 0.1, 0.7, 0.6, 0, 0]), 2: np.array([0.8, 0.8, 0.8, 0.8, 0, 0, 0, 0])}
+    listed = slices_to_check(sure, presence, held, painted=[2])
+    # structure 1 begins on 1 and ends on 5; structure 2 begins on the volume's first slice (not an end) and ends on 3
+    assert [(c.slice, c.ends) for c in listed[:3]] == [(1, ((1, "first"),)), (3, ((2, "last"),)), (5, ((1, "last"),))]
+    assert listed[1].weakest == (1, 0.1)  # on slice 3 structure 1 is the least present
+    assert [c.slice for c in listed[3:]] == [4, 0]  # min(sure, presence): 0.7, 0.8; slice 2 is painted
+    assert len(slices_to_check(sure, presence, held, painted=[2], count=2)) == 2
