@@ -10,9 +10,9 @@ from napari_fewshot.core.encoders import build_encoder
 from napari_fewshot.core.errors import SegmentationCancelled, SegmentationError
 from napari_fewshot.core.features import FeatureCache, VolumeFeatures, encode_slices
 from napari_fewshot.core.heads import HEADS
-from napari_fewshot.core.postprocess import connected_to, fill_holes, largest_component
+from napari_fewshot.core.postprocess import connected_to, fill_holes, largest_component, stop_at_ends
 from napari_fewshot.core.preprocess import Preprocessing, padded_shape
-from napari_fewshot.core.priors import apply_location_prior
+from napari_fewshot.core.priors import apply_distance_decay, apply_location_prior
 from napari_fewshot.core.support import assign_supports, painted_structures
 
 segment = napari_fewshot.segment
@@ -223,6 +223,52 @@ def test_a_structure_that_ends_mid_volume_is_not_predicted_past_its_end():
         assert presence.shape == (40,) and presence[painted] == pytest.approx(1.0) and presence[22:].max() == 0.0
         kept = (result.labels == value).any(axis=(1, 2))
         assert presence[kept].min() > 0.2
+
+
+def test_a_structure_that_splits_keeps_both_branches():
+    # one bright trunk on slices 4-11 that splits in two branches on slices 12-19, painted on the trunk only
+    rng = np.random.default_rng(4)
+    image = (100 + 20 * np.sin(np.arange(48) / 2.0) + rng.normal(0, 8, (24, 48, 48))).astype(np.float32)
+    truth = np.zeros(image.shape, np.uint8)
+    truth[4:12, 16:32, 12:36] = 1
+    truth[12:20, 16:32, 8:20] = 1
+    truth[12:20, 16:32, 28:40] = 1
+    image[truth == 1] = 300 + rng.normal(0, 8, int(truth.sum()))
+    support = np.zeros_like(truth)
+    support[8] = truth[8]
+    result = segment(image, support, encoder="tiny", cache=FeatureCache())
+    for columns in (slice(8, 20), slice(28, 40)):
+        assert dice(result.labels[12:20, :, columns] == 1, truth[12:20, :, columns] == 1) > 0.8
+
+
+def test_a_structure_stops_where_it_widens_into_a_neighbour_past_its_painted_slices():
+    mask = np.zeros((10, 4, 4), bool)
+    for z, area in enumerate([0, 1, 4, 8, 10, 12, 6, 3, 14, 2]):
+        mask[z].flat[:area] = True
+    # down from 4: narrows to an empty slice 0; up from 5: slice 8 grows 3 -> 14, so 8 and 9 go
+    assert stop_at_ends(mask, (4, 5)).reshape(10, -1).sum(axis=1).tolist() == [0, 1, 4, 8, 10, 12, 6, 3, 0, 0]
+    # painted at its tip (slice 9), the structure widens beyond it and is followed
+    assert stop_at_ends(mask, (9,)).sum() == mask.sum()
+
+    image, truth = ellipsoids(shape=(40, 48, 48))
+    image[21:27, 5:36, 5:46] = 300 + np.random.default_rng(3).normal(0, 8, (6, 31, 41))  # touches the bright tip
+    support = one_slice_support(truth, values=(1,))
+    cache = FeatureCache()
+    running = segment(image, support, encoder="tiny", cache=cache, ends=False)
+    stopped = segment(image, support, encoder="tiny", cache=cache)
+    assert running.labels[22:27].any() and not stopped.labels[21:].any()
+    assert dice(stopped.labels == 1, truth == 1) > dice(running.labels == 1, truth == 1)
+    with pytest.raises(SegmentationError, match="ends=True needs the painting on the image itself"):
+        segment(image, support, encoder="tiny", cache=cache, slices=[12], ends=True)
+
+
+def test_distance_decay_in_mm():
+    probability = np.ones((5, 1, 1), np.float32)
+    apply_distance_decay(probability, (1,), slice_mm=2.5, length_mm=10.0)
+    assert probability[:, 0, 0] == pytest.approx(np.exp(-np.array([2.5, 0, 2.5, 5, 7.5]) / 10), rel=1e-6)
+    image, truth = ellipsoids()
+    with pytest.raises(SegmentationError, match="decay_mm=0 is not possible here"):
+        segment(image, one_slice_support(truth), encoder="tiny", decay_mm=0)
 
 
 def test_the_location_prior_damps_a_look_alike_far_from_the_painting_in_plane(volume):

@@ -20,14 +20,14 @@ from .confidence import similarity_levels, structure_presence
 from .device import resolve_device
 from .encoders import Encoder, EncoderUnavailable, build_encoder
 from .errors import SegmentationError
-from .features import FeatureCache, VolumeFeatures, encode_slices, feature_key, head_features
+from .features import FeatureCache, VolumeFeatures, encode_slices, feature_key
 from .heads import DEFAULT_HEAD, Head, build_head
 from .model import DEFAULT, FewShotModel, apply_model_file, model_source, read_model
 from .intensity import Modality
-from .postprocess import KEEP, connected_to, largest_component
+from .postprocess import KEEP, connected_to, largest_component, stop_at_ends
 from .postprocess import fill_holes as fill_slice_holes
-from .preprocess import Preprocessing, from_encoder_slices, to_encoder_slices
-from .priors import apply_location_prior
+from .preprocess import Preprocessing, from_encoder_slices, slice_aspect, spacing_first, to_encoder_slices
+from .priors import apply_distance_decay, apply_location_prior
 from .sam_decoder import box_decoder
 from .support import assign_supports, painted_slices, painted_structures
 
@@ -101,6 +101,8 @@ def segment(
     threshold: float = DEFAULT_THRESHOLD,
     keep: str | None = None,
     location: bool | None = None,
+    decay_mm: float | None = None,
+    ends: bool | None = None,
     boundaries: str | None = None,
     fill_holes: bool = False,
     batch_size: int | None = None,
@@ -134,6 +136,13 @@ def segment(
         painting of its support slice, widening with their distance in mm
         (:mod:`~napari_fewshot.core.priors`); only for a support painted on ``image``.
         Default: where possible.
+    decay_mm : scale each slice's probabilities by ``exp(-d / decay_mm)``, ``d`` its
+        distance in mm to the nearest painted slice; only for a support painted on
+        ``image``.  Default: no decay.
+    ends : stop each structure where it ends: past its outermost painted slices, at
+        the first slice that is empty or whose area more than doubles
+        (:func:`~napari_fewshot.core.postprocess.stop_at_ends`); nothing beyond is kept.
+        Only for a support painted on ``image`` with every slice predicted.  Default: where possible.
     boundaries : ``decoder``: the box around each slice's prototype mask prompts
         LiteMedSAM's mask decoder, which draws the boundary (the hybrid; needs the
         ``litemedsam`` encoder with its pretrained trunk); ``prototype``: the head's
@@ -164,12 +173,19 @@ def segment(
     location = same_volume if location is None else location
     if location and not same_volume:
         raise SegmentationError("location=True needs the painting on the image itself; the support is another volume")
+    if decay_mm is not None and (not same_volume or not decay_mm > 0):
+        raise SegmentationError(
+            f"decay_mm={decay_mm} is not possible here: it needs a length in mm above 0 and the painting on the image itself"
+        )
+    ends = same_volume and whole if ends is None else ends
+    if ends and not (same_volume and whole):
+        raise SegmentationError("ends=True needs the painting on the image itself and every slice predicted; use ends=False")
     support_array = query_array if same_volume else _checked_image(support_image, "support image")
     painting = _slices_first(_checked_labels(support_labels, support_array.shape, same_volume), axis)
     query_volume, support_volume = _slices_first(query_array, axis), _slices_first(support_array, axis)
     structures = painted_structures(painting)
-    query_aspect = _pixel_aspect(spacing, axis)
-    support_aspect = query_aspect if support_spacing is None else _pixel_aspect(support_spacing, axis)
+    query_aspect = slice_aspect(spacing, axis)
+    support_aspect = query_aspect if support_spacing is None else slice_aspect(support_spacing, axis)
 
     model, weights_used, trained_trunk = _model(encoder, head, weights, torch_device)
     boundaries = _checked_boundaries(boundaries, encoder, trained_trunk)
@@ -205,7 +221,9 @@ def segment(
             cancel=cancel,
         )
         if location:
-            apply_location_prior(probabilities[value], painting == value, slices, _spacing_first(spacing, axis), queries)
+            apply_location_prior(probabilities[value], painting == value, slices, spacing_first(spacing, axis), queries)
+        if decay_mm is not None:
+            apply_distance_decay(probabilities[value], slices, spacing_first(spacing, axis)[0], decay_mm, queries)
         if same_volume:
             probabilities[value][list(slices)] = painting[list(slices)] == value
     labels = _merge(probabilities, threshold, painting.dtype)
@@ -227,7 +245,7 @@ def segment(
             done_before = advance.done
             if calibration.trusted.any():
                 # the decoder draws only the slices the prototypes keep; painted slices stay as painted
-                _postprocess(labels, value, keep, False, painted_value)
+                _postprocess(labels, value, keep, False, painted_value, support_slices if ends else None)
                 scales = _per_query(calibration.scales, n_query, n_support, support_slices)
                 trusted = (_per_query(calibration.decoder_dice, n_query, n_support, support_slices)
                            > _per_query(calibration.prototype_dice, n_query, n_support, support_slices))
@@ -237,7 +255,7 @@ def segment(
                 labels[drawn & (labels == 0)] = value
                 drawn_by[value] = _drawn_by(calibration.trusted, support_slices)
             advance(len(queries) - (advance.done - done_before))  # the slices without a prediction to draw
-        _postprocess(labels, value, keep, fill_holes, painted_value)
+        _postprocess(labels, value, keep, fill_holes, painted_value, support_slices if ends else None)
     if painted is not None:
         labels[painted] = painting[painted]
     presence = {v: structure_presence(attention[v], labels == v, levels[v]) for v in structures}
@@ -280,7 +298,7 @@ def encode_volume(
     torch_device = resolve_device(device)
     cache = DEFAULT_CACHE if cache is None else cache
     volume = _slices_first(_checked_image(image, "image"), axis)
-    aspect = _pixel_aspect(spacing, axis)
+    aspect = slice_aspect(spacing, axis)
     encoder_model = _encoder(encoder, torch_device)
     preprocessing = Preprocessing.for_volume(volume, modality)
     key = feature_key(volume, encoder_model, preprocessing, aspect)
@@ -379,22 +397,6 @@ def _checked_labels(labels: np.ndarray, shape: tuple[int, ...], same_volume: boo
     if array.min() < 0:
         raise SegmentationError("the support labels have negative values; use 0 for unpainted and 1, 2, ... for structures")
     return array
-
-
-def _spacing_first(spacing: tuple[float, float, float] | None, axis: int) -> tuple[float, float, float]:
-    """Voxel size in mm with the slice axis first (1 mm without spacing), or a clear error."""
-    if spacing is None:
-        return (1.0, 1.0, 1.0)
-    values = np.moveaxis(np.asarray(spacing, dtype=float), axis, 0) if len(spacing) == 3 else None
-    if values is None or not np.all(values > 0):
-        raise SegmentationError(f"spacing must be three positive sizes in mm, one per array axis; got {spacing}")
-    return tuple(float(v) for v in values)
-
-
-def _pixel_aspect(spacing: tuple[float, float, float] | None, axis: int) -> float:
-    """Row spacing over column spacing of the slices along ``axis``; 1 without spacing."""
-    _, rows, columns = _spacing_first(spacing, axis)
-    return rows / columns
 
 
 def _model(encoder: str, head: str, weights: str | Path | None, device: torch.device) -> tuple[FewShotModel, str, bool]:
@@ -568,11 +570,14 @@ def _merge(probabilities: dict[int, np.ndarray], threshold: float, dtype: np.dty
     return labels
 
 
-def _postprocess(labels: np.ndarray, value: int, keep: str, fill_holes: bool, painted: np.ndarray) -> None:
+def _postprocess(
+    labels: np.ndarray, value: int, keep: str, fill_holes: bool, painted: np.ndarray, ends_from: tuple[int, ...] | None,
+) -> None:
     """Apply the chosen 3D post-processing to structure ``value`` of ``labels``, in place.
 
-    ``painted`` ``[Z, Y, X]`` bool: where the user painted ``value``.  Hole filling
-    claims only background, never another structure.
+    ``painted`` ``[Z, Y, X]`` bool: where the user painted ``value``.  ``ends_from``: the
+    painted slices to stop the structure's ends from (:func:`stop_at_ends`), or None.
+    Hole filling claims only background, never another structure.
     """
     mask = labels == value
     if keep == "largest":
@@ -581,6 +586,8 @@ def _postprocess(labels: np.ndarray, value: int, keep: str, fill_holes: bool, pa
         kept = connected_to(mask, painted)
     else:
         kept = mask
+    if ends_from is not None:
+        kept = stop_at_ends(kept, ends_from)
     if fill_holes:
         kept = fill_slice_holes(kept) & (mask | (labels == 0))
     labels[mask & ~kept] = 0

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import SegmentationError
 from .intensity import Modality, guess_modality
 
 #: The reference CT window (METHOD.md): HU clipped to [-125, 275].
@@ -66,6 +67,22 @@ def normalise_intensities(
     if high <= low:
         return np.zeros_like(values)
     return np.clip((values - low) / (high - low), 0.0, 1.0)
+
+
+def spacing_first(spacing: tuple[float, float, float] | None, axis: int) -> tuple[float, float, float]:
+    """Voxel size in mm with the slice axis first (1 mm without spacing), or a clear error."""
+    if spacing is None:
+        return (1.0, 1.0, 1.0)
+    values = np.moveaxis(np.asarray(spacing, dtype=float), axis, 0) if len(spacing) == 3 else None
+    if values is None or not np.all(values > 0):
+        raise SegmentationError(f"spacing must be three positive sizes in mm, one per array axis; got {spacing}")
+    return tuple(float(v) for v in values)
+
+
+def slice_aspect(spacing: tuple[float, float, float] | None, axis: int) -> float:
+    """Row spacing over column spacing of the slices along ``axis``; 1 without spacing."""
+    _, rows, columns = spacing_first(spacing, axis)
+    return rows / columns
 
 
 def padded_shape(shape: tuple[int, int], pixel_aspect: float = 1.0) -> tuple[int, int]:

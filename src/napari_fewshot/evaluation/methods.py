@@ -34,16 +34,17 @@ from ..core.heads import HEADS
 from ..core.model import DEFAULT, UNTRAINED
 from ..core.postprocess import KEEP
 from ..core.preprocess import Preprocessing, normalise_intensities
+from ..core.priors import DECAY_MM
 from ..core.sam_decoder import BoxDecoder, box_decoder
 from .cases import Task
 from .propagation import BoxPromptStep, RegistrationStep, copy_step, propagate
 from .protocols import extent, query_thirds
 
 BASELINES = ("litemedsam-box", "registration", "copy")
-#: The flag that switches the engine's location prior off.
-NO_LOCATION = "nolocation"
-#: What may follow ``+`` in an engine method's name: who draws the boundaries, or no location prior.
-FLAGS = (*BOUNDARIES, NO_LOCATION)
+#: The flags that switch the engine's location prior off, its stop at each structure's ends off, its distance decay on.
+NO_LOCATION, NO_ENDS, DECAY = "nolocation", "noends", "decay"
+#: What may follow ``+`` in an engine method's name: who draws the boundaries, or a prior switched.
+FLAGS = (*BOUNDARIES, NO_LOCATION, NO_ENDS, DECAY)
 
 
 @dataclass
@@ -93,11 +94,14 @@ class EngineMethod(Method):
         self.name, self.head, self.weights, self.keep = name, head, weights or DEFAULT, keep or "painted"
         self.boundaries = next((flag for flag in flags if flag in BOUNDARIES), None)
         self.location = False if NO_LOCATION in flags else None
+        self.ends = False if NO_ENDS in flags else None
+        self.decay_mm = DECAY_MM if DECAY in flags else None
 
     def _segment(self, task: Task, context: Context, support: np.ndarray, **options) -> np.ndarray:
         result = segment(
             task.case.image, support, spacing=task.case.spacing, encoder=context.encoder, head=self.head,
-            weights=self.weights, boundaries=self.boundaries, location=self.location, device=context.device,
+            weights=self.weights, boundaries=self.boundaries, location=self.location, ends=self.ends,
+            decay_mm=self.decay_mm, device=context.device,
             cache=context.cache, **options,
         )
         return result.labels == 1
