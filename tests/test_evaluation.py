@@ -13,7 +13,7 @@ from napari_fewshot.core.engine import encode_volume
 from napari_fewshot.core.features import FeatureCache
 from napari_fewshot.core.sam_decoder import BoxDecoder, square_box
 from napari_fewshot.evaluation.methods import method
-from napari_fewshot.evaluation.metrics import dice, hd95, surface, surface_dice
+from napari_fewshot.evaluation.metrics import average_surface_distance, dice, hd95, jaccard, surface, surface_dice
 from napari_fewshot.evaluation.propagation import BoxPromptStep, RegistrationStep, copy_step, propagate
 from napari_fewshot.evaluation.protocols import extent, query_thirds, support_slices
 
@@ -25,6 +25,7 @@ def test_dice_of_known_overlaps():
     b[0, :2, :] = True  # 8 voxels, 4 shared
     assert dice(a, b) == pytest.approx(2 * 4 / 12)
     assert dice(a, np.zeros_like(a)) == 0.0 and dice(np.zeros_like(a), np.zeros_like(a)) == 1.0
+    assert jaccard(a, b) == pytest.approx(4 / 8) and jaccard(np.zeros_like(a), np.zeros_like(a)) == 1.0
 
 
 def test_hd95_and_surface_dice_in_anisotropic_spacing():
@@ -35,8 +36,10 @@ def test_hd95_and_surface_dice_in_anisotropic_spacing():
     assert hd95(shifted, truth, spacing) == pytest.approx(1.0)
     assert surface_dice(shifted, truth, spacing, tolerance=1.0) == 1.0
     assert surface_dice(shifted, truth, spacing, tolerance=0.9) == 0.0
+    assert average_surface_distance(shifted, truth, spacing) == pytest.approx(1.0)
     lowered = np.roll(truth, 1, axis=0)  # one slice down: the lines overlap but for one end each, 3 mm away
     assert hd95(lowered, truth, spacing) == pytest.approx(3.0)  # 2 of the 20 distances are 3 mm: above the 95th rank
+    assert average_surface_distance(lowered, truth, spacing) == pytest.approx(2 * 3.0 / 20)
     far = np.zeros_like(truth)
     far[5, 2, 2] = True
     assert hd95(far, truth, spacing) == pytest.approx(np.percentile([0.0] + [3.0 * abs(z - 5) for z in range(1, 11)], 95))

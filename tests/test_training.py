@@ -24,7 +24,8 @@ from napari_fewshot.train.data import TrainingVolume, prepare_volume, preparatio
 from napari_fewshot.train.episodes import EpisodeSampler
 from napari_fewshot.train.loss import EpisodeLoss
 from napari_fewshot.train.pseudolabels import body_mask, superpixels, supervoxels
-from napari_fewshot.train.trainer import TrainConfig, train, weights_digest
+from napari_fewshot.train.runs import weights_digest
+from napari_fewshot.train.trainer import TrainConfig, train
 
 SHAPE = (12, 48, 48)
 

@@ -66,6 +66,12 @@ def _probability_paths(template: str, values: Sequence[int]) -> dict[int, str]:
 
 
 def _segment(args: argparse.Namespace) -> int:
+    if (args.model is None) == (args.support_labels is None):
+        print("error: give --support-labels (few-shot from painted slices) or --model (a refined model), one of them",
+              file=sys.stderr)
+        return 2
+    if args.model is not None:
+        return _segment_with_model(args)
     import numpy as np
 
     from .core.engine import segment
@@ -101,6 +107,8 @@ def _segment(args: argparse.Namespace) -> int:
             threshold=args.threshold,
             keep=args.keep,
             location=args.location_prior,
+            decay_mm=args.decay_mm,
+            ends=args.ends,
             boundaries=args.boundaries,
             fill_holes=args.fill_holes,
             progress=ProgressBar("segmenting"),
@@ -118,6 +126,31 @@ def _segment(args: argparse.Namespace) -> int:
         f"({result.encoder} + {result.head} on {result.device}; "
         f"{seconds['total']:.1f} s, of which encoding {seconds['encode']:.1f} s)"
     )
+    return 0
+
+
+def _segment_with_model(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+
+    from .core.errors import SegmentationError
+    from .core.refined import segment_with_model
+    from .io import VolumeError, check_writable, read_volume, write_volume
+
+    started = time.perf_counter()
+    try:
+        image = read_volume(args.image, kind="image")
+        check_writable(args.output, image.geometry)
+        labels = segment_with_model(image.data, args.model, spacing=image.geometry.spacing[::-1],
+                                    modality=args.modality, device=args.device)
+        write_volume(args.output, labels, image.geometry.with_pixel_type(str(labels.dtype)))
+    except (VolumeError, SegmentationError, ValueError) as error:
+        print(f"\nerror: {error}", file=sys.stderr)
+        return 1
+    counts = {int(v): int(np.count_nonzero(labels == v)) for v in np.unique(labels) if v}
+    print(f"{args.output}: {', '.join(f'label {v}: {n} voxels' for v, n in counts.items()) or 'nothing found'} "
+          f"(refined model {args.model}; {time.perf_counter() - started:.1f} s)")
     return 0
 
 
@@ -143,9 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--image", required=True, metavar="PATH", help="the volume to segment (file or DICOM folder)")
     seg.add_argument(
-        "--support-labels", required=True, metavar="PATH",
+        "--support-labels", metavar="PATH",
         help="labels on the support image's grid; its non-zero slices are the support (value v = structure v)",
     )
+    seg.add_argument("--model", metavar="PATH",
+                     help="instead of a support: a model from 'napari-fewshot refine' (its folder or model file)")
     seg.add_argument("--support-image", metavar="PATH", help="the volume the support was painted on (default: --image)")
     seg.add_argument("--output", required=True, metavar="PATH", help="predicted labels (.nii.gz, .nii, .nrrd, .mha)")
     seg.add_argument("--encoder", help="litemedsam (the default), resnet101-coco or tiny")
@@ -169,6 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
         "farther the slices are apart in mm (default: on, off with --support-image)",
     )
     seg.add_argument(
+        "--decay-mm", type=float, metavar="MM",
+        help="scale each slice's probabilities by exp(-d / MM), d its distance in mm to the nearest painted slice "
+        "(default: no decay)",
+    )
+    seg.add_argument(
+        "--ends", action=argparse.BooleanOptionalAction,
+        help="stop each structure past its outermost painted slices at the first slice that is empty or whose area "
+        "more than doubles (default: on, off with --support-image)",
+    )
+    seg.add_argument(
         "--boundaries", metavar="decoder|prototype",
         help="who draws each slice's boundary: decoder (LiteMedSAM's decoder, prompted by the prototypes' box; "
         "the default with the litemedsam encoder) or prototype (the head's own mask)",
@@ -180,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.set_defaults(run=_segment)
     _add_train_parser(commands)
+    _add_refine_parser(commands)
     _add_evaluate_parser(commands)
     return parser
 
@@ -243,6 +289,62 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_refine_parser(commands: argparse._SubParsersAction) -> None:
+    from .train.refine.trainer import METHODS, UNCERTAINTY
+
+    refine = commands.add_parser(
+        "refine",
+        help="train a segmentation network on your labelled slices and every unlabelled one (PCCS); runs under torchrun too",
+        description="Semi-supervised refinement: a 2D U-Net learns from the slices painted in --labels (any number of "
+        "structures) and, unlabelled, every other slice of --images. Apply it with 'napari-fewshot segment --model OUT'. "
+        "Resumes from OUT/checkpoint.pt when there is one.",
+    )
+    refine.add_argument("--images", nargs="+", required=True, metavar="PATH",
+                        help="volumes: the first ones have --labels, the others are unlabelled")
+    refine.add_argument("--labels", nargs="+", required=True, metavar="PATH",
+                        help="label volumes of the first images; their non-zero slices are the labelled slices")
+    refine.add_argument("--out", required=True, metavar="DIR", help="the run's folder: checkpoint, log, model")
+    refine.add_argument("--method", choices=METHODS, default="pccs",
+                        help="supervised, mean-teacher, pccs-frozen (a teacher that never learns) or pccs (default)")
+    refine.add_argument("--steps", type=int, default=2000, help="training steps (default 2000)")
+    refine.add_argument("--batch", type=int, default=8, help="labelled slices per step, as many unlabelled (default 8)")
+    refine.add_argument("--size", type=int, default=256, help="slices are resized to this square (default 256)")
+    refine.add_argument("--uncertainty", choices=UNCERTAINTY, default="entropy",
+                        help="entropy of the student (default) or of mc-dropout teacher passes")
+    refine.add_argument("--modality", choices=("CT", "MR"), help="override the detection from the intensities")
+    refine.add_argument("--checkpoint-every", type=int, default=200, metavar="N", help="steps between checkpoints")
+    refine.add_argument("--log-every", type=int, default=20, metavar="N", help="steps between log lines")
+    refine.add_argument("--seed", type=int, default=0)
+    refine.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    refine.set_defaults(run=_refine)
+
+
+def _refine(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .core.errors import SegmentationError
+    from .io import VolumeError
+    from .train.refine.trainer import RefineConfig, refine
+
+    config = RefineConfig(
+        images=args.images, labels=args.labels, out=Path(args.out), method=args.method, steps=args.steps,
+        batch=args.batch, size=args.size, uncertainty=args.uncertainty, modality=args.modality,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=args.seed, device=args.device,
+        command=["napari-fewshot", *sys.argv[1:]],
+    )
+    bars = TrainingProgress()
+    try:
+        path = refine(config, progress=bars)
+    except (VolumeError, SegmentationError, ValueError) as error:
+        print(f"\nerror: {error}", file=sys.stderr)
+        return 1
+    finally:
+        bars.close()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{path}: refined ({config.method}) for {config.steps} steps (log: {config.out / 'log.jsonl'})")
+    return 0
+
+
 class TrainingProgress:
     """Bars on stderr for the trainer's ``progress(stage, done, total, values)``."""
 
@@ -288,7 +390,7 @@ def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
         default=["alpnet", "alpnet+prototype", "dspnet", "alpnet@none", "dspnet@none+prototype", "panet@none+prototype",
                  *BASELINES],
         help="HEAD[@WEIGHTS][:KEEP][+FLAG...] for the engine (weights: default, none or a model file; keep: "
-        "painted, largest or all; flags: +decoder or +prototype boundaries, +nolocation), "
+        "painted, largest or all; flags: +decoder or +prototype boundaries, +nolocation, +noends, +decay), "
         f"or one of {', '.join(BASELINES)}; the first is compared with the others",
     )
     evaluate.add_argument("--encoder", default="litemedsam",

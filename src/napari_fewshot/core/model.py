@@ -83,7 +83,19 @@ class FewShotModel(nn.Module):
 
 
 def save_model(path: str | Path, model: FewShotModel, card: dict[str, Any], *, with_trunk: bool) -> Path:
-    """Write ``model``'s trained tensors and ``card`` to ``path`` (``.safetensors``) and the card to ``.json`` beside.
+    """Write ``model``'s trained tensors and ``card`` to ``path`` (``.safetensors``) and the card to ``.json`` beside."""
+    card = {"format": MODEL_FORMAT, "encoder": model.encoder.name, "head": model.head.name,
+            "trained_trunk": with_trunk, **card}
+    return write_tensor_file(path, model.trained_state(with_trunk), card)
+
+
+def read_model(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and card of a model file, or :class:`ModelFileError` saying what is wrong with it."""
+    return read_tensor_file(path, MODEL_FORMAT, "napari-fewshot train")
+
+
+def write_tensor_file(path: str | Path, state: dict[str, torch.Tensor], card: dict[str, Any]) -> Path:
+    """Write ``state`` with ``card`` in its metadata to ``path`` (safetensors) and ``card`` to ``.json`` beside.
 
     Both files are written atomically (a temporary file renamed), so an
     interrupted write never leaves a half file where a model was.
@@ -93,29 +105,30 @@ def save_model(path: str | Path, model: FewShotModel, card: dict[str, Any], *, w
     from ..io.write import atomic_write, write_sidecar
 
     path = Path(path)
-    card = {"format": MODEL_FORMAT, "encoder": model.encoder.name, "head": model.head.name,
-            "trained_trunk": with_trunk, **card}
-    state = model.trained_state(with_trunk)
+    state = {name: tensor.detach().contiguous().cpu() for name, tensor in state.items()}
     atomic_write(path, lambda target: save_file(state, str(target), metadata={"card": json.dumps(card)}))
     write_sidecar(path, card)
     return path
 
 
-def read_model(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The tensors and card of a model file, or :class:`ModelFileError` saying what is wrong with it."""
+def read_tensor_file(path: str | Path, format: str, written_by: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and card of a safetensors file whose card's ``format`` is ``format``, or :class:`ModelFileError`.
+
+    ``written_by``: the command that writes such files, for the message.  Reading runs no code.
+    """
     from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
-        raise ModelFileError(f"no model file at {path}; give the .safetensors file that 'napari-fewshot train' wrote")
+        raise ModelFileError(f"no model file at {path}; give the .safetensors file that '{written_by}' wrote")
     try:
         with safe_open(str(path), framework="pt") as file:
             card = json.loads((file.metadata() or {}).get("card", "null"))
             state = {name: file.get_tensor(name) for name in file.keys()}
     except Exception as error:  # safetensors raises several types for damaged files
         raise ModelFileError(f"{path} is not a readable model file ({error}); train it again or use another") from error
-    if not isinstance(card, dict) or card.get("format") != MODEL_FORMAT:
-        raise ModelFileError(f"{path} is a safetensors file but not a napari-fewshot model (no {MODEL_FORMAT} card)")
+    if not isinstance(card, dict) or card.get("format") != format:
+        raise ModelFileError(f"{path} is a safetensors file but not a {format} model; give one that '{written_by}' wrote")
     return state, card
 
 

@@ -20,6 +20,13 @@ def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     return 2.0 * int(np.logical_and(prediction, truth).sum()) / total if total else 1.0
 
 
+def jaccard(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """Jaccard index |P∩T| / |P∪T|; 1 when both are empty."""
+    prediction, truth = np.asarray(prediction, bool), np.asarray(truth, bool)
+    union = int(np.logical_or(prediction, truth).sum())
+    return int(np.logical_and(prediction, truth).sum()) / union if union else 1.0
+
+
 def surface(mask: np.ndarray) -> np.ndarray:
     """The voxels of ``mask`` that touch a voxel outside it along an axis (or the array's edge)."""
     mask = np.asarray(mask, bool)
@@ -61,6 +68,17 @@ def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) ->
     if distances is None:
         return 0.0 if not np.any(prediction) and not np.any(truth) else float("inf")
     return float(np.percentile(np.concatenate(distances), 95))
+
+
+def average_surface_distance(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> float:
+    """Average symmetric surface distance in mm: the mean of both directions' surface distances pooled.
+
+    0 when both masks are empty; ``inf`` when only one is.
+    """
+    distances = _both_ways(prediction, truth, spacing)
+    if distances is None:
+        return 0.0 if not np.any(prediction) and not np.any(truth) else float("inf")
+    return float(np.concatenate(distances).mean())
 
 
 def surface_dice(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float], tolerance: float = 1.0) -> float:

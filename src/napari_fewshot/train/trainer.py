@@ -11,10 +11,6 @@ when one is there: it loses at most one checkpoint interval.
 from __future__ import annotations
 
 import datetime
-import hashlib
-import json
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -27,21 +23,20 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .. import __version__
-from ..core.device import resolve_device
 from ..core.encoders import build_encoder
 from ..core.features import HEAD_GRID
 from ..core.heads import build_head
 from ..core.model import FewShotModel, save_model
 from ..core.preprocess import CT_WINDOW, MR_PERCENTILES
-from ..io.write import atomic_write
 from .data import TrainingVolume, prepare_volume, preparation_settings
 from .episodes import EpisodeSampler
 from .loss import EpisodeLoss
 from .pseudolabels import SUPERPIXELS
+from .runs import (
+    CHECKPOINT, LOG, MODEL, Ranks, append_log, code_version, load_checkpoint, save_checkpoint, start_ranks,
+    write_rank_digest,
+)
 
-#: The checkpoint and model file names inside a run's folder.
-CHECKPOINT, MODEL, LOG = "checkpoint.pt", "model.safetensors", "log.jsonl"
 
 
 @dataclass
@@ -87,53 +82,6 @@ class TrainConfig:
         """What a checkpoint must agree on with the run that resumes it."""
         return {"encoder": self.encoder, "head": self.head, "freeze_encoder": self.freeze_encoder,
                 "supervoxels": self.supervoxels, "superpixels": self.superpixels, "seed": self.seed}
-
-
-@dataclass
-class Ranks:
-    """Where this process stands among the ranks of a run (one rank without torchrun)."""
-
-    rank: int = 0
-    world: int = 1
-    local: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-    def mean(self, values: list[float]) -> list[float]:
-        """``values`` averaged over all ranks."""
-        tensor = torch.tensor(values, dtype=torch.float64)
-        if self.world > 1:
-            dist.all_reduce(tensor)
-            tensor /= self.world
-        return tensor.tolist()
-
-    def total(self, values: list[int]) -> list[int]:
-        tensor = torch.tensor(values, dtype=torch.int64)
-        if self.world > 1:
-            dist.all_reduce(tensor)
-        return [int(v) for v in tensor]
-
-
-def start_ranks(device: str) -> tuple[Ranks, torch.device]:
-    """Join ``torchrun``'s process group when there is one: (ranks, this rank's device)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    torch_device = resolve_device(device)
-    if world == 1:
-        return Ranks(), torch_device
-    ranks = Ranks(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    if torch_device.type == "cuda":
-        torch_device = torch.device("cuda", ranks.local)
-        torch.cuda.set_device(torch_device)
-    backend = "nccl" if torch_device.type == "cuda" else "gloo"
-    # rank 0 may spend a long time encoding before the others pass the first barrier
-    dist.init_process_group(backend, timeout=datetime.timedelta(hours=12))
-    return ranks, torch_device
 
 
 def train(config: TrainConfig, progress: Callable[[str, int, int, dict[str, float]], None] | None = None) -> Path:
@@ -189,7 +137,7 @@ def _train(config: TrainConfig, ranks: Ranks, device: torch.device, progress: Ca
                       "seconds": round(time.perf_counter() - started, 1)}
             history.append(record)
             if ranks.main:
-                _append_log(out / LOG, record)
+                append_log(out / LOG, record)
             totals = {"loss": 0.0, "query": 0.0, "alignment": 0.0, "n": 0}
             report("train", step, config.steps, {"loss": means[0]})
         if step % config.checkpoint_every == 0 or step == config.steps:
@@ -197,7 +145,7 @@ def _train(config: TrainConfig, ranks: Ranks, device: torch.device, progress: Ca
             if ranks.main:
                 _save_checkpoint(out / CHECKPOINT, config, step, model, optimizer, schedule, skipped, history)
             ranks.barrier()
-    _write_rank_digest(out, ranks, model, step)
+    write_rank_digest(out, ranks, model, step)
     path = out / MODEL
     if ranks.main:
         save_model(path, model, _card(config, volumes, ranks, step, history, time.perf_counter() - started),
@@ -240,78 +188,30 @@ def _save_checkpoint(path: Path, config: TrainConfig, step: int, model: FewShotM
 
     ``skipped``: skipped draws summed over all ranks so far."""
     state = {
-        "identity": json.dumps(config.identity()),
-        "step": step,
         "model": model.trained_state(with_trunk=not config.freeze_encoder),
         "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict(),
         "skipped": skipped,
-        "history": json.dumps(history),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda target: torch.save(state, target))
+    save_checkpoint(path, config.identity(), step, state, history)
 
 
 def _resume(path: Path, config: TrainConfig, model: FewShotModel, optimizer: torch.optim.Optimizer,
             schedule: torch.optim.lr_scheduler.LRScheduler, sampler: EpisodeSampler,
             ranks: Ranks) -> tuple[int, list[dict[str, Any]]]:
-    """The step and log history to go on from: a checkpoint's (loaded with ``weights_only``), or 0.
+    """The step and log history to go on from: a checkpoint's, or 0.
 
-    Rank 0 takes over the skip counts summed over all ranks, and rewrites the log
-    to the checkpoint's history (lines logged after it would be logged again); the
-    others count afresh.
+    Rank 0 takes over the skip counts summed over all ranks; the others count afresh.
     """
-    if not path.is_file():
+    state = load_checkpoint(path, config.identity(), ranks)
+    if state is None:
         return 0, []
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    identity = json.loads(state["identity"])
-    if identity != config.identity():
-        raise ValueError(
-            f"{path} belongs to another run ({identity}); give a new --out folder or the same settings to resume"
-        )
     model.load_trained_state(state["model"], str(path))
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
-    history = json.loads(state["history"])
     if ranks.main:
         sampler.skipped.update(state["skipped"])
-        lines = "".join(json.dumps(record) + "\n" for record in history)
-        atomic_write(path.parent / LOG, lambda target: target.write_text(lines, encoding="utf-8"))
-    return int(state["step"]), history
-
-
-def _append_log(path: Path, record: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as log:
-        log.write(json.dumps(record) + "\n")
-
-
-def weights_digest(model: nn.Module) -> str:
-    """A digest of every trainable tensor of ``model``: equal digests, equal weights."""
-    digest = hashlib.blake2b(digest_size=16)
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            digest.update(name.encode())
-            digest.update(parameter.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _write_rank_digest(out: Path, ranks: Ranks, model: FewShotModel, step: int) -> None:
-    """``<out>/ranks/rank<r>.json``: each rank's weight digest at the end, to check that ranks trained in step."""
-    path = out / "ranks" / f"rank{ranks.rank}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record = json.dumps({"rank": ranks.rank, "world": ranks.world, "step": step, "weights": weights_digest(model)})
-    atomic_write(path, lambda target: target.write_text(record + "\n", encoding="utf-8"))
-
-
-def _code_version() -> str:
-    """The package version, with the git commit (and "-dirty" for uncommitted changes) when run from a checkout."""
-    try:
-        commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True,
-                                text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return f"{__version__}+{commit}" if commit else __version__
+    return int(state["step"]), state["history"]
 
 
 def _card(config: TrainConfig, volumes: list[TrainingVolume], ranks: Ranks, step: int,
@@ -319,7 +219,7 @@ def _card(config: TrainConfig, volumes: list[TrainingVolume], ranks: Ranks, step
     intensities = torch.cat([v.images.reshape(-1)[:: 97] for v in volumes])
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "code_version": _code_version(),
+        "code_version": code_version(),
         "command": " ".join(config.command) or None,
         "steps": step,
         "episodes": step * ranks.world,
