@@ -69,9 +69,9 @@ def _slice_mask(volume: np.ndarray, z: int) -> np.ndarray:
     return mask
 
 
-def _run(qtbot, widget, button) -> None:
+def _run(qtbot, widget, button, timeout: int = 60_000) -> None:
     button.native.click()
-    qtbot.waitUntil(lambda: not widget._runner.busy, timeout=60_000)
+    qtbot.waitUntil(lambda: not widget._runner.busy, timeout=timeout)
 
 
 def _go_to(viewer, z: int) -> None:
@@ -347,3 +347,33 @@ def test_the_encoders_load_in_a_viewer_drawn_by_mesa_llvm(tmp_path):
     )
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "loaded" in result.stdout, result.stderr[-2000:]
+
+
+def test_refine_trains_on_the_labelled_slices_and_its_model_applies_again(qtbot, session, tmp_path, monkeypatch):
+    viewer, widget, image, support, truth = session
+    monkeypatch.setattr("napari_fewshot._napari.widget.REFINE_SIZE", 32)  # small slices and batches: a quick run
+    monkeypatch.setattr("napari_fewshot._napari.widget.REFINE_BATCH", 2)
+    support.events.paint(value=[])  # the end of a brush stroke
+    assert not widget.refine.enabled and "(1 of 8 slices)" in widget.refine.text  # one painted slice
+    slices = list(range(5, 21, 2))  # 8 slices
+    for z in slices:
+        support.data_setitem(np.nonzero(_slice_mask(truth, z)), truth[_slice_mask(truth, z)])
+    support.events.paint(value=[])
+    assert widget.refine.enabled and widget.refine.text == "Refine with my annotations"
+    widget.refine_steps.value = 4
+    widget.model_folder.value = str(tmp_path / "model")
+    painted = np.array(support.data, copy=True)
+    _run(qtbot, widget, widget.refine, timeout=300_000)
+    refined = viewer.layers["scan refined"]
+    assert refined._type_string == "labels" and refined.data.shape == image.data.shape
+    np.testing.assert_allclose(refined.scale, image.scale)
+    assert refined.metadata["geometry"] == image.metadata["geometry"]
+    record = refined.metadata["napari_fewshot"]
+    assert record["labelled_slices"] == 9 and record["model"] == str(tmp_path / "model" / "model.safetensors")
+    assert (tmp_path / "model" / "model.json").is_file() and "refined" in widget.status.value
+    assert set(np.unique(refined.data)) <= {0, 1, 2}
+
+    refined.data[...] = 0
+    _run(qtbot, widget, widget.apply_model, timeout=300_000)  # the kept model, applied again to the chosen image
+    assert viewer.layers["scan refined"] is refined and "Applying the refined model" in widget.status.value
+    np.testing.assert_array_equal(support.data, painted)  # the support is never written to

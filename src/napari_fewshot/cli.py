@@ -210,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument(
         "--ends", action=argparse.BooleanOptionalAction,
-        help="stop each structure past its outermost painted slices at the first slice that is empty or whose area "
-        "more than doubles (default: on, off with --support-image)",
+        help="stop each structure past its outermost painted slices at the first empty slice, or where its area, "
+        "once below the painted slice's, more than doubles beyond it (default: on, off with --support-image)",
     )
     seg.add_argument(
         "--boundaries", metavar="decoder|prototype",

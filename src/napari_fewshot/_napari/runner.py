@@ -1,10 +1,10 @@
 """Run the engine off the GUI thread, one run at a time, with progress and cancel.
 
-:class:`SegmentationRunner` starts :func:`napari_fewshot.segment` in a napari
-thread worker.  Progress goes to a bar in napari's activity dock (per batch of
-slices) through a Qt signal, so the GUI thread only ever touches widgets.  A run
-asked for while another is going cancels that one and starts when it has
-stopped: two runs never work at once.
+:class:`SegmentationRunner` starts :func:`napari_fewshot.segment` (or another
+job's function: a refine run) in a napari thread worker.  Progress goes to a bar
+in napari's activity dock through Qt signals, so the GUI thread only ever
+touches widgets.  A run asked for while another is going cancels that one and
+starts when it has stopped: two runs never work at once.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from napari.qt.threading import create_worker
 from napari.utils.progress import cancelable_progress
 from qtpy.QtCore import QObject, Signal
 
-from ..core.engine import Segmentation, segment
+from ..core.engine import segment
 from ..core.errors import SegmentationCancelled
 
 
@@ -45,28 +45,32 @@ def _keep_triton_out() -> None:
 
 @dataclass
 class Job:
-    """One call of :func:`segment` and what to do with its outcome (called on the GUI thread).
+    """One call of ``function`` (default :func:`segment`) and what to do with its outcome (called on the GUI thread).
 
-    kwargs : the arguments of ``segment`` (its own copies of anything the user may edit).
-    started : called when the run begins; done : with the :class:`Segmentation`;
-    failed : with the exception; cancelled : with no argument (the run stopped,
-    or was replaced before it began).  context : the caller's own notes.
+    kwargs : the arguments of ``function`` (its own copies of anything the user may
+    edit), which also gets ``progress(done, total)`` and ``cancel()``.  started :
+    called when the run begins; done : with what ``function`` returned; failed : with
+    the exception; cancelled : with no argument (the run stopped, or was replaced
+    before it began).  context : the caller's own notes.
     """
 
     description: str
     kwargs: dict[str, Any]
     started: Callable[[], None]
-    done: Callable[[Segmentation], None]
+    done: Callable[[Any], None]
     failed: Callable[[Exception], None]
     cancelled: Callable[[], None]
     context: dict[str, Any] = field(default_factory=dict)
+    function: Callable[..., Any] = segment
 
 
 class SegmentationRunner(QObject):
     """Starts :class:`Job` s in a thread worker; at most one runs, the newest waits for it."""
 
-    #: ``(done, total)`` in slices, emitted from the worker thread, delivered on the GUI thread.
+    #: ``(done, total)`` in slices (steps for a refine run), emitted from the worker thread, delivered on the GUI thread.
     progressed = Signal(int, int)
+    #: a line saying how the run goes (a refine run's loss and time left), shown beside its bar
+    described = Signal(str)
     #: emitted on the GUI thread whenever a run starts or ends
     busy_changed = Signal(bool)
 
@@ -78,6 +82,7 @@ class SegmentationRunner(QObject):
         self._worker = None
         self._bar: cancelable_progress | None = None
         self.progressed.connect(self._show_progress)
+        self.described.connect(lambda text: self._bar.set_description(text) if self._bar is not None else None)
 
     @property
     def busy(self) -> bool:
@@ -97,7 +102,7 @@ class SegmentationRunner(QObject):
         stop, bar = self._stop, cancelable_progress(total=0, desc=job.description)
         self._bar = bar
         kwargs = dict(job.kwargs, progress=self.progressed.emit, cancel=lambda: stop.is_set() or bar.is_canceled)
-        worker = create_worker(segment, **kwargs, _start_thread=False, _ignore_errors=True)  # errors go to job.failed
+        worker = create_worker(job.function, **kwargs, _start_thread=False, _ignore_errors=True)  # errors go to job.failed
         worker.returned.connect(lambda result: self._end(lambda: job.done(result)))
         worker.errored.connect(lambda error: self._end(lambda: self._report(job, error)))
         self._worker = worker

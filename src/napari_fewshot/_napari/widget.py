@@ -1,4 +1,4 @@
-"""The plugin's dock widget: paint a support, segment, check the least sure slices, correct, export.
+"""The plugin's dock widget: paint a support, segment, check the least sure slices, correct, refine, export.
 
 Thin by design: it gathers the layers and options, runs
 :func:`napari_fewshot.segment` through :class:`SegmentationRunner` (a thread
@@ -8,10 +8,14 @@ worker, one run at a time), and turns results into layers with
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton, Select, create_widget
+from magicgui.widgets import (
+    CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton, Select, SpinBox, create_widget,
+)
 from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 
@@ -22,9 +26,11 @@ from ..core.encoders import ENCODERS
 from ..core.engine import DEFAULT_CACHE, DEFAULT_ENCODER, DEFAULT_THRESHOLD, Segmentation
 from ..core.heads import DEFAULT_HEAD, HEADS
 from ..core.postprocess import KEEP
+from ..core.refined import REFINED_FILE
 from ..io import VolumeWriteError
 from .export import export_labels
 from .layers import layer_attributes, support_layer_data
+from .refining import MIN_LABELLED_SLICES, apply_job, keep_model, labelled_slices, refine_job, show_refined
 from .results import MAPS, find_layer, prediction_name, show_segmentation, slice_index
 from .runner import Job, SegmentationRunner
 from .structures import format_names, layer_names, names_features, parse_names
@@ -42,6 +48,8 @@ SHORTCUTS = {"segment slice": "Alt-S", "segment volume": "Alt-V", "add to suppor
 SLICES_TO_CHECK = 10
 #: The Boundaries choice that leaves it to the engine (the decoder where it can draw).
 AUTO = "auto"
+#: The refine step's defaults in the widget: steps, slice size (px), labelled slices per step.
+REFINE_STEPS, REFINE_SIZE, REFINE_BATCH = 600, 128, 8
 
 
 class FewShotWidget(Container):
@@ -105,6 +113,17 @@ class FewShotWidget(Container):
             f"Copy the prediction of the slice on screen, as corrected, into the support ({SHORTCUTS['add to support']}; "
             "undo on the support layer with Ctrl-Z)"
         )
+        self.refine_steps = SpinBox(label="Refine steps", min=1, max=100_000, value=REFINE_STEPS)
+        self.refine_steps.tooltip = "Training steps of the refine run (docs/benchmarks.md: 600 steps take 25 s on a GPU)"
+        self.model_folder = FileEdit(label="Model folder", mode="d")
+        self.model_folder.tooltip = "Where a refined model is kept (empty: a temporary folder); 'Apply model' reads it"
+        self.refine = PushButton(text="Refine with my annotations", enabled=False)
+        self.refine.tooltip = (
+            f"Train a network on the labelled slices of the support ({MIN_LABELLED_SLICES} or more) and the rest of "
+            "the scan (PCCS), in the background; the result is the Labels layer '<image> refined'"
+        )
+        self.apply_model = PushButton(text="Apply model to image")
+        self.apply_model.tooltip = "Segment the chosen image with the refined model in 'Model folder'"
         self.export_layer = create_widget(label="Export", annotation="napari.layers.Labels")
         self.export_path = FileEdit(label="To file", mode="w", filter="*.nii.gz *.nii *.nrrd *.mha")
         self.export = PushButton(text="Export mask")
@@ -114,7 +133,8 @@ class FewShotWidget(Container):
         self.extend([
             self.image, self.support, self.new_support, self.names, self.encoder, self.head, self.device,
             self.keep, self.boundaries, self.fill_holes, self.maps, self.device_note, self.segment_slice, self.segment_volume,
-            self.cancel, self.status, self.check, self.add_to_support, self.export_layer, self.export_path, self.export,
+            self.cancel, self.status, self.check, self.add_to_support, self.refine_steps, self.model_folder, self.refine,
+            self.apply_model, self.export_layer, self.export_path, self.export,
         ])  # fmt: skip
 
         self.new_support.changed.connect(self.add_support_layer)
@@ -122,6 +142,10 @@ class FewShotWidget(Container):
         self.segment_volume.changed.connect(lambda: self.run("volume"))
         self.cancel.changed.connect(self.cancel_run)
         self.add_to_support.changed.connect(self.add_slice_to_support)
+        self.refine.changed.connect(self.refine_with_annotations)
+        self.apply_model.changed.connect(self.apply_refined_model)
+        self.support.changed.connect(self._watch_support)
+        self._watched: Any = None
         self.export.changed.connect(lambda: self.export_mask())
         self.check.changed.connect(self._go_to_checked)
         self.names.changed.connect(self._name_layers)
@@ -130,6 +154,7 @@ class FewShotWidget(Container):
             widget.changed.connect(self._update_device_note)
         self._runner.busy_changed.connect(self._busy)
         viewer.layers.events.removed.connect(self._layer_removed)
+        self._watch_support()
         for action, key in SHORTCUTS.items():
             viewer.bind_key(key, self._shortcut(action), overwrite=True)
         self._update_device_note()
@@ -214,7 +239,48 @@ class FewShotWidget(Container):
             self._say(f"Slice {current} is empty: later runs keep it empty. Press Segment volume (features are cached).")
             return
         _copy_slices(prediction, support, [current], axis)
+        self._update_refine()
         self._say(f"Slice {current} is now part of the support; press Segment volume (features are cached).")
+
+    def refine_with_annotations(self) -> None:
+        """Train a network on the support's labelled slices and the rest of the scan (PCCS) in the background."""
+        checked = self._checked_layers()
+        if checked is None:
+            return
+        image, support, names = checked
+        axis = self._slice_axis(image)
+        self._take_corrections(image, support, axis)
+        labelled = labelled_slices(support.data, axis)
+        if labelled < MIN_LABELLED_SLICES:
+            return self._refuse(
+                f"'{support.name}' has {labelled} labelled slices; paint or correct at least {MIN_LABELLED_SLICES} "
+                "(Add slice to support) before refining."
+            )
+        out = Path(tempfile.mkdtemp(prefix="napari-fewshot-refine-"))
+        kwargs = dict(
+            image=np.asarray(image.data), labels=np.array(support.data, copy=True), out=out,
+            spacing=tuple(float(s) for s in image.scale), axis=axis, modality=image.metadata.get("modality"),
+            steps=self.refine_steps.value, size=REFINE_SIZE, batch=REFINE_BATCH, device=self.device.value,
+            describe=self._runner.described.emit,
+        )
+        provenance = dict(method="pccs", steps=self.refine_steps.value, size=REFINE_SIZE, support_layer=support.name,
+                          labelled_slices=labelled, axis=axis)
+        self._start_refined_job(image, names, f"Refining on {labelled} labelled slices of '{support.name}'",
+                                refine_job, kwargs, provenance)
+
+    def apply_refined_model(self) -> None:
+        """Segment the chosen image with the refined model in the model folder, in the background."""
+        image, folder = self.image.value, str(self.model_folder.value or "")
+        if image is None:
+            return self._refuse("Open a scan first (File > Open, or File > Open Sample > napari-fewshot).")
+        if not folder or folder == "." or not (Path(folder) / REFINED_FILE).is_file():
+            return self._refuse("Choose a model folder holding a refined model (Refine with my annotations writes one).")
+        axis = self._slice_axis(image)
+        kwargs = dict(image=np.asarray(image.data), model=Path(folder) / REFINED_FILE, axis=axis,
+                      spacing=tuple(float(s) for s in image.scale), modality=image.metadata.get("modality"),
+                      device=self.device.value)
+        self._start_refined_job(image, self._names() or {}, f"Applying the refined model to '{image.name}'",
+                                apply_job, kwargs, dict(axis=axis))
 
     def export_mask(self, path: str | None = None) -> list[str]:
         """Write the chosen Labels layer (default: the prediction) to ``path`` (default: the file field)."""
@@ -233,6 +299,50 @@ class FewShotWidget(Container):
         return [str(p) for p in written]
 
     # -- helpers ---------------------------------------------------------------------
+    def _start_refined_job(self, image: Any, names: dict[int, str], what: str, function: Any, kwargs: dict[str, Any],
+                           provenance: dict[str, Any]) -> None:
+        """Run a refine or apply job; its labels go to '<image> refined' and its model to the model folder."""
+
+        def done(outcome: tuple[np.ndarray, Path]) -> None:
+            labels, model = outcome
+            if image not in self._viewer.layers:
+                return
+            chosen = str(self.model_folder.value or "")
+            kept = keep_model(model, chosen) if chosen and chosen != "." else model
+            self.model_folder.value = str(kept.parent)
+            layer = show_refined(self._viewer, image, labels, names, {**provenance, "model": str(kept)})
+            self.export_layer.reset_choices()
+            self._say(f"{what}: done. The result is '{layer.name}'; the model is in {kept.parent}.")
+
+        job = Job(
+            description=what, kwargs=kwargs, function=function,
+            started=lambda: self._say(f"{what}..."),
+            done=done,
+            failed=self._failed,
+            cancelled=lambda: self._say(f"Cancelled ({what})."),
+            context=dict(image=image, support=self.support.value),
+        )
+        self._runner.start(job)
+
+    def _watch_support(self) -> None:
+        """Follow the chosen support's edits, so that 'Refine' is enabled once enough slices are labelled."""
+        if self._watched is not None:
+            self._watched.events.paint.disconnect(self._update_refine)
+            self._watched.events.data.disconnect(self._update_refine)
+        self._watched = self.support.value
+        if self._watched is not None:
+            self._watched.events.paint.connect(self._update_refine)
+            self._watched.events.data.connect(self._update_refine)
+        self._update_refine()
+
+    def _update_refine(self, event: Any = None) -> None:
+        support, image = self.support.value, self.image.value
+        axis = self._slice_axis(image) if image is not None else 0
+        count = 0 if support is None else labelled_slices(support.data, min(axis, support.data.ndim - 1))
+        self.refine.enabled = count >= MIN_LABELLED_SLICES
+        missing = f" ({count} of {MIN_LABELLED_SLICES} slices)" if count < MIN_LABELLED_SLICES else ""
+        self.refine.text = f"Refine with my annotations{missing}"
+
     def _checked_layers(self) -> tuple[Any, Any, dict[int, str]] | None:
         image, support = self.image.value, self.support.value
         if image is None:
@@ -273,6 +383,7 @@ class FewShotWidget(Container):
         cleared = np.flatnonzero(changed & ~holds).tolist()
         self._cleared.setdefault(prediction, set()).update((axis, z) for z in cleared)
         slices = _copy_slices(prediction, support, np.flatnonzero(changed & holds).tolist(), axis)
+        self._update_refine()
         if slices or cleared:
             added = f"Slices {', '.join(map(str, slices))} corrected in '{prediction.name}' were added to the support. " if slices else ""
             empty = f"Slices {', '.join(map(str, cleared))}, cleared by hand, stay empty." if cleared else ""

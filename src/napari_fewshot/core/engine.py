@@ -140,7 +140,8 @@ def segment(
         distance in mm to the nearest painted slice; only for a support painted on
         ``image``.  Default: no decay.
     ends : stop each structure where it ends: past its outermost painted slices, at
-        the first slice that is empty or whose area more than doubles
+        the first empty slice, or where its area, once below the painted slice's,
+        more than doubles from one slice to the next and beyond the painted area
         (:func:`~napari_fewshot.core.postprocess.stop_at_ends`); nothing beyond is kept.
         Only for a support painted on ``image`` with every slice predicted.  Default: where possible.
     boundaries : ``decoder``: the box around each slice's prototype mask prompts

@@ -35,7 +35,8 @@ from torch import nn
 from ...core.intensity import Modality
 from ...core.model import write_tensor_file
 from ...core.preprocess import CT_WINDOW, MR_PERCENTILES, slice_aspect
-from ...core.refined import REFINED_FORMAT
+from ...core.errors import SegmentationCancelled
+from ...core.refined import REFINED_FORMAT, segment_with_model
 from ...core.unet import EMBEDDING, UNet
 from ..runs import CHECKPOINT, LOG, MODEL, Ranks, append_log, code_version, load_checkpoint, save_checkpoint, start_ranks
 from ..runs import write_rank_digest
@@ -134,8 +135,41 @@ def refine(
             dist.destroy_process_group()
 
 
-class RefineCancelled(RuntimeError):
+class RefineCancelled(SegmentationCancelled):
     """The run was cancelled; its checkpoint holds the steps done."""
+
+
+def refine_volume(
+    image: np.ndarray,
+    labels: np.ndarray,
+    out: str | Path,
+    *,
+    spacing: tuple[float, float, float] | None = None,
+    axis: int = 0,
+    modality: Modality | None = None,
+    method: str = "pccs",
+    steps: int = 2000,
+    batch: int = 8,
+    size: int = 256,
+    device: str = "auto",
+    progress: Progress | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> tuple[np.ndarray, Path]:
+    """Refine on the labelled slices of ``labels`` and the rest of ``image``, then segment ``image`` with the model.
+
+    image, labels : ``[Z, Y, X]`` arrays of one shape (file units; label values),
+    slices along ``axis``; spacing : mm per array axis.  The run's files go to
+    ``out`` (a new folder for a new run: a checkpoint there is resumed).  Returns
+    the labels the refined model predicts (its largest component per structure,
+    every slice) and the model file.  The Python API of the widget's "Refine" action.
+    """
+    volume, painted = np.moveaxis(np.asarray(image), axis, 0), np.moveaxis(np.asarray(labels), axis, 0)
+    data = refine_data([(volume, slice_aspect(spacing, axis))], [painted], size, modality)
+    config = RefineConfig(images=["array"], labels=["array"], out=Path(out), method=method, steps=steps, batch=batch,
+                          size=size, device=device, modality=data.modality, log_every=max(1, min(20, steps // 20)))
+    model = refine(config, progress=progress, cancel=cancel, data=data)
+    return segment_with_model(image, model, spacing=spacing, axis=axis, modality=data.modality, device=device,
+                              cancel=cancel), model
 
 
 def load_data(config: RefineConfig) -> RefineData:
