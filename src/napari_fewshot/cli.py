@@ -264,8 +264,6 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .core.errors import SegmentationError
-    from .io import VolumeError
     from .train.trainer import TrainConfig, train
 
     config = TrainConfig(
@@ -275,9 +273,17 @@ def _train(args: argparse.Namespace) -> int:
         log_every=args.log_every, seed=args.seed, device=args.device,
         cache=Path(args.cache) if args.cache else None, command=["napari-fewshot", *sys.argv[1:]],
     )
+    return _run_training(train, config, f"trained for {config.steps} steps")
+
+
+def _run_training(run: Any, config: Any, done: str) -> int:
+    """``run(config, progress=...)`` with bars on stderr; the error, or (rank 0) the model file and what was ``done``."""
+    from .core.errors import SegmentationError
+    from .io import VolumeError
+
     bars = TrainingProgress()
     try:
-        path = train(config, progress=bars)
+        path = run(config, progress=bars)
     except (VolumeError, SegmentationError, ValueError, KeyError) as error:
         message = error.args[0] if isinstance(error, KeyError) else error
         print(f"\nerror: {message}", file=sys.stderr)
@@ -285,7 +291,7 @@ def _train(args: argparse.Namespace) -> int:
     finally:
         bars.close()
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"{path}: trained for {config.steps} steps (log: {config.out / 'log.jsonl'})")
+        print(f"{path}: {done} (log: {config.out / 'log.jsonl'})")
     return 0
 
 
@@ -322,8 +328,6 @@ def _add_refine_parser(commands: argparse._SubParsersAction) -> None:
 def _refine(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .core.errors import SegmentationError
-    from .io import VolumeError
     from .train.refine.trainer import RefineConfig, refine
 
     config = RefineConfig(
@@ -332,17 +336,7 @@ def _refine(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=args.seed, device=args.device,
         command=["napari-fewshot", *sys.argv[1:]],
     )
-    bars = TrainingProgress()
-    try:
-        path = refine(config, progress=bars)
-    except (VolumeError, SegmentationError, ValueError) as error:
-        print(f"\nerror: {error}", file=sys.stderr)
-        return 1
-    finally:
-        bars.close()
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"{path}: refined ({config.method}) for {config.steps} steps (log: {config.out / 'log.jsonl'})")
-    return 0
+    return _run_training(refine, config, f"refined ({config.method}) for {config.steps} steps")
 
 
 class TrainingProgress:
