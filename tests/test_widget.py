@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,6 +91,10 @@ def test_segment_volume_gives_a_prediction_on_the_image_grid_and_maps(qtbot, ses
     prediction = viewer.layers["scan prediction"]
     assert prediction._type_string == "labels" and prediction is not support
     np.testing.assert_array_equal(support.data, painted)  # the support is never written to
+
+    _run(qtbot, widget, widget.refine, timeout=300_000)  # again: a new folder beside the first, which stays
+    second = Path(viewer.layers["scan refined"].metadata["napari_fewshot"]["model"])
+    assert second.parent != model.parent and second.parent.parent == tmp_path / "model" and model.is_file()
     np.testing.assert_allclose(prediction.scale, image.scale)
     np.testing.assert_allclose(prediction.translate, image.translate)
     assert prediction.metadata["geometry"] == image.metadata["geometry"]
@@ -369,11 +374,17 @@ def test_refine_trains_on_the_labelled_slices_and_its_model_applies_again(qtbot,
     np.testing.assert_allclose(refined.scale, image.scale)
     assert refined.metadata["geometry"] == image.metadata["geometry"]
     record = refined.metadata["napari_fewshot"]
-    assert record["labelled_slices"] == 9 and record["model"] == str(tmp_path / "model" / "model.safetensors")
-    assert (tmp_path / "model" / "model.json").is_file() and "refined" in widget.status.value
+    model = Path(record["model"])  # a folder of its own inside the chosen one
+    assert record["labelled_slices"] == 9 and model.parent.parent == tmp_path / "model" and model.is_file()
+    assert model.with_suffix(".json").is_file() and str(widget.model_folder.value) == str(model.parent)
+    assert "refined" in widget.status.value
     assert set(np.unique(refined.data)) <= {0, 1, 2}
 
     refined.data[...] = 0
     _run(qtbot, widget, widget.apply_model, timeout=300_000)  # the kept model, applied again to the chosen image
     assert viewer.layers["scan refined"] is refined and "Applying the refined model" in widget.status.value
     np.testing.assert_array_equal(support.data, painted)  # the support is never written to
+
+    _run(qtbot, widget, widget.refine, timeout=300_000)  # again: a new folder beside the first, which stays
+    second = Path(viewer.layers["scan refined"].metadata["napari_fewshot"]["model"])
+    assert second.parent != model.parent and second.parent.parent == tmp_path / "model" and model.is_file()

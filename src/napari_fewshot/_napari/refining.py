@@ -7,14 +7,13 @@ the GUI thread with what they return.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Labels
 
-from ..core.refined import REFINED_FILE, segment_with_model
+from ..core.refined import segment_with_model
 from ..train.refine.trainer import refine_volume
 from .export import PROVENANCE
 from .layers import layer_attributes, support_layer_data
@@ -49,17 +48,6 @@ def apply_job(progress, cancel, **kwargs: Any) -> tuple[np.ndarray, Path]:
     labels = segment_with_model(cancel=cancel, **kwargs)
     progress(1, 1)
     return labels, Path(kwargs["model"])
-
-
-def keep_model(model: Path, folder: str | Path) -> Path:
-    """Copy a refined model file (and its card) into ``folder``; returns the copy."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / REFINED_FILE
-    if model.resolve() != target.resolve():
-        shutil.copyfile(model, target)
-        shutil.copyfile(model.with_suffix(".json"), target.with_suffix(".json"))
-    return target
 
 
 def refined_name(image: napari.layers.Image) -> str:

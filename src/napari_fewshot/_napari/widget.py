@@ -30,7 +30,7 @@ from ..core.refined import REFINED_FILE
 from ..io import VolumeWriteError
 from .export import export_labels
 from .layers import layer_attributes, support_layer_data
-from .refining import MIN_LABELLED_SLICES, apply_job, keep_model, labelled_slices, refine_job, show_refined
+from .refining import MIN_LABELLED_SLICES, apply_job, labelled_slices, refine_job, show_refined
 from .results import MAPS, find_layer, prediction_name, show_segmentation, slice_index
 from .runner import Job, SegmentationRunner
 from .structures import format_names, layer_names, names_features, parse_names
@@ -116,7 +116,10 @@ class FewShotWidget(Container):
         self.refine_steps = SpinBox(label="Refine steps", min=1, max=100_000, value=REFINE_STEPS)
         self.refine_steps.tooltip = "Training steps of the refine run (docs/benchmarks.md: 600 steps take 25 s on a GPU)"
         self.model_folder = FileEdit(label="Model folder", mode="d")
-        self.model_folder.tooltip = "Where a refined model is kept (empty: a temporary folder); 'Apply model' reads it"
+        self.model_folder.tooltip = (
+            "Where refined models are kept, each run in a new folder inside it (empty: a temporary folder); "
+            "after a run it shows that run's folder, which 'Apply model' reads"
+        )
         self.refine = PushButton(text="Refine with my annotations", enabled=False)
         self.refine.tooltip = (
             f"Train a network on the labelled slices of the support ({MIN_LABELLED_SLICES} or more) and the rest of "
@@ -256,7 +259,14 @@ class FewShotWidget(Container):
                 f"'{support.name}' has {labelled} labelled slices; paint or correct at least {MIN_LABELLED_SLICES} "
                 "(Add slice to support) before refining."
             )
-        out = Path(tempfile.mkdtemp(prefix="napari-fewshot-refine-"))
+        # every run gets a folder of its own (inside the chosen one): no model kept there before is overwritten
+        chosen = str(self.model_folder.value or "")
+        base = Path(chosen) if chosen and chosen != "." else None
+        if base is not None and (base / REFINED_FILE).is_file():
+            base = base.parent  # the folder of an earlier run: its new sibling
+        if base is not None:
+            base.mkdir(parents=True, exist_ok=True)
+        out = Path(tempfile.mkdtemp(prefix="refined-", dir=base))
         kwargs = dict(
             image=np.asarray(image.data), labels=np.array(support.data, copy=True), out=out,
             spacing=tuple(float(s) for s in image.scale), axis=axis, modality=image.metadata.get("modality"),
@@ -307,12 +317,10 @@ class FewShotWidget(Container):
             labels, model = outcome
             if image not in self._viewer.layers:
                 return
-            chosen = str(self.model_folder.value or "")
-            kept = keep_model(model, chosen) if chosen and chosen != "." else model
-            self.model_folder.value = str(kept.parent)
-            layer = show_refined(self._viewer, image, labels, names, {**provenance, "model": str(kept)})
+            self.model_folder.value = str(model.parent)
+            layer = show_refined(self._viewer, image, labels, names, {**provenance, "model": str(model)})
             self.export_layer.reset_choices()
-            self._say(f"{what}: done. The result is '{layer.name}'; the model is in {kept.parent}.")
+            self._say(f"{what}: done. The result is '{layer.name}'; the model is in {model.parent}.")
 
         job = Job(
             description=what, kwargs=kwargs, function=function,
