@@ -14,6 +14,7 @@ import numpy as np
 from napari.layers import Labels
 
 from ..core.refined import segment_with_model
+from ..core.support import painted_slices
 from ..train.refine.trainer import refine_volume
 from .export import PROVENANCE
 from .layers import layer_attributes, support_layer_data
@@ -29,7 +30,7 @@ MIN_LABELLED_SLICES = 8
 
 def labelled_slices(labels: np.ndarray, axis: int) -> int:
     """How many slices along ``axis`` of a label volume hold a painted voxel."""
-    return int(np.count_nonzero(np.moveaxis(np.asarray(labels), axis, 0).reshape(labels.shape[axis], -1).any(axis=1)))
+    return len(painted_slices(np.moveaxis(np.asarray(labels), axis, 0)))
 
 
 def refine_job(progress, cancel, describe, **kwargs: Any) -> tuple[np.ndarray, Path]:

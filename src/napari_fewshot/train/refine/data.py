@@ -17,6 +17,7 @@ import torch
 from ...core.intensity import Modality
 from ...core.preprocess import Preprocessing, to_encoder_slices
 from ...core.refined import model_input
+from ...core.support import painted_slices
 
 
 @dataclass
@@ -67,7 +68,7 @@ def refine_data(
         if index < len(labels):
             if labels[index].shape != volume.shape:
                 raise ValueError(f"labels {index + 1} have shape {labels[index].shape} but their image has {volume.shape}")
-            painted = labels[index].reshape(len(volume), -1).any(axis=1)
+            painted = np.isin(np.arange(len(volume)), painted_slices(labels[index]))
             if painted.any():
                 labelled.append(slices[painted])
                 targets.append(_class_slices(labels[index][painted], values, size, aspect))
