@@ -63,12 +63,11 @@ def structure_presence(attention: np.ndarray, predicted: np.ndarray, levels: np.
     takes its support from.  The mean attention over a slice's prediction is placed
     between the two levels; a slice with nothing predicted has presence 0.
     """
-    flat = predicted.reshape(len(predicted), -1)
-    count = flat.sum(axis=1)
-    mean = np.where(flat, attention.reshape(len(attention), -1), 0).sum(axis=1) / np.maximum(count, 1)
-    inside, outside = levels[:, 0], levels[:, 1]
-    scaled = (mean - outside) / np.maximum(inside - outside, 1e-6)
-    return np.where(count > 0, np.clip(scaled, 0.0, 1.0), 0.0)
+    presence = np.zeros(len(predicted))
+    for z in np.flatnonzero(predicted.reshape(len(predicted), -1).any(axis=1)):  # slice by slice: no volume-sized copy
+        inside, outside = levels[z]
+        presence[z] = (attention[z][predicted[z]].mean() - outside) / max(inside - outside, 1e-6)
+    return np.clip(presence, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
