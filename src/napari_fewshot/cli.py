@@ -230,8 +230,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_run_arguments(parser: argparse.ArgumentParser, config: type) -> None:
+    """The options every training run has, with the defaults of its ``config`` class."""
+    parser.add_argument("--checkpoint-every", type=int, default=config.checkpoint_every, metavar="N",
+                        help="steps between checkpoints")
+    parser.add_argument("--log-every", type=int, default=config.log_every, metavar="N", help="steps between log lines")
+    parser.add_argument("--seed", type=int, default=config.seed)
+    parser.add_argument("--device", default=config.device, help="auto (default), cpu, cuda or mps")
+
+
 def _add_train_parser(commands: argparse._SubParsersAction) -> None:
     from .train.pseudolabels import SUPERPIXELS
+    from .train.trainer import TrainConfig
 
     train = commands.add_parser(
         "train",
@@ -253,10 +263,7 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--slice-mm", type=float, default=0.0, metavar="MM",
                        help="train on slices at least this far apart (default: every slice)")
     train.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate (x0.95 every 1000 steps)")
-    train.add_argument("--checkpoint-every", type=int, default=500, metavar="N", help="steps between checkpoints")
-    train.add_argument("--log-every", type=int, default=50, metavar="N", help="steps between log lines")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    _add_run_arguments(train, TrainConfig)
     train.add_argument("--cache", metavar="DIR", help="where prepared volumes are kept (default: OUT/cache)")
     train.set_defaults(run=_train)
 
@@ -296,7 +303,7 @@ def _run_training(run: Any, config: Any, done: str) -> int:
 
 
 def _add_refine_parser(commands: argparse._SubParsersAction) -> None:
-    from .train.refine.trainer import METHODS, UNCERTAINTY
+    from .train.refine.trainer import METHODS, UNCERTAINTY, RefineConfig
 
     refine = commands.add_parser(
         "refine",
@@ -318,10 +325,7 @@ def _add_refine_parser(commands: argparse._SubParsersAction) -> None:
     refine.add_argument("--uncertainty", choices=UNCERTAINTY, default="entropy",
                         help="entropy of the student (default) or of mc-dropout teacher passes")
     refine.add_argument("--modality", choices=("CT", "MR"), help="override the detection from the intensities")
-    refine.add_argument("--checkpoint-every", type=int, default=200, metavar="N", help="steps between checkpoints")
-    refine.add_argument("--log-every", type=int, default=20, metavar="N", help="steps between log lines")
-    refine.add_argument("--seed", type=int, default=0)
-    refine.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    _add_run_arguments(refine, RefineConfig)
     refine.set_defaults(run=_refine)
 
 
