@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
+
+CLI = str(Path(sys.executable).parent / "napari-fewshot")
+
+
+def cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """Run the real ``napari-fewshot`` command; ``kwargs`` go to :func:`subprocess.run`."""
+    return subprocess.run([CLI, *args], capture_output=True, text=True, encoding="utf-8", timeout=timeout, **kwargs)
 
 
 def rotation(axis: int, degrees: float) -> np.ndarray:

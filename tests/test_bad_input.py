@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import ramp, write_dicom_series, write_itk
+from conftest import cli, ramp, write_dicom_series, write_itk
 from napari_fewshot.io import Geometry, VolumeReadError, VolumeWriteError, read_volume, write_volume
 
 
@@ -32,12 +32,12 @@ def test_missing_path(tmp_path):
 @pytest.mark.parametrize(
     "name, message",
     [
-        # ITK reads these without complaint; the plugin's own check catches them.
+        # ITK reads NIfTI ones without complaint (and says "No such file" of a MetaImage one);
+        # the plugin's own checks of the length against the header catch them.
         ("scan.nii.gz", "truncated"),
         ("scan.nii", "the file is truncated"),
-        # ITK notices these; the plugin names the file and the format.
-        ("scan.nrrd", "cannot be read as NRRD"),
-        ("scan.mha", "cannot be read as MetaImage"),
+        ("scan.nrrd", "the file is truncated"),
+        ("scan.mha", "the file is truncated"),
     ],
 )
 def test_truncated_file(tmp_path, name, message):
@@ -88,12 +88,84 @@ def test_rgb_volume_needs_a_channel(tmp_path):
     np.testing.assert_array_equal(read_volume(path, index=1).data, rgb[..., 1])
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_non_finite_voxels(tmp_path, bad):
-    data = ramp(dtype="float32")
+@pytest.mark.parametrize("name", ["scan.nrrd", "scan.mha", "scan.nii", "scan.nii.gz"])
+@pytest.mark.parametrize("bad", [np.nan, -np.inf])
+def test_non_finite_voxels(tmp_path, bad, name):
+    # ITK reads NaN and infinity in a NIfTI file as 0; the plugin counts the raw values.
+    data = ramp(dtype="float64" if name.endswith("gz") else "float32")
     data[2, 3, 4] = bad
-    path = write_itk(tmp_path / "scan.nrrd", data)
+    path = write_itk(tmp_path / name, data)
     assert "1 of 594 voxels are NaN or infinite" in read_error(path)
+
+
+def test_uncompressed_nifti_named_gz_is_called_misnamed(tmp_path):
+    plain = write_itk(tmp_path / "scan.nii", ramp())
+    path = plain.rename(tmp_path / "scan.nii.gz")
+    assert "not gzip-compressed: it holds an uncompressed NIfTI image. Rename it to .nii" in read_error(path)
+
+
+def metaimage_header(path, **changes) -> bytes:
+    """A MetaImage file of :func:`ramp` with header lines ``key = value`` replaced."""
+    write_itk(path, ramp())
+    header, data = path.read_bytes().split(b"ElementDataFile = LOCAL\n")
+    changes.setdefault("ElementDataFile", "LOCAL")
+    lines = [line for line in header.split(b"\n") if line] + [b"ElementDataFile = LOCAL"]
+    for key, value in changes.items():
+        lines = [f"{key} = {value}".encode() if line.startswith(key.encode() + b" ") else line for line in lines]
+    path.write_bytes(b"\n".join(lines) + b"\n" + data)
+    return path
+
+
+@pytest.mark.parametrize("ndims", ["-1", "0", "65535", "3.5"])
+def test_metaimage_with_a_bad_ndims_is_refused_not_a_crash(tmp_path, ndims):
+    # ITK dies of a segmentation fault on these: the reader runs in a child process to see that it does not.
+    path = metaimage_header(tmp_path / "scan.mha", NDims=ndims)
+    result = cli("info", str(path), timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "NDims" in result.stderr and "copy or export it again" in result.stderr.lower()
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"DimSize": "9 11"}, "'DimSize' is '9 11', not 3 whole number(s)"),
+        ({"ElementType": "MET_STRING"}, "ElementType 'MET_STRING' is not one"),
+        ({"DimSize": "100000 100000 100000"}, "the header announces 2000000000000000 bytes"),
+        ({"ElementDataFile": "missing.raw"}, "the data file 'missing.raw'"),
+    ],
+)
+def test_metaimage_header_checked_before_itk_reads(tmp_path, changes, message):
+    path = metaimage_header(tmp_path / "scan.mha", **changes)
+    assert message in read_error(path)
+
+
+@pytest.mark.parametrize("encoding", ["raw", "gzip"])
+def test_nrrd_header_claiming_gigabytes_is_refused_before_reading(tmp_path, encoding):
+    # 4 KB of data whose header claims 2 GB: ITK would allocate and touch it all before failing.
+    header = (f"NRRD0004\ntype: short\ndimension: 3\nsizes: 1024 1024 1024\nencoding: {encoding}\n"
+              "endian: little\n\n").encode()
+    path = tmp_path / "scan.nrrd"
+    path.write_bytes(header + (gzip.compress(bytes(4096)) if encoding == "gzip" else bytes(4096)))
+    message = read_error(path)
+    assert "the header announces 2147483648 bytes of voxels" in message and "cannot hold them" in message
+
+
+@pytest.mark.parametrize("name", ["tilted.nrrd", "tilted.mha"])
+def test_sheared_grid_says_to_resample(tmp_path, name):
+    # A gantry-tilted CT is stored with slice positions sheared along y: the axes are not perpendicular.
+    shear = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.26], [0.0, 0.0, 0.97]])
+    path = write_itk(tmp_path / name, ramp(), direction=shear)
+    result = cli("info", str(path), timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "not perpendicular" in result.stderr and "Resample the scan onto a rectangular grid" in result.stderr
+
+
+def test_pipe_named_like_a_volume_is_refused_without_blocking(tmp_path):
+    path = tmp_path / "scan.nii"
+    os.mkfifo(path)
+    result = cli("info", str(path), timeout=30)  # reading a pipe nobody writes to would block forever
+    assert result.returncode == 1 and "not a regular file" in result.stderr
 
 
 def test_empty_folder(tmp_path):

@@ -13,8 +13,8 @@ from .dicom import read_series
 from .errors import VolumeReadError, itk_reason
 from .formats import READ_FORMATS, format_name, looks_like_label_map
 from .geometry import Geometry
+from .headers import check_file
 from .labels import label_dtype
-from .nifti import check_nifti_file
 
 Kind = Literal["auto", "image", "labels"]
 
@@ -63,19 +63,29 @@ def read_volume(
     path = Path(path).expanduser()
     if not path.exists():
         raise VolumeReadError(f"{path}: no such file or folder")
-    image = read_series(path, series) if path.is_dir() else _read_file(path)
+    if not (path.is_dir() or path.is_file()):
+        raise VolumeReadError(f"{path}: not a regular file or folder (a pipe or device?); give a volume file")
+    try:
+        image, nonfinite = (read_series(path, series), 0) if path.is_dir() else _read_file(path)
+    except PermissionError as error:
+        raise VolumeReadError(
+            f"{path}: permission denied reading {error.filename or path}; ask for read access or copy it somewhere readable"
+        ) from error
     image = _to_3d(image, path, index)
     data = sitk.GetArrayFromImage(image)
     if data.dtype.kind == "f":
-        bad = int(np.count_nonzero(~np.isfinite(data)))
-        if bad:
-            raise VolumeReadError(
-                f"{path}: {bad} of {data.size} voxels are NaN or infinite; replace them "
-                "(e.g. with the background value) before opening the volume"
-            )
-    geometry = Geometry(
-        image.GetSpacing(), image.GetOrigin(), image.GetDirection(), image.GetSize(), str(data.dtype), str(path)
-    )
+        nonfinite = max(nonfinite, int(np.count_nonzero(~np.isfinite(data))))
+    if nonfinite:
+        raise VolumeReadError(
+            f"{path}: {nonfinite} of {data.size} voxels are NaN or infinite; replace them "
+            "(e.g. with the background value) before opening the volume"
+        )
+    try:
+        geometry = Geometry(
+            image.GetSpacing(), image.GetOrigin(), image.GetDirection(), image.GetSize(), str(data.dtype), str(path)
+        )
+    except ValueError as error:
+        raise VolumeReadError(f"{path}: {_geometry_fix(error)}") from error
     if kind == "labels" or (kind == "auto" and looks_like_label_map(path)):
         try:
             labels = _label_array(data)
@@ -91,23 +101,34 @@ def read_volume(
     return Volume(data, geometry)
 
 
-def _read_file(path: Path) -> sitk.Image:
+def _read_file(path: Path) -> tuple[sitk.Image, int]:
+    """The image in ``path`` and the number of non-finite voxels ITK would hide (see :func:`check_file`)."""
     fmt = format_name(path)
     if fmt is None:
         raise VolumeReadError(
             f"{path}: not a volume format napari-fewshot reads; use one of "
             f"{', '.join(READ_FORMATS)} or a folder of DICOM slices"
         )
-    if fmt == "NIfTI":
-        check_nifti_file(path)
+    nonfinite = check_file(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        return reader.Execute()
+        return reader.Execute(), nonfinite
     except RuntimeError as error:
         raise VolumeReadError(
             f"{path}: cannot be read as {fmt} (corrupt, truncated, or not a {fmt} file): {itk_reason(error)}"
         ) from error
+
+
+def _geometry_fix(error: ValueError) -> str:
+    """What to do about a geometry :class:`Geometry` refuses (e.g. a sheared, gantry-tilted grid)."""
+    if "orthonormal" in str(error):
+        return (
+            "the voxel axes are not perpendicular (a sheared grid, as a CT with gantry tilt is stored): "
+            f"{error}. Resample the scan onto a rectangular grid first (e.g. 3D Slicer's 'Resample Scalar "
+            "Volume', or SimpleITK's Resample), then open the result."
+        )
+    return f"the file's geometry is invalid: {error}. Copy or export it again."
 
 
 def _to_3d(image: sitk.Image, path: Path, index: int | None) -> sitk.Image:
