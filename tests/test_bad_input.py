@@ -154,11 +154,20 @@ def test_nrrd_header_claiming_gigabytes_is_refused_before_reading(tmp_path, enco
 @pytest.mark.parametrize("name", ["tilted.nrrd", "tilted.mha"])
 def test_sheared_grid_says_to_resample(tmp_path, name):
     # A gantry-tilted CT is stored with slice positions sheared along y: the axes are not perpendicular.
-    shear = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.26], [0.0, 0.0, 0.97]])
+    tilt = np.deg2rad(15.0)
+    shear = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, np.sin(tilt)], [0.0, 0.0, np.cos(tilt)]])
     path = write_itk(tmp_path / name, ramp(), direction=shear)
     result = cli("info", str(path), timeout=60)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "not perpendicular" in result.stderr and "Resample the scan onto a rectangular grid" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["1e308", "nan"])
+def test_absurd_direction_is_refused_without_hanging(tmp_path, value):
+    # ITK's MetaImage reader loops forever on a TransformMatrix entry of 1e308.
+    path = metaimage_header(tmp_path / "scan.mha", TransformMatrix=f"1 0 0 {value} 1 0 0 0 1")
+    result = cli("info", str(path), timeout=30)
+    assert result.returncode == 1 and "the file's geometry is invalid" in result.stderr
 
 
 def test_pipe_named_like_a_volume_is_refused_without_blocking(tmp_path):

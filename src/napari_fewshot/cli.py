@@ -77,7 +77,7 @@ def _segment(args: argparse.Namespace) -> int:
     from .core.engine import segment
     from .core.errors import SegmentationError
     from .core.support import painted_structures
-    from .io import VolumeError, check_writable, read_volume, write_volume
+    from .io import VolumeError, check_writable, read_volume, write_volumes
 
     try:
         image = read_volume(args.image, kind="image")
@@ -88,12 +88,13 @@ def _segment(args: argparse.Namespace) -> int:
                 f"{args.support_labels} is not on the grid of {args.support_image or args.image} "
                 "(spacing, origin or direction differ); paint the support on that image's grid"
             )
-        check_writable(args.output, image.geometry)
+        inputs = [path for path in (args.image, args.support_image, args.support_labels) if path]
+        check_writable(args.output, image.geometry, inputs)
         probability_paths = {}
         if args.probabilities:
             probability_paths = _probability_paths(args.probabilities, list(painted_structures(support.data)))
             for path in probability_paths.values():
-                check_writable(path, image.geometry)
+                check_writable(path, image.geometry, [*inputs, args.output])
         models = {name: getattr(args, name) for name in ("encoder", "head", "weights") if getattr(args, name)}
         result = segment(
             image.data,
@@ -113,9 +114,11 @@ def _segment(args: argparse.Namespace) -> int:
             fill_holes=args.fill_holes,
             progress=ProgressBar("segmenting"),
         )
-        write_volume(args.output, result.labels, image.geometry.with_pixel_type(str(result.labels.dtype)))
-        for value, path in probability_paths.items():
-            write_volume(path, result.probabilities[value], image.geometry.with_pixel_type("float32"))
+        write_volumes([  # all or none: the labels and probabilities of one run
+            (args.output, result.labels, image.geometry.with_pixel_type(str(result.labels.dtype))),
+            *((path, result.probabilities[value], image.geometry.with_pixel_type("float32"))
+              for value, path in probability_paths.items()),
+        ])
     except (VolumeError, SegmentationError, ValueError) as error:
         print(f"\nerror: {error}", file=sys.stderr)
         return 1
@@ -436,14 +439,29 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM ends a command as Ctrl-C does (files being written are removed, not left half-written)."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``napari-fewshot`` command; returns the exit status."""
+    """Entry point of the ``napari-fewshot`` command; returns the exit status (130 when interrupted)."""
+    import signal
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    return args.run(args)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted: no output was left half-written (an interrupted train or refine run resumes from "
+              "its last checkpoint when run again)", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

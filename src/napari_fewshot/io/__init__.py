@@ -12,7 +12,7 @@ from .formats import READ_FORMATS, WRITE_EXTENSIONS, format_name, looks_like_lab
 from .geometry import Geometry
 from .labels import label_dtype
 from .read import Volume, read_volume
-from .write import check_writable, write_sidecar, write_volume
+from .write import check_writable, write_sidecar, write_volume, write_volumes
 
 __all__ = [
     "READ_FORMATS",
@@ -29,4 +29,5 @@ __all__ = [
     "read_volume",
     "write_sidecar",
     "write_volume",
+    "write_volumes",
 ]

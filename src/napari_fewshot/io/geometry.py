@@ -27,6 +27,29 @@ import numpy as np
 GRID_TOLERANCE = 1e-4
 
 
+def check_grid(spacing: tuple[float, ...], origin: tuple[float, ...], direction: tuple[float, ...]) -> None:
+    """Raise ``ValueError`` unless spacing, origin and direction describe a grid of any dimension ``n``.
+
+    ``spacing`` must be positive and ``origin`` finite (``n`` values each), and
+    ``direction`` ``n * n`` orthonormal direction cosines (row-major).
+    """
+    n = len(spacing)
+    if len(origin) != n or len(direction) != n * n:
+        raise ValueError(f"direction needs {n * n} cosines (a {n}x{n} matrix), got {len(direction)}")
+    if not all(np.isfinite(spacing)) or min(spacing) <= 0:
+        raise ValueError(f"spacing must be positive millimetres, got {tuple(spacing)}")
+    if not all(np.isfinite(origin)):
+        raise ValueError(f"origin must be finite millimetres, got {tuple(origin)}")
+    matrix = np.reshape(np.asarray(direction, dtype=float), (n, n))
+    with np.errstate(over="ignore", invalid="ignore"):
+        unit = np.all(np.isfinite(matrix)) and np.allclose(np.linalg.norm(matrix, axis=0), 1.0, atol=1e-3)
+    if not unit:
+        raise ValueError(f"direction must be orthonormal direction cosines (unit columns), got {matrix.tolist()}")
+    if not np.allclose(matrix.T @ matrix, np.eye(n), atol=1e-3):
+        raise ValueError(f"direction must be orthonormal direction cosines: its axes are not perpendicular, "
+                         f"got {matrix.tolist()}")
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Spacing, origin, direction and size of a 3D volume, in ITK (x, y, z) order.
@@ -60,15 +83,7 @@ class Geometry:
                 f"geometry needs 3 values each for spacing, origin and size, "
                 f"got {len(spacing)}, {len(origin)}, {len(size)}"
             )
-        if len(direction) != 9:
-            raise ValueError(f"direction needs 9 cosines (a 3x3 matrix), got {len(direction)}")
-        if not all(np.isfinite(spacing)) or min(spacing) <= 0:
-            raise ValueError(f"spacing must be positive millimetres, got {spacing}")
-        if not all(np.isfinite(origin)):
-            raise ValueError(f"origin must be finite millimetres, got {origin}")
-        matrix = np.reshape(direction, (3, 3))
-        if not np.allclose(matrix.T @ matrix, np.eye(3), atol=1e-3):
-            raise ValueError(f"direction must be orthonormal direction cosines, got {matrix.tolist()}")
+        check_grid(spacing, origin, direction)
         if min(size) < 1:
             raise ValueError(f"size must be at least one voxel per axis, got {size}")
         object.__setattr__(self, "spacing", spacing)

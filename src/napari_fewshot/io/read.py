@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from .dicom import read_series
 from .errors import VolumeReadError, itk_reason
 from .formats import READ_FORMATS, format_name, looks_like_label_map
-from .geometry import Geometry
+from .geometry import Geometry, check_grid
 from .headers import check_file
 from .labels import label_dtype
 
@@ -113,7 +113,11 @@ def _read_file(path: Path) -> tuple[sitk.Image, int]:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
+        reader.ReadImageInformation()
+        check_grid(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())  # ITK hangs on some
         return reader.Execute(), nonfinite
+    except ValueError as error:
+        raise VolumeReadError(f"{path}: {_geometry_fix(error)}") from error
     except RuntimeError as error:
         raise VolumeReadError(
             f"{path}: cannot be read as {fmt} (corrupt, truncated, or not a {fmt} file): {itk_reason(error)}"
@@ -122,7 +126,7 @@ def _read_file(path: Path) -> tuple[sitk.Image, int]:
 
 def _geometry_fix(error: ValueError) -> str:
     """What to do about a geometry :class:`Geometry` refuses (e.g. a sheared, gantry-tilted grid)."""
-    if "orthonormal" in str(error):
+    if "not perpendicular" in str(error):
         return (
             "the voxel axes are not perpendicular (a sheared grid, as a CT with gantry tilt is stored): "
             f"{error}. Resample the scan onto a rectangular grid first (e.g. 3D Slicer's 'Resample Scalar "

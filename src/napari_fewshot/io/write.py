@@ -4,24 +4,28 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import VolumeWriteError, itk_reason
+from .errors import VolumeReadError, VolumeWriteError, itk_reason
 from .formats import WRITE_EXTENSIONS, split_extension
 from .geometry import Geometry
+from .headers import check_file
 
 
-def check_writable(path: str | Path, geometry: Geometry) -> Path:
+def check_writable(path: str | Path, geometry: Geometry, inputs: Iterable[str | Path] = ()) -> Path:
     """``path`` (user-expanded) when :func:`write_volume` could write there; else :class:`VolumeWriteError`.
 
-    Checks the extension, the folder, and that ``path`` is not the scan ``geometry``
-    was read from: a caller can ask before a long computation.
+    Checks the extension, that the folder exists and may be written, and that
+    ``path`` is neither the scan ``geometry`` was read from nor one of ``inputs``
+    (the other files a command reads or writes): a caller can ask before a long
+    computation.
     """
     path = Path(path).expanduser()
     ext = split_extension(path)[1]
@@ -29,11 +33,32 @@ def check_writable(path: str | Path, geometry: Geometry) -> Path:
         raise VolumeWriteError(f"{path}: cannot write '{ext or 'no extension'}'; use one of {', '.join(WRITE_EXTENSIONS)}")
     if not path.parent.is_dir():
         raise VolumeWriteError(f"{path}: the folder {path.parent} does not exist")
-    if geometry.source and path.exists() and path.resolve() == Path(geometry.source).resolve():
+    if path.is_dir():
+        raise VolumeWriteError(f"{path}: this is a folder; give a file name inside it (e.g. {path / ('mask' + ext)})")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise VolumeWriteError(
+            f"{path}: the folder {path.parent} is not writable (permission denied or a read-only disk); "
+            "choose another folder"
+        )
+    if geometry.source and _same_file(path, geometry.source):
         raise VolumeWriteError(
             f"{path}: this is the scan the data belongs to; writing here would overwrite it. Choose another file name."
         )
+    for other in inputs:
+        if _same_file(path, other):
+            raise VolumeWriteError(
+                f"{path}: this file is also an input or another output of the same command; writing here would "
+                "overwrite it. Choose another file name."
+            )
     return path
+
+
+def _same_file(path: Path, other: str | Path) -> bool:
+    """True when ``path`` and ``other`` name one file (or would, once written)."""
+    other = Path(other).expanduser()
+    if path.exists() and other.exists():
+        return path.samefile(other)
+    return path.resolve() == other.resolve()
 
 
 def write_volume(path: str | Path, data: np.ndarray, geometry: Geometry) -> Path:
@@ -41,33 +66,70 @@ def write_volume(path: str | Path, data: np.ndarray, geometry: Geometry) -> Path
 
     The format follows the extension (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``);
     spacing, origin and direction come from ``geometry``; the pixel type is
-    ``data``'s (booleans are written as ``uint8``).  The file is written next to
-    ``path`` under a temporary name, flushed to disk, then renamed over ``path``:
-    an interrupted or failed write leaves no partial file and keeps any file that
-    was there.  Writing over the file ``geometry`` was read from is refused, so an
-    export never destroys the scan itself.
+    ``data``'s (booleans are written as ``uint8``).  See :func:`write_volumes`,
+    which this calls for one volume.
 
     Returns the path written.  Raises :class:`VolumeWriteError` naming the
     problem; nothing on disk changes then.
     """
-    path = check_writable(path, geometry)
-    ext = split_extension(path)[1]
-    if tuple(data.shape) != geometry.shape:
-        raise VolumeWriteError(
-            f"{path}: the data's shape {tuple(data.shape)} (z, y, x) does not match the grid "
-            f"{geometry.shape} it is to be written on"
-        )
+    return write_volumes([(path, data, geometry)])[0]
 
+
+def write_volumes(volumes: Sequence[tuple[str | Path, np.ndarray, Geometry]]) -> list[Path]:
+    """Write each ``(path, data, geometry)`` as :func:`write_volume` does, all of them or none.
+
+    Every file is written next to its ``path`` under a temporary name, flushed to
+    disk and read back (its length against its header, which also catches a full
+    disk that ITK's writers do not report); only when all are whole are they
+    renamed over their paths.  An interrupted or failed write leaves no partial
+    file and keeps every file that was there, so a mask and its probabilities
+    never come from two runs.  Writing over the file a ``geometry`` was read from,
+    or twice to one path, is refused.
+
+    Returns the paths written.  Raises :class:`VolumeWriteError` naming the
+    problem; nothing on disk changes then.
+    """
+    writes: dict[Path, Callable[[Path], None]] = {}
+    for path, data, geometry in volumes:
+        path = check_writable(path, geometry, inputs=writes)
+        if tuple(data.shape) != geometry.shape:
+            raise VolumeWriteError(
+                f"{path}: the data's shape {tuple(data.shape)} (z, y, x) does not match the grid "
+                f"{geometry.shape} it is to be written on"
+            )
+        writes[path] = _image_writer(path, data, geometry)
+    atomic_write_all(writes)
+    return list(writes)
+
+
+def _image_writer(path: Path, data: np.ndarray, geometry: Geometry) -> Callable[[Path], None]:
+    """A function that writes ``data`` on ``geometry`` to a temporary file and checks it reads back whole."""
     image = sitk.GetImageFromArray(data.astype(np.uint8) if data.dtype == bool else data)
     image.SetSpacing(geometry.spacing)
     image.SetOrigin(geometry.origin)
     image.SetDirection(geometry.direction)
 
-    try:
-        atomic_write(path, lambda temporary: sitk.WriteImage(image, str(temporary), useCompression=ext != ".nii"))
-    except RuntimeError as error:
-        raise VolumeWriteError(f"{path}: could not be written ({itk_reason(error)}); nothing was changed") from error
-    return path
+    def write(temporary: Path) -> None:
+        try:
+            sitk.WriteImage(image, str(temporary), useCompression=split_extension(path)[1] != ".nii")
+        except RuntimeError as error:
+            raise VolumeWriteError(f"{path}: could not be written ({itk_reason(error)}); nothing was changed") from error
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(temporary))
+        try:
+            check_file(temporary)
+            reader.ReadImageInformation()
+            whole = reader.GetSize() == image.GetSize()
+            reason = f"it reads back as size {reader.GetSize()}, not {image.GetSize()}"
+        except (VolumeReadError, RuntimeError) as error:
+            whole, reason = False, str(error).replace(f"{temporary}: ", "")
+        if not whole:
+            raise VolumeWriteError(
+                f"{path}: the file written does not read back whole ({reason}); is the disk full? "
+                f"Nothing was changed: free some space in {path.parent} and write it again."
+            )
+
+    return write
 
 
 def write_sidecar(path: str | Path, record: dict[str, Any]) -> Path:
@@ -89,23 +151,60 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     was there (with its permissions).  ``OSError`` becomes :class:`VolumeWriteError`;
     other errors of ``write`` propagate after the temporary file is removed.
     """
-    ext = split_extension(path)[1]
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{ext}", dir=path.parent)
-    os.close(handle)
-    temporary = Path(name)
+    atomic_write_all({path: write})
+
+
+def atomic_write_all(writes: dict[Path, Callable[[Path], None]]) -> None:
+    """:func:`atomic_write` for several files at once: all are written and flushed before any is renamed.
+
+    Temporary files are named ``.NAME.<process id>-<random>.partial.EXT``; those a
+    process killed before it could remove them (SIGKILL, power loss) are removed
+    by the next write of the same file.
+    """
+    temporaries: dict[Path, Path] = {}
+    path = next(iter(writes))
     try:
-        write(temporary)
-        with open(temporary, "rb") as written:
-            os.fsync(written.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-        _fsync_folder(path.parent)
+        for path, write in writes.items():
+            _remove_stale_partials(path)
+            ext = split_extension(path)[1]
+            handle, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=f".partial{ext}",
+                                            dir=path.parent)
+            os.close(handle)
+            temporaries[path] = Path(name)
+            write(temporaries[path])
+            with open(temporaries[path], "rb") as written:
+                os.fsync(written.fileno())
+            os.chmod(temporaries[path], path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        for path, temporary in temporaries.items():
+            os.replace(temporary, path)
+            _fsync_folder(path.parent)
     except OSError as error:
         raise VolumeWriteError(f"{path}: could not be written ({error}); nothing was changed") from error
     finally:
-        if temporary.exists():
-            temporary.unlink()
+        for temporary in temporaries.values():
+            if temporary.exists():
+                temporary.unlink()
+
+
+def _remove_stale_partials(path: Path) -> None:
+    """Remove temporary files of ``path`` left by a process that no longer runs."""
+    ext = split_extension(path)[1]
+    pattern = re.compile(re.escape(f".{path.name}.") + r"(?:(\d+)-)?[^.]*" + re.escape(f".partial{ext}"))
+    for entry in path.parent.iterdir():
+        match = pattern.fullmatch(entry.name)
+        if match and not (match.group(1) and _running(int(match.group(1)))):
+            entry.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    """True when a process ``pid`` exists (ours or another user's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fsync_folder(folder: Path) -> None:

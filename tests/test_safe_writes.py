@@ -1,0 +1,213 @@
+"""Writing never loses a file: a full disk, outputs that name inputs, read-only folders, stale partial files.
+
+The full disk is a real one where this process may mount a filesystem: a small
+tmpfs (as root, as these tests usually run).  Elsewhere it falls back to a
+write-limit shim, RLIMIT_FSIZE, under which the kernel cuts every write short
+at the limit (EFBIG), the way a full disk cuts it short (ENOSPC).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import resource
+import signal
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import cli, ellipsoids, ramp, write_itk
+from napari_fewshot._napari.export import export_labels
+from napari_fewshot._napari.layers import volume_layer_data
+from napari_fewshot.io import Geometry, VolumeWriteError, read_volume, write_volume, write_volumes
+
+#: Bytes left free on the small disk.
+FREE = 8192
+
+
+class SmallDisk:
+    """A folder where only about :data:`FREE` more bytes fit: a tmpfs, or (``mounted`` False) the shim."""
+
+    def __init__(self, folder, mounted: bool) -> None:
+        self.folder, self.mounted = folder, mounted
+
+    def fill(self) -> None:
+        """Leave :data:`FREE` bytes free (on the tmpfs; the shim limits each write instead)."""
+        if self.mounted:
+            stat = os.statvfs(self.folder)
+            (self.folder / "filler").write_bytes(bytes(stat.f_bavail * stat.f_frsize - FREE))
+
+    def _limit(self) -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (FREE, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    @contextlib.contextmanager
+    def full(self):
+        """The disk full for writes made by this process inside the block."""
+        self.fill()
+        if self.mounted:
+            yield
+            return
+        limits, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.getsignal(signal.SIGXFSZ)
+        self._limit()
+        try:
+            yield
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+            signal.signal(signal.SIGXFSZ, handler)
+
+    def run_full(self, *args: str) -> subprocess.CompletedProcess:
+        """The CLI with the disk full."""
+        self.fill()
+        return cli(*args, preexec_fn=None if self.mounted else self._limit)
+
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.folder.iterdir() if p.name != "filler")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(folder)], capture_output=True)
+    try:
+        yield SmallDisk(folder, mount.returncode == 0)
+    finally:
+        if mount.returncode == 0:
+            subprocess.run(["umount", str(folder)], check=True)
+
+
+def noise(shape=(8, 64, 64), dtype="float32") -> np.ndarray:
+    """Incompressible voxels: compressed or not, far more than :data:`FREE` bytes."""
+    return np.random.default_rng(0).integers(0, 250, shape).astype(dtype)
+
+
+@pytest.mark.parametrize("name", ["mask.nii.gz", "mask.nii", "mask.nrrd", "mask.mha"])
+def test_full_disk_keeps_the_previous_file(small_disk, name):
+    target = small_disk.folder / name
+    geometry = Geometry.identity((8, 64, 64), "float32")
+    write_volume(target, np.zeros(geometry.shape, np.float32), geometry)
+    before = target.read_bytes()
+    with small_disk.full(), pytest.raises(VolumeWriteError) as raised:
+        write_volume(target, noise(), geometry)
+    assert str(target) in str(raised.value) and "nothing was changed" in str(raised.value).lower()
+    assert target.read_bytes() == before
+    assert small_disk.names() == [name]
+
+
+def test_volumes_written_together_are_all_or_none(small_disk):
+    # The second volume does not fit: the first, which does, must not replace its old file either.
+    geometry = Geometry.identity((8, 64, 64), "float32")
+    small, large = small_disk.folder / "mask.nii.gz", small_disk.folder / "probability.nii.gz"
+    for path in (small, large):
+        write_volume(path, np.ones(geometry.shape, np.float32), geometry)
+    before = {path: path.read_bytes() for path in (small, large)}
+    with small_disk.full(), pytest.raises(VolumeWriteError, match="probability.nii.gz"):
+        write_volumes([(small, np.zeros(geometry.shape, np.float32), geometry), (large, noise(), geometry)])
+    assert {path: path.read_bytes() for path in (small, large)} == before
+    assert small_disk.names() == ["mask.nii.gz", "probability.nii.gz"]
+
+
+def test_widget_export_on_a_full_disk_keeps_the_previous_mask(small_disk, tmp_path):
+    scan = read_volume(write_itk(tmp_path / "ct.nrrd", ramp((8, 64, 64))))
+    _, attributes, _ = volume_layer_data(scan)
+    target = small_disk.folder / "liver.nii.gz"
+    export_labels(target, np.zeros(scan.data.shape, np.uint8), attributes, {1: "liver"})
+    before = {p.name: p.read_bytes() for p in small_disk.folder.iterdir()}
+    with small_disk.full(), pytest.raises(VolumeWriteError, match="is the disk full"):
+        export_labels(target, noise(scan.data.shape, "uint8"), attributes, {1: "liver"})
+    assert {p.name: p.read_bytes() for p in small_disk.folder.iterdir() if p.name != "filler"} == before
+
+
+def segment_files(folder, shape=(24, 48, 48)):
+    """A scan and a support with a square painted on its middle slice."""
+    image = ellipsoids(shape)[0]
+    support = np.zeros(shape, np.uint8)
+    support[shape[0] // 2, shape[1] // 3 : 2 * shape[1] // 3, shape[2] // 3 : 2 * shape[2] // 3] = 1
+    return write_itk(folder / "scan.nii.gz", image), write_itk(folder / "painted.nii.gz", support)
+
+
+def test_segment_on_a_full_disk_fails_and_keeps_the_previous_outputs(small_disk, tmp_path):
+    image, support = segment_files(tmp_path)
+    output, probabilities = small_disk.folder / "mask.nii", small_disk.folder / "probability.nii.gz"
+    common = ["segment", "--image", str(image), "--support-labels", str(support), "--encoder", "tiny",
+              "--device", "cpu", "--output", str(output), "--probabilities", str(probabilities)]
+    first = cli(*common)
+    assert first.returncode == 0, first.stderr
+    before = {path: path.read_bytes() for path in (output, probabilities)}
+    result = small_disk.run_full(*common, "--threshold", "0.3")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "is the disk full" in result.stderr or "No space left" in result.stderr or "too large" in result.stderr
+    assert {path: path.read_bytes() for path in (output, probabilities)} == before
+    assert small_disk.names() == ["mask.nii", "probability.nii.gz"]
+
+
+@pytest.mark.parametrize("output_is", ["support", "probabilities", "support-image"])
+def test_segment_refuses_to_write_over_its_own_inputs(tmp_path, output_is):
+    image, support = segment_files(tmp_path, shape=(6, 16, 16))
+    other = write_itk(tmp_path / "other.nii.gz", ellipsoids((6, 16, 16))[0])
+    output = {"support": support, "probabilities": tmp_path / "out.nii.gz", "support-image": other}[output_is]
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    result = cli("segment", "--image", str(image), "--support-labels", str(support), "--support-image", str(other),
+                 "--encoder", "tiny", "--output", str(output), "--probabilities", str(tmp_path / "out.nii.gz"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "also an input or another output of the same command" in result.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def obey_permissions() -> None:
+    """Run as root without the capabilities that override file permissions (CAP_DAC_OVERRIDE, _READ_SEARCH).
+
+    Dropped from the bounding set before the command is executed, so the command
+    holds neither and file modes apply to it as to any user.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+def cli_obeying_permissions(*args: str) -> subprocess.CompletedProcess:
+    """The CLI, as an ordinary user would run it, as far as file permissions go."""
+    return cli(*args, preexec_fn=obey_permissions if os.geteuid() == 0 else None)
+
+
+def test_read_only_output_folder_is_refused_before_the_run(tmp_path):
+    image, support = segment_files(tmp_path, shape=(6, 16, 16))
+    folder = tmp_path / "read-only"
+    folder.mkdir(mode=0o555)
+    result = cli_obeying_permissions("segment", "--image", str(image), "--support-labels", str(support),
+                                     "--encoder", "tiny", "--output", str(folder / "mask.nii.gz"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "is not writable" in result.stderr and "segmenting" not in result.stderr
+
+
+def test_unreadable_input_is_named_without_a_traceback(tmp_path):
+    scan = write_itk(tmp_path / "scan.nii.gz", ramp())
+    scan.chmod(0o000)
+    result = cli_obeying_permissions("info", str(scan))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "permission denied" in result.stderr
+
+
+def test_stale_partial_files_of_the_target_are_removed(tmp_path):
+    target = tmp_path / "mask.nii.gz"
+    alive = subprocess.Popen(["sleep", "30"])
+    try:
+        dead = 2**22 + 7  # beyond any pid Linux hands out
+        names = {
+            "killed": f".mask.nii.gz.{dead}-k1llx9.partial.nii.gz",
+            "old-style": ".mask.nii.gz.a8f3k2q0.partial.nii.gz",
+            "running": f".mask.nii.gz.{alive.pid}-w0rk1n.partial.nii.gz",
+            "other target": f".liver.nii.gz.{dead}-zz9zz9.partial.nii.gz",
+        }
+        for name in names.values():
+            (tmp_path / name).write_bytes(b"half a file")
+        write_volume(target, np.zeros((2, 3, 4), np.uint8), Geometry.identity((2, 3, 4), "uint8"))
+    finally:
+        alive.kill()
+        alive.wait()
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([names["running"], names["other target"], "mask.nii.gz"])
