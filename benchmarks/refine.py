@@ -56,7 +56,7 @@ def prepare(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     cache = FeatureCache(folder=args.cache) if args.cache else None
     for folder, *values in args.case:
-        case = read_case(folder, [int(v) for v in values])
+        case = read_case(folder, values)
         aspect = slice_aspect(case.spacing, 0)
         whole = model_input(case.image, Preprocessing.for_volume(case.image), args.size, aspect)
         for value in case.values:

@@ -77,17 +77,13 @@ def _segment(args: argparse.Namespace) -> int:
     from .core.engine import segment
     from .core.errors import SegmentationError
     from .core.support import painted_structures
-    from .io import VolumeError, check_writable, read_volume, write_volumes
+    from .io import VolumeError, check_same_grid, check_writable, read_volume, write_volumes
 
     try:
         image = read_volume(args.image, kind="image")
         support_image = read_volume(args.support_image, kind="image") if args.support_image else image
         support = read_volume(args.support_labels, kind="labels")
-        if support.data.shape == support_image.data.shape and not support.geometry.same_grid(support_image.geometry):
-            raise SegmentationError(
-                f"{args.support_labels} is not on the grid of {args.support_image or args.image} "
-                "(spacing, origin or direction differ); paint the support on that image's grid"
-            )
+        check_same_grid(support, support_image)
         inputs = [path for path in (args.image, args.support_image, args.support_labels) if path]
         check_writable(args.output, image.geometry, inputs)
         probability_paths = {}
@@ -415,12 +411,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .evaluation.methods import Context, method
     from .evaluation.report import markdown, plots
     from .evaluation.run import evaluate
-    from .io import VolumeError
+    from .io import VolumeError, check_output_folder
     from .io.write import atomic_write
 
     try:
+        check_output_folder(args.out)
         methods = [method(name) for name in args.methods]
-        cases = [read_case(folder, [int(v) for v in values]) for folder, *values in args.case]
+        cases = [read_case(folder, values) for folder, *values in args.case]
         results = evaluate(
             cases, args.protocols, methods, context=Context(device=args.device, encoder=args.encoder, cache=FeatureCache(folder=args.cache)), repeats=args.repeats,
             tolerance_mm=args.nsd_mm, log=lambda line: print(line, file=sys.stderr, flush=True),

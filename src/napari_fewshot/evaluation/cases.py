@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import read_volume
+from ..io import check_same_grid, format_name, read_volume
 from .protocols import THIRDS, at_fractions, extent, painted, support_slices
 
 
@@ -28,24 +28,41 @@ class Case:
         return self.names.get(value, f"label {value}")
 
 
-def read_case(folder: Path | str, values: list[int]) -> Case:
+def read_case(folder: Path | str, values: list[int | str]) -> Case:
     """``folder/image.nii.gz`` and ``folder/label.nii.gz`` (any format the reader takes), ``labels.json`` for names.
 
-    Each label value in ``values`` must occur in the label map.
+    ``values``: the structures to test, as label values or as names that
+    ``labels.json`` gives them.  Each must occur in the label map, which must
+    lie on the image's grid.
     """
     folder = Path(folder)
     image = read_volume(_one(folder, "image"), kind="image")
-    truth = read_volume(_one(folder, "label"), kind="labels").data
+    label = read_volume(_one(folder, "label"), kind="labels")
+    check_same_grid(label, image)
     names_file = folder / "labels.json"
     names = {int(k): v for k, v in json.loads(names_file.read_text()).items()} if names_file.is_file() else {}
-    missing = [v for v in values if not np.any(truth == v)]
+    wanted = [_label_value(folder, value, names) for value in values]
+    missing = [v for v in wanted if not np.any(label.data == v)]
     if missing:
         raise ValueError(f"{folder}: label values {missing} do not occur in its label map")
-    return Case(folder.name, image.data, truth, tuple(image.geometry.spacing[::-1]), tuple(values), names)
+    return Case(folder.name, image.data, label.data, tuple(image.geometry.spacing[::-1]), tuple(wanted), names)
+
+
+def _label_value(folder: Path, value: int | str, names: dict[int, str]) -> int:
+    """``value`` as a label value: a whole number, or a structure's name in ``labels.json``."""
+    if isinstance(value, int) or value.lstrip("-").isdigit():
+        return int(value)
+    by_name = {name.lower(): number for number, name in names.items()}
+    if value.lower() not in by_name:
+        known = ", ".join(f"{name} ({number})" for number, name in sorted(names.items())) or "none: it has no labels.json"
+        raise ValueError(f"{folder}: '{value}' is neither a label value nor a structure named in its labels.json "
+                         f"(names: {known})")
+    return by_name[value.lower()]
 
 
 def _one(folder: Path, stem: str) -> Path:
-    found = sorted(folder.glob(f"{stem}.*"))
+    """The volume file ``folder/stem.*`` (NIfTI, NRRD, MetaImage; not e.g. a ``stem.json`` beside it)."""
+    found = sorted(path for path in folder.glob(f"{stem}.*") if format_name(path))
     if not found:
         raise FileNotFoundError(f"{folder} has no {stem} file ({stem}.nii.gz, {stem}.nrrd, ...)")
     return found[0]

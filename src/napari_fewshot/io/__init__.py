@@ -11,8 +11,8 @@ from .errors import VolumeError, VolumeReadError, VolumeWriteError
 from .formats import READ_FORMATS, WRITE_EXTENSIONS, format_name, looks_like_label_map
 from .geometry import Geometry
 from .labels import label_dtype
-from .read import Volume, read_volume
-from .write import check_writable, write_sidecar, write_volume, write_volumes
+from .read import Volume, check_same_grid, read_volume
+from .write import check_output_folder, check_writable, write_sidecar, write_volume, write_volumes
 
 __all__ = [
     "READ_FORMATS",
@@ -22,6 +22,8 @@ __all__ = [
     "VolumeError",
     "VolumeReadError",
     "VolumeWriteError",
+    "check_output_folder",
+    "check_same_grid",
     "check_writable",
     "format_name",
     "label_dtype",

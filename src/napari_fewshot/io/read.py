@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from .dicom import read_series
 from .errors import VolumeReadError, itk_reason
 from .formats import READ_FORMATS, format_name, looks_like_label_map
-from .geometry import Geometry, check_grid
+from .geometry import GRID_TOLERANCE, Geometry, check_grid
 from .headers import check_file
 from .labels import label_dtype
 
@@ -99,6 +99,26 @@ def read_volume(
                 "open it as an image, or threshold it into whole label values first"
             )
     return Volume(data, geometry)
+
+
+def check_same_grid(labels: Volume, image: Volume) -> None:
+    """Raise :class:`VolumeReadError` unless the label map ``labels`` lies voxel for voxel on ``image``'s grid.
+
+    Label maps are painted on (or exported from) the grid of the image they
+    belong to; one of the same shape on another grid would be read as shifted.
+    """
+    mine, theirs = labels.geometry, image.geometry
+    if mine.same_grid(theirs):
+        return
+    differ = ["size"] if mine.size != theirs.size else [
+        name for name in ("spacing", "origin", "direction")
+        if not np.allclose(getattr(mine, name), getattr(theirs, name), atol=GRID_TOLERANCE, rtol=0)
+    ]
+    detail = "; ".join(f"{name} {getattr(mine, name)} against {getattr(theirs, name)}" for name in differ)
+    raise VolumeReadError(
+        f"{mine.source or 'the labels'} is not on the grid of {theirs.source or 'the image'} ({detail}); "
+        "paint the labels on that image's grid, or resample them onto it"
+    )
 
 
 def _read_file(path: Path) -> tuple[sitk.Image, int]:

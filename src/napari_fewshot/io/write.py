@@ -53,6 +53,31 @@ def check_writable(path: str | Path, geometry: Geometry, inputs: Iterable[str | 
     return path
 
 
+def check_output_folder(path: str | Path) -> Path:
+    """``path`` (user-expanded) when a run can write into it, creating it if missing; else :class:`VolumeWriteError`.
+
+    For commands that write a folder of results (train, refine, evaluate), asked
+    before the work: ``path`` must be a folder or not exist yet, and the nearest
+    existing folder on its way must be writable.
+    """
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise VolumeWriteError(
+            f"{path}: this is a file, not a folder; give a folder for the results (it is created when missing)"
+        )
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise VolumeWriteError(f"{path}: {existing} is a file, so no folder can be created under it; give another folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise VolumeWriteError(
+            f"{path}: the folder {existing} is not writable (permission denied or a read-only disk); "
+            "choose another folder"
+        )
+    return path
+
+
 def _same_file(path: Path, other: str | Path) -> bool:
     """True when ``path`` and ``other`` name one file (or would, once written)."""
     other = Path(other).expanduser()

@@ -29,6 +29,10 @@ from ..io.write import atomic_write
 CHECKPOINT, MODEL, LOG = "checkpoint.pt", "model.safetensors", "log.jsonl"
 
 
+class CheckpointError(ValueError):
+    """A run's checkpoint cannot be resumed from; the message says how to start over."""
+
+
 @dataclass
 class Ranks:
     """Where this process stands among the ranks of a run (one rank without torchrun)."""
@@ -131,11 +135,20 @@ def load_checkpoint(path: Path, identity: dict[str, Any], ranks: Ranks) -> dict[
     """
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    theirs = json.loads(state["identity"])
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        theirs = json.loads(state["identity"])
+        state["history"] = json.loads(state["history"])
+        int(state["step"])
+    except Exception as error:  # torch raises many types for damaged files; its text would advise unsafe loading
+        raise CheckpointError(
+            f"{path} is damaged, or not a checkpoint napari-fewshot wrote ({type(error).__name__}); the run cannot "
+            f"resume from it. Delete it (or move it away) to start the run over from step 0, or give a new --out folder."
+        ) from None
     if theirs != identity:
-        raise ValueError(f"{path} belongs to another run ({theirs}); give a new --out folder or the same settings to resume")
-    state["history"] = json.loads(state["history"])
+        raise CheckpointError(
+            f"{path} belongs to another run ({theirs}); give a new --out folder or the same settings to resume"
+        )
     if ranks.main:
         lines = "".join(json.dumps(record) + "\n" for record in state["history"])
         atomic_write(path.parent / LOG, lambda target: target.write_text(lines, encoding="utf-8"))

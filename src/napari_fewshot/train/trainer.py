@@ -28,6 +28,7 @@ from ..core.features import HEAD_GRID
 from ..core.heads import build_head
 from ..core.model import FewShotModel, save_model
 from ..core.preprocess import CT_WINDOW, MR_PERCENTILES
+from ..io.write import check_output_folder
 from .data import TrainingVolume, prepare_volume, preparation_settings
 from .episodes import EpisodeSampler
 from .loss import EpisodeLoss
@@ -73,6 +74,7 @@ class TrainConfig:
             raise ValueError("--steps, --checkpoint-every and --log-every must be at least 1")
         if self.superpixels not in SUPERPIXELS:
             raise ValueError(f"unknown superpixel method '{self.superpixels}'; choose one of {', '.join(SUPERPIXELS)}")
+        check_output_folder(self.out)
 
     @property
     def cache_dir(self) -> Path:

@@ -38,6 +38,7 @@ from ...core.preprocess import CT_WINDOW, MR_PERCENTILES, slice_aspect
 from ...core.errors import SegmentationCancelled
 from ...core.refined import REFINED_FORMAT, segment_with_model
 from ...core.unet import EMBEDDING, UNet
+from ...io.write import check_output_folder
 from ..runs import CHECKPOINT, LOG, MODEL, Ranks, append_log, code_version, load_checkpoint, save_checkpoint, start_ranks
 from ..runs import write_rank_digest
 from .data import RefineData, refine_data
@@ -101,6 +102,7 @@ class RefineConfig:
             raise ValueError("--steps, --batch, --checkpoint-every, --log-every and MC passes must be at least 1")
         if self.size < 16 or self.size % 16:
             raise ValueError(f"--size must be a multiple of 16 (the U-Net halves it four times); got {self.size}")
+        check_output_folder(self.out)
 
     @property
     def warmup_steps(self) -> int:
@@ -174,14 +176,16 @@ def refine_volume(
 
 def load_data(config: RefineConfig) -> RefineData:
     """The images and labels of ``config`` read from disk, as training slices (slices along the file's z)."""
-    from ...io import read_volume
+    from ...io import check_same_grid, read_volume
 
     volumes, labels = [], []
     for index, path in enumerate(config.images):
         image = read_volume(path, kind="image")
         volumes.append((image.data, slice_aspect(tuple(image.geometry.spacing[::-1]), 0)))
         if index < len(config.labels):
-            labels.append(np.asarray(read_volume(config.labels[index], kind="labels").data))
+            label = read_volume(config.labels[index], kind="labels")
+            check_same_grid(label, image)
+            labels.append(np.asarray(label.data))
     return refine_data(volumes, labels, config.size, config.modality)
 
 

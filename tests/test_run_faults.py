@@ -1,0 +1,133 @@
+"""Commands that run long (train, refine, evaluate, segment) refuse bad runs before working, and end cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import CLI, cli, ellipsoids, write_itk
+from napari_fewshot.cli import main
+
+
+@pytest.fixture
+def labelled(tmp_path):
+    """An image and its labels painted on five slices (files), for refine."""
+    image, truth = ellipsoids()
+    labels = np.zeros_like(truth)
+    labels[6:19:3] = truth[6:19:3]
+    return write_itk(tmp_path / "image.nii.gz", image), write_itk(tmp_path / "labels.nii.gz", labels)
+
+
+def refine_args(labelled, out) -> list[str]:
+    image, labels = labelled
+    return ["refine", "--images", str(image), "--labels", str(labels), "--out", str(out), "--method", "supervised",
+            "--steps", "2", "--batch", "2", "--size", "32", "--device", "cpu"]
+
+
+class Payload:
+    """Unpickling this runs a command: what a malicious checkpoint holds."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path, labelled):
+    out = tmp_path / "run"
+    out.mkdir()
+    marker = tmp_path / "pwned"
+    torch.save({"step": Payload(marker)}, out / "checkpoint.pt")
+    result = cli(*refine_args(labelled, out))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "checkpoint.pt is damaged, or not a checkpoint napari-fewshot wrote" in result.stderr
+    assert "Delete it (or move it away) to start the run over" in result.stderr
+    assert "weights_only" not in result.stderr  # torch's advice to load unsafely is not passed on
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["random bytes", "empty", "truncated"])
+def test_a_damaged_checkpoint_says_how_to_start_over(tmp_path, labelled, capsys, damage):
+    out = tmp_path / "run"
+    assert main(refine_args(labelled, out)) == 0
+    checkpoint = out / "checkpoint.pt"
+    whole = checkpoint.read_bytes()
+    checkpoint.write_bytes({"random bytes": np.random.default_rng(0).bytes(4096), "empty": b"",
+                            "truncated": whole[: len(whole) // 2]}[damage])
+    assert main([*refine_args(labelled, out)[:-4], "--steps", "4", "--device", "cpu"]) == 1
+    error = capsys.readouterr().err
+    assert "checkpoint.pt is damaged" in error and "weights_only" not in error
+
+
+@pytest.mark.parametrize("command", ["train", "refine", "evaluate"])
+def test_out_naming_an_existing_file_is_refused_before_working(tmp_path, labelled, command):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("the user's notes")
+    image, labels = labelled
+    args = {
+        "train": ["train", "--images", str(image), "--out", str(taken), "--encoder", "tiny", "--device", "cpu"],
+        "refine": refine_args(labelled, taken),
+        "evaluate": ["evaluate", "--case", str(tmp_path), "1", "--methods", "copy", "--out", str(taken)],
+    }[command]
+    started = time.perf_counter()
+    result = cli(*args)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "this is a file, not a folder" in result.stderr
+    assert taken.read_text() == "the user's notes"
+    assert time.perf_counter() - started < 60
+
+
+def test_refine_and_evaluate_refuse_labels_on_another_grid(tmp_path, capsys):
+    image, truth = ellipsoids()
+    image_path = write_itk(tmp_path / "image.nii.gz", image)
+    label_path = write_itk(tmp_path / "label.nii.gz", truth, origin=(0.0, 0.0, 0.0))  # the image's is another
+    assert main(refine_args((image_path, label_path), tmp_path / "run")) == 1
+    assert "label.nii.gz is not on the grid of" in capsys.readouterr().err
+    assert main(["evaluate", "--case", str(tmp_path), "1", "--methods", "copy", "--out", str(tmp_path / "o")]) == 1
+    error = capsys.readouterr().err
+    assert "label.nii.gz is not on the grid of" in error and "origin" in error
+
+
+def test_evaluate_takes_structure_names_and_ignores_other_files_named_image(tmp_path, capsys):
+    image, truth = ellipsoids()
+    write_itk(tmp_path / "image.nii.gz", image)
+    write_itk(tmp_path / "label.nii.gz", truth)
+    (tmp_path / "image.json").write_text("{}")  # sorts before image.nii.gz
+    (tmp_path / "labels.json").write_text('{"1": "liver", "2": "spleen"}')
+    assert main(["evaluate", "--case", str(tmp_path), "kidney", "--methods", "copy", "--out", str(tmp_path / "o")]) == 1
+    assert "'kidney' is neither a label value nor a structure named in its labels.json" in capsys.readouterr().err
+    assert main(["evaluate", "--case", str(tmp_path), "Spleen", "--methods", "copy", "--repeats", "1",
+                 "--out", str(tmp_path / "o")]) == 0
+    assert "spleen" in (tmp_path / "o" / "results.md").read_text()
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_segment_ends_with_one_line_and_no_partial_file(tmp_path, how):
+    image, truth = ellipsoids((48, 64, 64))
+    support = np.zeros_like(truth)
+    support[12] = truth[12]
+    image_path, support_path = write_itk(tmp_path / "scan.nii.gz", image), write_itk(tmp_path / "painted.nii.gz", support)
+    out = tmp_path / "out"
+    out.mkdir()
+    process = subprocess.Popen(
+        [CLI, "segment", "--image", str(image_path), "--support-labels", str(support_path), "--encoder", "tiny",
+         "--device", "cpu", "--output", str(out / "mask.nii.gz"), "--probabilities", str(out / "p_{label}.nii.gz")],
+        stderr=subprocess.PIPE, text=True,
+    )
+    started = ""
+    while not started.endswith("segmenting"):  # running: the handlers are in place
+        character = process.stderr.read(1)
+        assert character, f"the command ended before segmenting: {started}"
+        started += character
+    process.send_signal(how)
+    _, rest = process.communicate(timeout=120)
+    assert process.returncode == 130, rest
+    assert "interrupted: no output was left half-written" in rest and "Traceback" not in rest
+    assert sorted(p.name for p in out.iterdir()) in ([], ["mask.nii.gz", "p_1.nii.gz", "p_2.nii.gz"])
