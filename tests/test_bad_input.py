@@ -252,3 +252,35 @@ def test_label_values_beyond_64_bit_integers(tmp_path):
     labels[0, 0, 0] = 1e20
     path = write_itk(tmp_path / "huge_seg.nrrd", labels)
     assert "do not fit in 64-bit integers" in read_error(path)
+
+
+def test_complex_voxels_are_refused_with_the_fix(tmp_path):
+    data = (ramp() + 1j * ramp()).astype(np.complex64)
+    path = write_itk(tmp_path / "phase.nii.gz", data)
+    result = cli("info", str(path), timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "complex numbers" in result.stderr and "save the magnitude image" in result.stderr
+
+
+def test_a_scan_named_like_a_mask_opens_as_an_image(tmp_path):
+    # Named like a label map, but negative and thousands of values: a CT.
+    ct = write_itk(tmp_path / "liver_mask_ct.nii.gz", ramp((6, 30, 40)))
+    assert not read_volume(ct).is_label_map
+    assert read_volume(ct, kind="labels").is_label_map  # asked for, it is one
+    mask = write_itk(tmp_path / "liver_mask.nii.gz", (ramp() > 0).astype(np.uint8) * 3)
+    assert read_volume(mask).is_label_map
+
+
+def test_an_unknown_kind_is_refused(tmp_path):
+    path = write_itk(tmp_path / "scan.nrrd", ramp())
+    assert "kind must be one of 'auto', 'image', 'labels'; got 'mask'" in read_error(path, kind="mask")
+
+
+def test_half_floats_are_written_as_float32(tmp_path):
+    data = np.linspace(-2, 2, 24, dtype=np.float16).reshape(2, 3, 4)
+    path = write_volume(tmp_path / "probability.nii.gz", data, Geometry.identity(data.shape))
+    written = read_volume(path)
+    assert written.data.dtype == np.float32 and np.array_equal(written.data, data.astype(np.float32))
+    assert "cannot write voxels of type complex64" in write_error(
+        tmp_path / "c.nii.gz", data.astype(np.complex64), Geometry.identity(data.shape)
+    )

@@ -13,6 +13,7 @@ import torch
 
 from conftest import CLI, cli, ellipsoids, write_itk
 from napari_fewshot.cli import main
+from napari_fewshot.io import read_volume
 
 
 @pytest.fixture
@@ -131,3 +132,79 @@ def test_an_interrupted_segment_ends_with_one_line_and_no_partial_file(tmp_path,
     assert process.returncode == 130, rest
     assert "interrupted: no output was left half-written" in rest and "Traceback" not in rest
     assert sorted(p.name for p in out.iterdir()) in ([], ["mask.nii.gz", "p_1.nii.gz", "p_2.nii.gz"])
+
+
+def test_a_support_slice_painted_on_every_voxel_is_refused_and_mostly_painted_warned(tmp_path):
+    from napari_fewshot.core.errors import SegmentationError
+    from napari_fewshot.core.support import SupportWarning, painted_structures
+
+    support = np.zeros((6, 16, 16), np.uint8)
+    support[3, :, :15] = 1  # 94 % painted
+    with pytest.warns(SupportWarning, match="slice 3 of the support is 94% painted"):
+        assert painted_structures(support) == {1: (3,)}
+    support[3, :, 15] = 2  # every voxel, two structures
+    with pytest.raises(SegmentationError, match="slice 3 of the support is painted on every voxel"):
+        painted_structures(support)
+    image = write_itk(tmp_path / "scan.nii.gz", ellipsoids((6, 16, 16))[0])
+    painted = write_itk(tmp_path / "painted.nii.gz", support)
+    result = cli("segment", "--image", str(image), "--support-labels", str(painted), "--encoder", "tiny",
+                 "--device", "cpu", "--output", str(tmp_path / "mask.nii.gz"))
+    assert result.returncode == 1 and "painted on every voxel" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "mask.nii.gz").exists()
+
+
+@pytest.mark.parametrize("value", ["2", "-1", "0", "nan", "half"])
+def test_threshold_must_be_a_probability(value):
+    result = cli("segment", "--image", "ct.nii.gz", "--support-labels", "s.nii.gz", "--output", "m.nii.gz",
+                 "--threshold", value)
+    assert result.returncode == 2 and f"argument --threshold: '{value}' is not a probability between 0 and 1" in result.stderr
+
+
+def test_an_unknown_modality_is_refused():
+    from napari_fewshot.core.errors import SegmentationError
+    from napari_fewshot.core.preprocess import Preprocessing
+
+    with pytest.raises(SegmentationError, match="modality must be one of CT, MR; got 'PET'"):
+        Preprocessing("PET")
+
+
+@pytest.mark.parametrize("value", [70000, -1])
+def test_refine_refuses_label_values_a_model_cannot_give(tmp_path, labelled, capsys, value):
+    image, labels = labelled
+    painted = read_volume(labels).data.astype(np.int32)
+    painted[painted == 2] = value
+    assert main(refine_args((image, write_itk(tmp_path / "big_labels.nrrd", painted)), tmp_path / "run")) == 1
+    assert "use 1..65535 for structures and 0 for unlabelled voxels" in capsys.readouterr().err
+
+
+def refined_model_file(path, state=None, **card):
+    """A refined model file as 'napari-fewshot refine' writes one (untrained), with ``card`` entries replaced."""
+    from napari_fewshot.core.model import write_tensor_file
+    from napari_fewshot.core.refined import REFINED_FORMAT
+    from napari_fewshot.core.unet import UNet
+
+    card = {"format": REFINED_FORMAT, "values": [1, 2], "modality": "MR", "size": 32, **card}
+    return write_tensor_file(path, UNet(3).state_dict() if state is None else state, card)
+
+
+def test_damaged_refined_models_are_refused_with_the_reason(tmp_path):
+    from napari_fewshot.core.model import ModelFileError
+    from napari_fewshot.core.refined import load_refined
+    from napari_fewshot.core.unet import UNet
+
+    state = UNet(3).state_dict()
+    first = next(name for name, tensor in state.items() if tensor.is_floating_point())
+    cases = {
+        "holds NaN or infinite weights": {**state, first: torch.full_like(state[first], float("nan"))},
+        "whole numbers for real weights": {**state, first: state[first].round().to(torch.int32)},
+        "missing tensors": {name: tensor for name, tensor in state.items() if name != first},
+    }
+    for message, damaged in cases.items():
+        with pytest.raises(ModelFileError, match=message):
+            load_refined(refined_model_file(tmp_path / "model.safetensors", damaged))
+    for card in ({"values": [70000]}, {"values": None}, {"size": "large"}, {"modality": "PET"}):
+        with pytest.raises(ModelFileError, match="its card is damaged"):
+            load_refined(refined_model_file(tmp_path / "model.safetensors", **card))
+    image = write_itk(tmp_path / "scan.nii.gz", ellipsoids((6, 16, 16))[0])
+    result = cli("segment", "--image", str(image), "--model", str(tmp_path), "--output", str(tmp_path / "m.nii.gz"))
+    assert result.returncode == 1 and "its card is damaged" in result.stderr and "Traceback" not in result.stderr

@@ -53,6 +53,17 @@ class ProgressBar:
         sys.stderr.flush()
 
 
+def _probability(text: str) -> float:
+    """An option's value as a probability strictly between 0 and 1 (argparse names the option when refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability between 0 and 1 (e.g. 0.5)")
+    return value
+
+
 def _probability_paths(template: str, values: Sequence[int]) -> dict[int, str]:
     """Where each structure's probability volume goes: ``template`` itself for one, ``{label}`` filled in for several."""
     if len(values) == 1 and "{label}" not in template:
@@ -191,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     seg.add_argument("--modality", choices=("CT", "MR"), help="override the detection from the intensities")
-    seg.add_argument("--threshold", type=float, default=0.5, help="background below this probability (default 0.5)")
+    seg.add_argument("--threshold", type=_probability, default=0.5,
+                     help="background below this probability, between 0 and 1 (default 0.5)")
     seg.add_argument(
         "--keep", choices=KEEP,
         help="3D components kept per structure: all, the largest, or those touching the painting "

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
 Modality = Literal["CT", "MR"]
+#: The modalities napari-fewshot segments.
+MODALITIES: tuple[str, ...] = get_args(Modality)
 
 #: Soft-tissue display window for CT, as (low, high) Hounsfield units (W 400, L 40).
 CT_DISPLAY_WINDOW = (-160.0, 240.0)

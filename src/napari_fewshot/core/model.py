@@ -69,17 +69,49 @@ class FewShotModel(nn.Module):
         }
 
     def load_trained_state(self, state: dict[str, torch.Tensor], source: str) -> None:
-        """Load what :meth:`trained_state` gave; tensors this model lacks, or of other shapes, are refused."""
-        own = self.state_dict()
-        unknown = sorted(set(state) - set(own))
-        mismatched = sorted(name for name in set(state) & set(own) if state[name].shape != own[name].shape)
-        if unknown or mismatched:
-            raise ModelFileError(
-                f"{source} does not fit the '{self.encoder.name}' encoder and '{self.head.name}' head "
-                f"(unknown tensors: {unknown[:3]}, other shapes: {mismatched[:3]}); "
-                "use a model trained with them, or weights='none'"
-            )
-        self.load_state_dict(state, strict=False)
+        """Load what :meth:`trained_state` gave; see :func:`load_checked_state` for what is refused."""
+        load_checked_state(self, state, source, f"the '{self.encoder.name}' encoder and '{self.head.name}' head",
+                           "use a model trained with them, or weights='none'", complete=False)
+
+
+def load_checked_state(module: nn.Module, state: dict[str, torch.Tensor], source: str, what: str, fix: str,
+                       *, complete: bool) -> None:
+    """Load tensors read from a file into ``module``, or :class:`ModelFileError` saying why they do not fit.
+
+    Parameters
+    ----------
+    module : the network to load into.
+    state : the file's tensors by name.
+    source : the file, for the message.
+    what : the network, for the message (e.g. ``"the 'tiny' encoder and 'alpnet' head"``).
+    fix : what the user can do, for the message.
+    complete : whether ``state`` must hold every tensor of ``module`` (else a part of it).
+
+    Refused: tensors ``module`` lacks (or, when ``complete``, lacks of its own), of
+    other shapes, whole numbers where it holds real ones, and NaN or infinite values
+    (a diverged training), which would load silently and predict nothing.
+    """
+    own = module.state_dict()
+    common = set(state) & set(own)
+    problems = {
+        "unknown tensors": sorted(set(state) - set(own)),
+        "missing tensors": sorted(set(own) - set(state)) if complete else [],
+        "other shapes": sorted(name for name in common if state[name].shape != own[name].shape),
+        "whole numbers for real weights": sorted(
+            name for name in common if own[name].is_floating_point() and not state[name].is_floating_point()
+        ),
+    }
+    found = {kind: names for kind, names in problems.items() if names}
+    if found:
+        detail = "; ".join(f"{kind}: {', '.join(names[:3])}" for kind, names in found.items())
+        raise ModelFileError(f"{source} does not fit {what} ({detail}); {fix}")
+    diverged = sorted(name for name in common if state[name].is_floating_point() and not state[name].isfinite().all())
+    if diverged:
+        raise ModelFileError(
+            f"{source} holds NaN or infinite weights ({', '.join(diverged[:3])}): its training diverged or the file "
+            f"is damaged, and it would predict nothing; {fix}"
+        )
+    module.load_state_dict(state, strict=False)
 
 
 def save_model(path: str | Path, model: FewShotModel, card: dict[str, Any], *, with_trunk: bool) -> Path:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import SegmentationError
-from .intensity import Modality, guess_modality
+from .intensity import MODALITIES, Modality, guess_modality
 
 #: The reference CT window (METHOD.md): HU clipped to [-125, 275].
 CT_WINDOW = (-125.0, 275.0)
@@ -33,6 +33,13 @@ class Preprocessing:
     modality: Modality
     ct_window: tuple[float, float] = CT_WINDOW
     mr_percentiles: tuple[float, float] = MR_PERCENTILES
+
+    def __post_init__(self) -> None:
+        if self.modality not in MODALITIES:
+            raise SegmentationError(
+                f"modality must be one of {', '.join(MODALITIES)}; got {self.modality!r} "
+                "(napari-fewshot segments CT and MR scans; leave it out to detect it from the intensities)"
+            )
 
     @classmethod
     def for_volume(cls, volume: np.ndarray, modality: Modality | None = None) -> Preprocessing:

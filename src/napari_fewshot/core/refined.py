@@ -17,8 +17,8 @@ import torch
 from .cancel import CancelCheck, check_cancel
 from .device import resolve_device
 from .errors import SegmentationError
-from .intensity import Modality, guess_modality
-from .model import read_tensor_file
+from .intensity import MODALITIES, Modality, guess_modality
+from .model import ModelFileError, load_checked_state, read_tensor_file
 from .postprocess import largest_per_structure
 from .preprocess import Preprocessing, from_encoder_slices, normalise_intensities, slice_aspect, to_encoder_slices
 from .unet import UNet
@@ -27,6 +27,8 @@ from .unet import UNet
 REFINED_FORMAT = "napari-fewshot-refined/1"
 #: The model file inside a refine run's folder.
 REFINED_FILE = "model.safetensors"
+#: The largest label value a refined model can give (its labels are uint8, or uint16 above 255).
+MAX_LABEL = 65535
 
 
 def model_input(volume: np.ndarray, preprocessing: Preprocessing, size: int, pixel_aspect: float) -> torch.Tensor:
@@ -40,8 +42,17 @@ def load_refined(path: str | Path) -> tuple[UNet, dict[str, Any]]:
     if path.is_dir():
         path = path / REFINED_FILE
     state, card = read_tensor_file(path, REFINED_FORMAT, "napari-fewshot refine")
-    network = UNet(len(card["values"]) + 1)
-    network.load_state_dict(state)
+    values, size, modality = card.get("values"), card.get("size"), card.get("modality")
+    if (
+        not isinstance(values, list) or not values or not all(isinstance(v, int) and 0 < v <= MAX_LABEL for v in values)
+        or not isinstance(size, int) or size < 16 or size % 16 or modality not in MODALITIES
+    ):
+        raise ModelFileError(
+            f"{path}: its card is damaged (label values {values}, size {size}, modality {modality}); "
+            "refine the model again"
+        )
+    network = UNet(len(values) + 1)
+    load_checked_state(network, state, str(path), "a refined U-Net", "refine the model again", complete=True)
     return network.eval(), card
 
 

@@ -11,9 +11,18 @@ along the slice axis.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .errors import SegmentationError
+
+#: A painted slice with more than this share of its voxels painted leaves little background: a warning.
+MOSTLY_PAINTED = 0.9
+
+
+class SupportWarning(UserWarning):
+    """A support the engine can segment from, though probably not as it was meant."""
 
 
 def painted_slices(support_labels: np.ndarray) -> np.ndarray:
@@ -22,10 +31,31 @@ def painted_slices(support_labels: np.ndarray) -> np.ndarray:
 
 
 def painted_structures(support_labels: np.ndarray) -> dict[int, tuple[int, ...]]:
-    """Each label value painted in ``support_labels`` ``[Z, Y, X]``, with the slices it is painted on."""
+    """Each label value painted in ``support_labels`` ``[Z, Y, X]``, with the slices it is painted on.
+
+    Each structure is told from the unpainted part of its painted slices: a slice
+    painted on every voxel is refused (nothing would tell structure from
+    background, and the whole volume would be labelled), and one painted on more
+    than :data:`MOSTLY_PAINTED` of its voxels gives a :class:`SupportWarning`.
+    """
     slices = painted_slices(support_labels)
     if len(slices) == 0:
         raise SegmentationError("the support has no painted voxel; paint the structure on at least one slice")
+    for z in slices:
+        share = np.count_nonzero(support_labels[z]) / support_labels[z].size
+        if share == 1:
+            raise SegmentationError(
+                f"slice {z} of the support is painted on every voxel: each structure is learnt against the "
+                "unpainted background of its painted slices, so the whole volume would be labelled. "
+                "Paint only the structure and leave the rest unpainted (0)"
+            )
+        if share > MOSTLY_PAINTED:
+            warnings.warn(
+                f"slice {z} of the support is {share:.0%} painted: little background is left to tell the structure "
+                "from, and the prediction may cover most of the volume. Leave what is not the structure unpainted (0)",
+                SupportWarning,
+                stacklevel=2,
+            )
     structures: dict[int, list[int]] = {}
     for z in slices:
         for value in np.unique(support_labels[z]):

@@ -17,6 +17,10 @@ from .headers import check_file
 from .labels import label_dtype
 
 Kind = Literal["auto", "image", "labels"]
+KINDS: tuple[str, ...] = ("auto", "image", "labels")
+
+#: The most distinct values a file named like a label map holds to be read as one without asking (a scan has thousands).
+MAX_AUTO_LABELS = 1000
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,9 @@ def read_volume(
         folder of DICOM slices.
     kind : ``"labels"`` reads a label map (integer values required), ``"image"`` an
         intensity image; ``"auto"`` takes a file whose name contains ``seg``,
-        ``label``, ``mask``, ``annot`` or ``support`` and holds whole numbers as a label map.
+        ``label``, ``mask``, ``annot`` or ``support`` as a label map when it holds whole
+        numbers, none negative and at most :data:`MAX_AUTO_LABELS` distinct ones (a
+        CT named ``liver_mask_ct`` is still an image).
     series : the series UID to read from a folder that holds several DICOM series.
     index : the time point of a 4D file, or the channel of a multi-component
         (e.g. RGB) file, to read as the 3D volume.
@@ -61,6 +67,8 @@ def read_volume(
     folder, ...) raises :class:`VolumeReadError` naming the file and the fix.
     """
     path = Path(path).expanduser()
+    if kind not in KINDS:
+        raise VolumeReadError(f"{path}: kind must be one of {', '.join(map(repr, KINDS))}; got {kind!r}")
     if not path.exists():
         raise VolumeReadError(f"{path}: no such file or folder")
     if not (path.is_dir() or path.is_file()):
@@ -73,6 +81,11 @@ def read_volume(
         ) from error
     image = _to_3d(image, path, index)
     data = sitk.GetArrayFromImage(image)
+    if data.dtype.kind == "c":
+        raise VolumeReadError(
+            f"{path}: the voxels are complex numbers (e.g. MR phase or k-space data); napari-fewshot reads real "
+            "intensities: save the magnitude image and open that"
+        )
     if data.dtype.kind == "f":
         nonfinite = max(nonfinite, int(np.count_nonzero(~np.isfinite(data))))
     if nonfinite:
@@ -86,7 +99,7 @@ def read_volume(
         )
     except ValueError as error:
         raise VolumeReadError(f"{path}: {_geometry_fix(error)}") from error
-    if kind == "labels" or (kind == "auto" and looks_like_label_map(path)):
+    if kind == "labels" or (kind == "auto" and looks_like_label_map(path) and _few_values(data)):
         try:
             labels = _label_array(data)
         except ValueError as error:  # whole numbers beyond 64-bit integers
@@ -179,6 +192,15 @@ def _to_3d(image: sitk.Image, path: Path, index: int | None) -> sitk.Image:
     if image.GetDimension() == 2:
         image = sitk.JoinSeries(image)
     return image
+
+
+def _few_values(data: np.ndarray) -> bool:
+    """True when ``data`` may be a label map: no negative value, at most :data:`MAX_AUTO_LABELS` distinct ones.
+
+    Distinct values are counted on about a million voxels spread over the volume.
+    """
+    sample = data.ravel()[:: max(1, data.size // 1_000_000)]
+    return bool(data.size) and data.min() >= 0 and len(np.unique(sample)) <= MAX_AUTO_LABELS
 
 
 def _label_array(data: np.ndarray) -> np.ndarray | None:

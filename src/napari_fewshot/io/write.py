@@ -91,7 +91,7 @@ def write_volume(path: str | Path, data: np.ndarray, geometry: Geometry) -> Path
 
     The format follows the extension (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``);
     spacing, origin and direction come from ``geometry``; the pixel type is
-    ``data``'s (booleans are written as ``uint8``).  See :func:`write_volumes`,
+    ``data``'s (booleans are written as ``uint8``, ``float16`` as ``float32``).  See :func:`write_volumes`,
     which this calls for one volume.
 
     Returns the path written.  Raises :class:`VolumeWriteError` naming the
@@ -129,7 +129,11 @@ def write_volumes(volumes: Sequence[tuple[str | Path, np.ndarray, Geometry]]) ->
 
 def _image_writer(path: Path, data: np.ndarray, geometry: Geometry) -> Callable[[Path], None]:
     """A function that writes ``data`` on ``geometry`` to a temporary file and checks it reads back whole."""
-    image = sitk.GetImageFromArray(data.astype(np.uint8) if data.dtype == bool else data)
+    if data.dtype == bool or data.dtype == np.float16:  # types ITK lacks, widened without loss
+        data = data.astype(np.uint8 if data.dtype == bool else np.float32)
+    if not (data.dtype.kind in "iu" or data.dtype in (np.float32, np.float64)):
+        raise VolumeWriteError(f"{path}: cannot write voxels of type {data.dtype}; give whole numbers, float32 or float64")
+    image = sitk.GetImageFromArray(data)
     image.SetSpacing(geometry.spacing)
     image.SetOrigin(geometry.origin)
     image.SetDirection(geometry.direction)

@@ -16,7 +16,7 @@ import torch
 
 from ...core.intensity import Modality
 from ...core.preprocess import Preprocessing, to_encoder_slices
-from ...core.refined import model_input
+from ...core.refined import MAX_LABEL, model_input
 from ...core.support import painted_slices
 
 
@@ -57,6 +57,9 @@ def refine_data(
     if not labels or not any(np.any(label) for label in labels):
         raise ValueError("nothing is labelled; paint or correct some slices of a structure (8 or more) first")
     values = tuple(int(v) for v in np.unique(np.concatenate([np.unique(label) for label in labels])) if v != 0)
+    if values[0] < 0 or values[-1] > MAX_LABEL:
+        raise ValueError(f"the labels hold the values {values[0]}..{values[-1]}; use 1..{MAX_LABEL} for structures "
+                         "and 0 for unlabelled voxels")
     preprocessings = [Preprocessing.for_volume(volume, modality) for volume, _ in volumes]
     kinds = {p.modality for p in preprocessings}
     if len(kinds) > 1:
