@@ -208,3 +208,29 @@ def test_damaged_refined_models_are_refused_with_the_reason(tmp_path):
     image = write_itk(tmp_path / "scan.nii.gz", ellipsoids((6, 16, 16))[0])
     result = cli("segment", "--image", str(image), "--model", str(tmp_path), "--output", str(tmp_path / "m.nii.gz"))
     assert result.returncode == 1 and "its card is damaged" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_segment_reads_the_time_point_it_is_given(tmp_path):
+    image = ellipsoids((6, 16, 16))[0]
+    series = tmp_path / "dynamic.nii.gz"
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.GetImageFromArray(np.stack([image, image + 50, image + 100]), isVector=False), str(series))
+    support = np.zeros((6, 16, 16), np.uint8)
+    support[3, 5:11, 5:11] = 1
+    painted = write_itk(tmp_path / "painted.nii.gz", support, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))
+    common = ["segment", "--image", str(series), "--support-labels", str(painted), "--encoder", "tiny",
+              "--device", "cpu", "--output", str(tmp_path / "mask.nii.gz")]
+    result = cli(*common)
+    assert result.returncode == 1 and "3 time points" in result.stderr and "--index N" in result.stderr
+    result = cli(*common, "--index", "2")
+    assert result.returncode == 0, result.stderr
+    assert read_volume(tmp_path / "mask.nii.gz").data.shape == (6, 16, 16)
+
+
+def test_a_refined_model_needs_a_slice_axis_of_the_volume(tmp_path):
+    from napari_fewshot.core.errors import SegmentationError
+    from napari_fewshot.core.refined import segment_with_model
+
+    with pytest.raises(SegmentationError, match="axis 0, 1 or 2; got 3 dimensions, axis 3"):
+        segment_with_model(np.zeros((2, 4, 4)), refined_model_file(tmp_path / "model.safetensors"), axis=3)

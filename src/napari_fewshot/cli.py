@@ -91,7 +91,7 @@ def _segment(args: argparse.Namespace) -> int:
     from .io import VolumeError, check_same_grid, check_writable, read_volume, write_volumes
 
     try:
-        image = read_volume(args.image, kind="image")
+        image = read_volume(args.image, kind="image", series=args.series, index=args.index)
         support_image = read_volume(args.support_image, kind="image") if args.support_image else image
         support = read_volume(args.support_labels, kind="labels")
         check_same_grid(support, support_image)
@@ -150,7 +150,7 @@ def _segment_with_model(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     try:
-        image = read_volume(args.image, kind="image")
+        image = read_volume(args.image, kind="image", series=args.series, index=args.index)
         check_writable(args.output, image.geometry)
         labels = segment_with_model(image.data, args.model, spacing=image.geometry.spacing[::-1],
                                     modality=args.modality, device=args.device)
@@ -175,8 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="print the geometry of volumes (NIfTI, NRRD, MHA, DICOM folders)")
     info.add_argument("paths", nargs="+", metavar="PATH")
     info.add_argument("--kind", choices=("auto", "image", "labels"), default="auto")
-    info.add_argument("--series", help="DICOM series UID, for a folder that holds several")
-    info.add_argument("--index", type=int, help="time point or channel of a 4D or multi-channel file")
+    _add_choice_arguments(info, "each PATH")
     info.set_defaults(run=_info)
 
     seg = commands.add_parser(
@@ -185,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Predict the painted structures on every slice; the output has the image's geometry.",
     )
     seg.add_argument("--image", required=True, metavar="PATH", help="the volume to segment (file or DICOM folder)")
+    _add_choice_arguments(seg, "--image")
     seg.add_argument(
         "--support-labels", metavar="PATH",
         help="labels on the support image's grid; its non-zero slices are the support (value v = structure v)",
@@ -239,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_refine_parser(commands)
     _add_evaluate_parser(commands)
     return parser
+
+
+def _add_choice_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--series`` and ``--index``: which series of a DICOM folder, which time point or channel of a file, to read."""
+    parser.add_argument("--series", metavar="UID", help=f"DICOM series UID of {what}, for a folder that holds several")
+    parser.add_argument("--index", type=int, metavar="N",
+                        help=f"time point or channel of {what}, for a 4D or multi-channel file")
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser, config: type) -> None:

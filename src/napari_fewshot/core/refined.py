@@ -79,6 +79,9 @@ def segment_with_model(
     """
     if keep not in ("largest", "all"):
         raise SegmentationError(f"keep must be 'largest' or 'all' for a refined model; got '{keep}'")
+    if np.ndim(image) != 3 or axis not in (0, 1, 2):
+        raise SegmentationError(f"the image must be a 3D volume and axis 0, 1 or 2; got {np.ndim(image)} dimensions, "
+                                f"axis {axis}")
     network, card = load_refined(model)
     volume = np.moveaxis(np.asarray(image), axis, 0)
     found = modality or guess_modality(volume)

@@ -90,7 +90,8 @@ def read_series(folder: Path, series_uid: str | None = None) -> sitk.Image:
             listing = "\n  ".join(s.summary() for s in all_series)
             raise VolumeReadError(
                 f"{folder}: this folder holds {len(all_series)} DICOM series; choose one with "
-                f"read_volume(folder, series=UID), or move each into its own folder:\n  {listing}"
+                "series=UID (read_volume(folder, series=UID), or --series UID on the command line), or move "
+                f"each into its own folder:\n  {listing}"
             )
         chosen = all_series[0]
     else:

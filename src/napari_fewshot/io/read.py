@@ -180,7 +180,7 @@ def _to_3d(image: sitk.Image, path: Path, index: int | None) -> sitk.Image:
     if count > 1 and index is None:
         raise VolumeReadError(
             f"{path}: the image has {count} {what}; napari-fewshot segments one 3D volume: "
-            f"pick one with read_volume(path, index=N), N in 0..{count - 1}"
+            f"pick one with index=N, N in 0..{count - 1} (read_volume(path, index=N), or --index N on the command line)"
         )
     if index is not None and not 0 <= index < count:
         raise VolumeReadError(f"{path}: index {index} is out of range; the image has {count} {what}")
