@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,9 @@ import SimpleITK as sitk
 
 
 CLI = str(Path(sys.executable).parent / "napari-fewshot")
+#: The tests' own cache folder (converted models), never the user's: kept between local runs.
+TEST_CACHE = Path(__file__).resolve().parent.parent / ".pytest_cache" / "napari-fewshot"
+os.environ["NAPARI_FEWSHOT_CACHE"] = str(TEST_CACHE)  # subprocesses (the CLI) inherit it
 
 
 def cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:

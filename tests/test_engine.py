@@ -9,6 +9,7 @@ from conftest import dice, ellipsoids
 from napari_fewshot.core.encoders import build_encoder
 from napari_fewshot.core.errors import SegmentationCancelled, SegmentationError
 from napari_fewshot.core.features import FeatureCache, VolumeFeatures, encode_slices
+from napari_fewshot.core.runtime import TorchTrunk, resolve_runtime
 from napari_fewshot.core.heads import HEADS
 from napari_fewshot.core.postprocess import connected_to, fill_holes, largest_component, stop_at_ends
 from napari_fewshot.core.preprocess import Preprocessing, padded_shape
@@ -352,11 +353,12 @@ def test_out_of_memory_falls_back_to_smaller_batches(volume, caplog):
     image, _ = volume
     preprocessing = Preprocessing("MR")
     every = np.arange(len(image))
-    options = dict(device=torch.device("cpu"))
+    runtime = resolve_runtime("torch", "f32", "cpu")
 
     def encoded(encoder, batch_size) -> torch.Tensor:
         features = VolumeFeatures(len(image))
-        assert encode_slices(image, encoder.eval(), preprocessing, features, every, batch_size=batch_size, **options) == len(image)
+        trunk = TorchTrunk(encoder.eval(), runtime)
+        assert encode_slices(image, trunk, preprocessing, features, every, batch_size=batch_size) == len(image)
         return features.tensor.float()
     assert torch.allclose(encoded(RunsOutOfMemory(), 8), encoded(build_encoder("tiny"), 1), atol=1e-2)
     assert "encoding 2 slices at a time" in caplog.text

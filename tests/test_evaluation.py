@@ -11,6 +11,7 @@ from conftest import ellipsoids
 from napari_fewshot.cli import main
 from napari_fewshot.core.engine import encode_volume
 from napari_fewshot.core.features import FeatureCache
+from napari_fewshot.core.runtime import resolve_runtime
 from napari_fewshot.core.sam_decoder import BoxDecoder, square_box
 from napari_fewshot.evaluation.methods import method
 from napari_fewshot.evaluation.metrics import average_surface_distance, dice, hd95, jaccard, surface, surface_dice
@@ -115,7 +116,7 @@ def test_litemedsam_box_prompt_finds_a_bright_disk():
     image = np.stack([np.where(disk, 400.0, 0.0) + 10 * np.random.default_rng(z).normal(size=disk.shape) for z in range(3)])
     embeddings = encode_volume(image.astype(np.float32), encoder="litemedsam", device="cpu", cache=FeatureCache())
     assert embeddings.shape == (3, 256, 64, 64)
-    step = BoxPromptStep(embeddings, BoxDecoder("cpu"))
+    step = BoxPromptStep(embeddings, BoxDecoder(resolve_runtime(device="cpu")))
     assert dice(step(disk, 0, 1), disk) > 0.8
 
 

@@ -111,6 +111,8 @@ def _segment(args: argparse.Namespace) -> int:
             support_spacing=support_image.geometry.spacing[::-1],
             **models,
             device=args.device,
+            backend=args.backend,
+            precision=args.precision,
             modality=args.modality,
             threshold=args.threshold,
             keep=args.keep,
@@ -133,7 +135,7 @@ def _segment(args: argparse.Namespace) -> int:
     seconds = result.seconds
     print(
         f"{args.output}: {', '.join(f'label {v}: {n} voxels' for v, n in counts.items())} "
-        f"({result.encoder} + {result.head} on {result.device}; "
+        f"({result.encoder} + {result.head}; encoder on {result.runtime}; "
         f"{seconds['total']:.1f} s, of which encoding {seconds['encode']:.1f} s)"
     )
     return 0
@@ -200,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="trained weights: default (the model shipped for the encoder and head), none (untrained), "
         "or a model.safetensors from 'napari-fewshot train'",
     )
-    seg.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    _add_runtime_arguments(seg)
     seg.add_argument("--modality", choices=("CT", "MR"), help="override the detection from the intensities")
     seg.add_argument("--threshold", type=_probability, default=0.5,
                      help="background below this probability, between 0 and 1 (default 0.5)")
@@ -239,6 +241,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_refine_parser(commands)
     _add_evaluate_parser(commands)
     return parser
+
+
+def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the engine runs: the device, and the backend and precision of its encoder and decoder."""
+    from .core.runtime import BACKENDS, PRECISIONS
+
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="what runs the encoder and decoder: auto (default: openvino on the CPU, torch on a GPU), "
+                        "torch or openvino (falls back to torch, with a warning, where it cannot run)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="the encoder's precision: auto (default: bf16 with openvino where the CPU has it, else f32; f16 on "
+                        "CUDA), f32, bf16 or f16")
 
 
 def _add_choice_arguments(parser: argparse.ArgumentParser, what: str) -> None:
@@ -413,7 +428,7 @@ def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
                           help="the engine's encoder (default litemedsam); litemedsam-box always uses LiteMedSAM")
     evaluate.add_argument("--repeats", type=int, default=3, help="runs per method and task; seconds are their median")
     evaluate.add_argument("--nsd-mm", type=float, default=1.0, help="tolerance of the surface Dice in mm (default 1)")
-    evaluate.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    _add_runtime_arguments(evaluate)
     evaluate.add_argument("--cache", metavar="DIR",
                           help="keep the encoded volumes here, so that a later run with the same cases encodes nothing")
     evaluate.add_argument("--out", required=True, metavar="DIR", help="where results.json, results.md and the plots go")
@@ -438,7 +453,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         methods = [method(name) for name in args.methods]
         cases = [read_case(folder, values) for folder, *values in args.case]
         results = evaluate(
-            cases, args.protocols, methods, context=Context(device=args.device, encoder=args.encoder, cache=FeatureCache(folder=args.cache)), repeats=args.repeats,
+            cases, args.protocols, methods, context=Context(device=args.device, encoder=args.encoder, cache=FeatureCache(folder=args.cache),
+                            backend=args.backend, precision=args.precision), repeats=args.repeats,
             tolerance_mm=args.nsd_mm, log=lambda line: print(line, file=sys.stderr, flush=True),
         )
     except (VolumeError, SegmentationError, ValueError, FileNotFoundError) as error:

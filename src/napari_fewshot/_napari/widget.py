@@ -21,12 +21,13 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..core.boundaries import BOUNDARIES
 from ..core.confidence import slice_confidence, slices_to_check
-from ..core.device import available_devices, resolve_device
+from ..core.device import available_devices
 from ..core.encoders import ENCODERS
 from ..core.engine import DEFAULT_CACHE, DEFAULT_ENCODER, DEFAULT_THRESHOLD, Segmentation
 from ..core.heads import DEFAULT_HEAD, HEADS
 from ..core.postprocess import KEEP
 from ..core.refined import REFINED_FILE
+from ..core.runtime import BACKENDS, resolve_runtime
 from ..io import VolumeWriteError
 from .export import export_labels
 from .layers import layer_attributes, support_layer_data
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 #: Seconds to encode one slice on the CPU, measured on the project's 2-core machine
 #: (docs/benchmarks.md: 248 s for the 112 slices of abdomen-ct); replaced by the rate
 #: the last run measured here.
-CPU_SECONDS_PER_SLICE = {"litemedsam": 2.2}
+CPU_SECONDS_PER_SLICE = {("litemedsam", "openvino"): 0.5, ("litemedsam", "torch"): 2.2}
 #: Keyboard shortcuts on the viewer, by action.
 SHORTCUTS = {"segment slice": "Alt-S", "segment volume": "Alt-V", "add to support": "Alt-A"}
 #: How many slices the "Slices to check" list shows.
@@ -84,6 +85,11 @@ class FewShotWidget(Container):
         self.encoder = ComboBox(label="Encoder", choices=list(ENCODERS), value=DEFAULT_ENCODER)
         self.head = ComboBox(label="Head", choices=list(HEADS), value=DEFAULT_HEAD)
         self.device = ComboBox(label="Device", choices=available_devices(), value="auto")
+        self.backend = ComboBox(label="Backend", choices=list(BACKENDS), value="auto")
+        self.backend.tooltip = (
+            "What runs the encoder and decoder: auto (OpenVINO on the CPU, converted once per model and kept in "
+            "your cache folder; torch on a GPU), torch, or openvino"
+        )
         self.keep = ComboBox(label="Keep", choices=list(KEEP), value="painted")
         self.keep.tooltip = "Which 3D parts of each structure stay: those touching the painting, the largest, or all"
         self.boundaries = ComboBox(label="Boundaries", choices=[AUTO, *BOUNDARIES], value=AUTO)
@@ -135,7 +141,7 @@ class FewShotWidget(Container):
             widget.native.setWordWrap(True)
         self.extend([
             self.image, self.support, self.new_support, self.names, self.encoder, self.head, self.device,
-            self.keep, self.boundaries, self.fill_holes, self.maps, self.device_note, self.segment_slice, self.segment_volume,
+            self.backend,            self.keep, self.boundaries, self.fill_holes, self.maps, self.device_note, self.segment_slice, self.segment_volume,
             self.cancel, self.status, self.check, self.add_to_support, self.refine_steps, self.model_folder, self.refine,
             self.apply_model, self.export_layer, self.export_path, self.export,
         ])  # fmt: skip
@@ -153,7 +159,7 @@ class FewShotWidget(Container):
         self.check.changed.connect(self._go_to_checked)
         self.names.changed.connect(self._name_layers)
         self.support.changed.connect(self._show_support_names)
-        for widget in (self.image, self.encoder, self.device):
+        for widget in (self.image, self.encoder, self.device, self.backend):
             widget.changed.connect(self._update_device_note)
         self._runner.busy_changed.connect(self._busy)
         viewer.layers.events.removed.connect(self._layer_removed)
@@ -193,6 +199,7 @@ class FewShotWidget(Container):
             encoder=self.encoder.value,
             head=self.head.value,
             device=self.device.value,
+            backend=self.backend.value,
             axis=axis,
             keep=self.keep.value if kind == "volume" else "all",
             boundaries=None if self.boundaries.value == AUTO else self.boundaries.value,
@@ -411,7 +418,7 @@ class FewShotWidget(Container):
             return  # closed during the run: _layer_removed has said so
         encoded = DEFAULT_CACHE.stats.encoded_slices - context["encoded"]
         if encoded and result.device == "cpu":
-            self._seconds_per_slice[result.encoder] = result.seconds["encode"] / encoded
+            self._seconds_per_slice[result.encoder, result.runtime.backend] = result.seconds["encode"] / encoded
             self._update_device_note()
         axis = options["axis"]
         previous = find_layer(self._viewer, prediction_name(image), Labels, image.data.shape)
@@ -429,6 +436,7 @@ class FewShotWidget(Container):
             "weights": result.weights,
             "boundaries": {str(v): drawn_by for v, drawn_by in result.boundaries.items()},
             "device": result.device,
+            "runtime": str(result.runtime),
             "seconds": round(result.seconds["total"], 2),
         }
         prediction = show_segmentation(
@@ -444,7 +452,7 @@ class FewShotWidget(Container):
         self._say(
             f"Segmented {len(slices)} slice{'s' if len(slices) > 1 else ''} in {seconds['total']:.1f} s "
             f"(encoding {encoded} slices: {seconds['encode']:.1f} s; head and boundaries: {seconds['head']:.1f} s) "
-            f"on {result.device}."
+            f"on {result.runtime}."
         )
 
     def _list_slices_to_check(self, result: Segmentation, axis: int, names: dict[int, str]) -> None:
@@ -509,20 +517,20 @@ class FewShotWidget(Container):
     def _update_device_note(self) -> None:
         image, encoder = self.image.value, self.encoder.value
         try:
-            device = resolve_device(self.device.value)
-        except Exception as error:  # a device named but gone: say so, do not break the widget
+            runtime = resolve_runtime(self.backend.value, device=self.device.value)
+        except Exception as error:  # a device named but gone, a backend it lacks: say so, do not break the widget
             self.device_note.value = str(error)
             return
-        if device.type != "cpu":
-            self.device_note.value = f"Running on {device}."
+        if runtime.device.type != "cpu":
+            self.device_note.value = f"Running on {runtime.device}."
             return
-        rate = self._seconds_per_slice.get(encoder)
+        rate = self._seconds_per_slice.get((encoder, runtime.backend))
         if image is None or rate is None:
             estimate = "the first run on a scan encodes every slice once"
         else:
             n = image.data.shape[self._slice_axis(image)] if image.ndim == 3 else 0
             estimate = f"first run on '{image.name}': about {_duration(n * rate)} ({n} slices x {rate:.1f} s)"
-        self.device_note.value = f"Running on the CPU; {estimate}. Re-runs reuse the features: seconds."
+        self.device_note.value = f"Running on the CPU ({runtime.backend}); {estimate}. Re-runs reuse the features: seconds."
 
     def _busy(self, busy: bool) -> None:
         self.cancel.enabled = busy

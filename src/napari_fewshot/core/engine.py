@@ -17,7 +17,6 @@ import torch
 from .boundaries import BOUNDARIES, calibrate, draw_boundaries
 from .cancel import CancelCheck, check_cancel
 from .confidence import similarity_levels, structure_presence
-from .device import resolve_device
 from .encoders import Encoder, EncoderUnavailable, build_encoder
 from .errors import SegmentationError
 from .features import FeatureCache, VolumeFeatures, encode_slices, feature_key
@@ -28,6 +27,7 @@ from .postprocess import KEEP, connected_to, largest_component, stop_at_ends
 from .postprocess import fill_holes as fill_slice_holes
 from .preprocess import Preprocessing, from_encoder_slices, slice_aspect, spacing_first, to_encoder_slices
 from .priors import apply_distance_decay, apply_location_prior
+from .runtime import Runtime, Trunk, resolve_runtime, trunk_runner
 from .sam_decoder import box_decoder
 from .support import assign_supports, painted_slices, painted_structures
 
@@ -36,14 +36,13 @@ DEFAULT_ENCODER = "litemedsam"
 DEFAULT_THRESHOLD = 0.5
 #: A head batch holds at most this many support-to-query attention entries (Q * S * (h*w)^2).
 HEAD_BATCH_ELEMENTS = 2**25
-#: Slices per encoder batch by device type (halved on out-of-memory).
-ENCODE_BATCH = {"cpu": 4, "cuda": 32, "mps": 8}
 #: Features of recently segmented volumes, shared by every caller that passes no cache.
 DEFAULT_CACHE = FeatureCache()
 
 Progress = Callable[[int, int], None]
 
 _encoders: dict[tuple[str, str, str], Encoder] = {}
+_trunks: dict[tuple[int, Runtime], Trunk] = {}
 
 
 @dataclass
@@ -65,6 +64,7 @@ class Segmentation:
         scale its painted slice sets (:func:`~napari_fewshot.core.confidence.structure_presence`;
         0 where nothing is predicted, 1 on a slice as painted).
     weights : the model file whose trained weights were used, or ``none``.
+    runtime : what ran the encoder: backend, precision, device (torch after a fallback from OpenVINO).
     feature_bytes : memory held by the features of the volume(s) segmented.
     seconds : wall time of ``encode`` (0 when the features were cached), ``head`` (with the
         boundaries drawn) and ``total``.
@@ -80,6 +80,7 @@ class Segmentation:
     head: str
     weights: str
     device: str
+    runtime: Runtime
     feature_bytes: int
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -95,6 +96,8 @@ def segment(
     head: str = DEFAULT_HEAD,
     weights: str | Path | None = DEFAULT,
     device: str | torch.device = "auto",
+    backend: str = "auto",
+    precision: str = "auto",
     modality: Modality | None = None,
     axis: int = 0,
     slices: Sequence[int] | None = None,
@@ -123,6 +126,10 @@ def segment(
     weights : trained weights: ``default`` (the model shipped for ``encoder`` and ``head``,
         untrained where none ships), ``none`` (untrained), or a model file from ``napari-fewshot train``.
     device : ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``mps``.
+    backend, precision : what runs the encoder and the decoder
+        (:func:`~napari_fewshot.core.runtime.resolve_runtime`): ``auto`` is OpenVINO in
+        bfloat16 on the CPU (float32 where the CPU lacks it), torch with float16 autocast
+        on CUDA; ``torch``, ``openvino``; ``f32``, ``bf16``, ``f16``.
     modality : ``CT`` or ``MR``; detected from the intensities when None.
     slices : the slice indices (along ``axis``) to predict; default every slice.
         Only these and the painted slices are encoded (a quick preview of one
@@ -149,7 +156,7 @@ def segment(
         ``litemedsam`` encoder with its pretrained trunk); ``prototype``: the head's
         own mask.  Default: ``decoder`` where possible.
     fill_holes : fill the holes of each structure in every slice.
-    batch_size : slices per encoder batch (default by device; halved on out-of-memory).
+    batch_size : slices per encoder batch (default: the runtime's; halved on out-of-memory).
     cache : where features are kept between calls (default: a shared cache); a new
         support for the same image re-runs only the head.
     progress : ``progress(done, total)`` after each batch, in slices.
@@ -160,7 +167,8 @@ def segment(
     with the fix in its message.
     """
     started = time.perf_counter()
-    torch_device = resolve_device(device)
+    runtime = resolve_runtime(backend, precision, device)
+    torch_device = runtime.device
     cache = DEFAULT_CACHE if cache is None else cache
     same_volume = support_image is None
     query_array = _checked_image(image, "image")
@@ -191,19 +199,19 @@ def segment(
     model, weights_used, trained_trunk = _model(encoder, head, weights, torch_device)
     boundaries = _checked_boundaries(boundaries, encoder, trained_trunk)
     encoder_model = model.encoder
+    trunk = _trunk(encoder_model, runtime)
     volumes = [(query_volume, query_aspect)] + ([] if same_volume else [(support_volume, support_aspect)])
     preprocessings = [Preprocessing.for_volume(volume, modality) for volume, _ in volumes]
-    keys = [feature_key(v, encoder_model, p, a) for (v, a), p in zip(volumes, preprocessings)]
+    keys = [feature_key(v, encoder_model, p, a, trunk.runtime.feature_tag) for (v, a), p in zip(volumes, preprocessings)]
     features = [_cached(cache, key, len(volume)) for key, (volume, _) in zip(keys, volumes)]
     support_needed = np.array(sorted({z for painted in structures.values() for z in painted}))
     needed = [np.union1d(queries, support_needed)] if same_volume else [queries, support_needed]
     passes = 2 if boundaries == "decoder" else 1  # the head over the queries, then the decoder over them
     total = sum(len(f.missing(n)) for f, n in zip(features, needed)) + passes * len(structures) * len(queries)
     advance = _Advance(progress, total)
-    batch = batch_size or ENCODE_BATCH.get(torch_device.type, 4)
-    options = dict(device=torch_device, batch_size=batch, advance=advance, cancel=cancel)
+    options = dict(batch_size=batch_size, advance=advance, cancel=cancel)
     for (volume, aspect), preprocessing, key, entry, wanted in zip(volumes, preprocessings, keys, features, needed):
-        _encode_into(cache, key, entry, volume, encoder_model, preprocessing, wanted, pixel_aspect=aspect, **options)
+        _encode_into(cache, key, entry, volume, trunk, preprocessing, wanted, pixel_aspect=aspect, **options)
     encoded = time.perf_counter()
 
     probabilities, attention = {}, {}
@@ -240,7 +248,7 @@ def segment(
         own = _own_maps(model, features[-1].tensor, painted_value, support_slices, support_aspect, torch_device)
         levels[value] = _per_query(similarity_levels(own[:, 1], masks), n_query, n_support, support_slices)
         if boundaries == "decoder":
-            decoder = box_decoder(str(torch_device))
+            decoder = box_decoder(trunk.runtime)
             calibration = calibrate(masks, own[:, 0] > threshold, features[-1].tensor[list(support_slices)], decoder,
                                     support_aspect)
             done_before = advance.done
@@ -272,6 +280,7 @@ def segment(
         head=head,
         weights=weights_used,
         device=str(torch_device),
+        runtime=trunk.runtime,
         feature_bytes=sum(f.nbytes for f in features),
         seconds={"encode": encoded - started, "head": finished - encoded, "total": finished - started},
     )
@@ -283,6 +292,8 @@ def encode_volume(
     spacing: tuple[float, float, float] | None = None,
     encoder: str = DEFAULT_ENCODER,
     device: str | torch.device = "auto",
+    backend: str = "auto",
+    precision: str = "auto",
     modality: Modality | None = None,
     axis: int = 0,
     cache: FeatureCache | None = None,
@@ -296,19 +307,19 @@ def encode_volume(
     in ``cache`` yet are encoded, and what is encoded stays there for :func:`segment`.
     Arguments as for :func:`segment`.
     """
-    torch_device = resolve_device(device)
+    runtime = resolve_runtime(backend, precision, device)
     cache = DEFAULT_CACHE if cache is None else cache
     volume = _slices_first(_checked_image(image, "image"), axis)
     aspect = slice_aspect(spacing, axis)
-    encoder_model = _encoder(encoder, torch_device)
+    encoder_model = _encoder(encoder, runtime.device)
+    trunk = _trunk(encoder_model, runtime)
     preprocessing = Preprocessing.for_volume(volume, modality)
-    key = feature_key(volume, encoder_model, preprocessing, aspect)
+    key = feature_key(volume, encoder_model, preprocessing, aspect, trunk.runtime.feature_tag)
     entry = _cached(cache, key, len(volume))
     wanted = np.arange(len(volume))
     advance = _Advance(progress, len(entry.missing(wanted)))
-    batch = ENCODE_BATCH.get(torch_device.type, 4)
-    _encode_into(cache, key, entry, volume, encoder_model, preprocessing, wanted, pixel_aspect=aspect,
-                 device=torch_device, batch_size=batch, advance=advance, cancel=cancel)
+    _encode_into(cache, key, entry, volume, trunk, preprocessing, wanted, pixel_aspect=aspect, advance=advance,
+                 cancel=cancel)
     return entry.tensor
 
 
@@ -332,7 +343,7 @@ def _cached(cache: FeatureCache, key: str, n_slices: int) -> VolumeFeatures:
 
 
 def _encode_into(
-    cache: FeatureCache, key: str, entry: VolumeFeatures, volume: np.ndarray, encoder: Encoder,
+    cache: FeatureCache, key: str, entry: VolumeFeatures, volume: np.ndarray, trunk: Trunk,
     preprocessing: Preprocessing, wanted: np.ndarray, **options,
 ) -> None:
     """Encode the ``wanted`` slices ``entry`` lacks (:func:`encode_slices`), keeping ``entry`` in ``cache``.
@@ -342,7 +353,7 @@ def _encode_into(
     cache.put(key, entry)
     encoded_before = int(entry.encoded.sum())
     try:
-        encode_slices(volume, encoder, preprocessing, entry, wanted, **options)
+        encode_slices(volume, trunk, preprocessing, entry, wanted, **options)
     finally:
         cache.stats.encoded_slices += int(entry.encoded.sum()) - encoded_before
         cache.put(key, entry)
@@ -425,6 +436,15 @@ def _encoder(name: str, device: torch.device, trunk: str = "") -> Encoder:
         except EncoderUnavailable as error:
             raise SegmentationError(str(error)) from error
     return _encoders[key]
+
+
+def _trunk(encoder: Encoder, runtime: Runtime) -> Trunk:
+    """The trunk of ``encoder`` (one of :func:`_encoder`'s, which live as long as the process) on ``runtime``,
+    built once per process (:func:`~napari_fewshot.core.runtime.trunk_runner`)."""
+    key = (id(encoder), runtime)
+    if key not in _trunks:
+        _trunks[key] = trunk_runner(encoder, runtime)
+    return _trunks[key]
 
 
 def _checked_boundaries(boundaries: str | None, encoder: str, trained_trunk: bool) -> str:

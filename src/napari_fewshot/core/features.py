@@ -15,7 +15,7 @@ import hashlib
 import logging
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,11 +27,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..io.write import atomic_write
-from .cancel import CancelCheck, cancellable, check_cancel
+from .cancel import CancelCheck, check_cancel
 from .device import is_out_of_memory
 from .encoders import Encoder
 from .errors import SegmentationError
 from .preprocess import Preprocessing, intensity_window, normalise_intensities, to_encoder_slices
+from .runtime import Trunk
 
 log = logging.getLogger(__name__)
 
@@ -145,84 +146,95 @@ class FeatureCache:
         return features
 
 
+def state_digest(tensors: Iterable[tuple[str, torch.Tensor]], name: str) -> str:
+    """A digest of ``name`` and the named ``tensors`` (a state dict's items): their names and bytes."""
+    digest = hashlib.blake2b(name.encode(), digest_size=16)
+    for key, tensor in tensors:
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def encoder_fingerprint(encoder: Encoder) -> str:
     """A digest of ``encoder``'s name and trunk weights (computed once per encoder object).
 
     The 1x1 reduction is left out: cached features are the trunk's.
     """
     if encoder not in _fingerprints:
-        digest = hashlib.blake2b(encoder.name.encode(), digest_size=16)
-        for name, tensor in encoder.state_dict().items():
-            if name.startswith("reduce."):
-                continue
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        _fingerprints[encoder] = digest.hexdigest()
+        trunk = ((name, tensor) for name, tensor in encoder.state_dict().items() if not name.startswith("reduce."))
+        _fingerprints[encoder] = state_digest(trunk, encoder.name)
     return _fingerprints[encoder]
 
 
-def feature_key(volume: np.ndarray, encoder: Encoder, preprocessing: Preprocessing, pixel_aspect: float) -> str:
-    """The cache key of ``volume``'s features: its content, the encoder's weights, the preprocessing."""
+def feature_key(
+    volume: np.ndarray, encoder: Encoder, preprocessing: Preprocessing, pixel_aspect: float, tag: str = ""
+) -> str:
+    """The cache key of ``volume``'s features: its content, the encoder's weights, the preprocessing, and
+    ``tag`` (the runtime's :attr:`~napari_fewshot.core.runtime.Runtime.feature_tag`: its precision below float32)."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(f"{volume.shape}{volume.dtype}".encode())
     digest.update(np.ascontiguousarray(volume).view(np.uint8).data)
-    return f"{digest.hexdigest()}:{encoder_fingerprint(encoder)}:{preprocessing.key()}:{pixel_aspect:.6g}"
+    return f"{digest.hexdigest()}:{encoder_fingerprint(encoder)}:{preprocessing.key()}:{pixel_aspect:.6g}{tag}"
 
 
 def encode_slices(
     volume: np.ndarray,
-    encoder: Encoder,
+    trunk: Trunk,
     preprocessing: Preprocessing,
     features: VolumeFeatures,
     slices: np.ndarray,
     *,
     pixel_aspect: float = 1.0,
-    device: torch.device,
-    batch_size: int,
+    batch_size: int | None = None,
     advance: Callable[[int], None] = lambda n: None,
     cancel: CancelCheck | None = None,
 ) -> int:
     """Encode the slices of ``volume`` ``[N, H, W]`` (file units) listed in ``slices`` into ``features``.
 
-    ``features`` receives the trunk's output ``[N, trunk_channels, h, w]`` (the
-    1x1 reduction is applied later, by :func:`head_features`).
+    ``trunk``: an encoder's trunk on its runtime (:func:`~napari_fewshot.core.runtime.trunk_runner`);
+    ``features`` receives its output ``[N, trunk_channels, h, w]`` (the 1x1 reduction
+    is applied later, by :func:`head_features`).
 
-    Slices already in ``features`` are skipped; the others go through the encoder
-    ``batch_size`` at a time, and ``advance(n)`` is called after each batch of
-    ``n`` slices.  A cancelled run keeps the batches it finished.  When the device
-    runs out of memory the batch is halved and tried again, down to one slice.
-    The intensity window is the whole volume's, so features do not depend on
-    which slices are encoded together.  Returns the number of slices encoded.
+    Slices already in ``features`` are skipped; the others go through the trunk
+    ``batch_size`` at a time (default: the trunk's own ``batch_size()``), and
+    ``advance(n)`` is called after each batch of ``n`` slices.  A cancelled run keeps
+    the batches it finished.  When the device runs out of memory the batch is halved
+    and tried again, down to one slice.  The intensity window is the whole volume's,
+    so features do not depend on which slices are encoded together.  Returns the
+    number of slices encoded.
     """
     todo = features.missing(slices)
+    if not len(todo):
+        return 0
     window = intensity_window(volume, preprocessing)
+    device = trunk.runtime.device
+    batch_size = batch_size or trunk.batch_size()
     start = 0
-    with torch.inference_mode(), cancellable(encoder, cancel):
-        while start < len(todo):
-            check_cancel(cancel)
-            batch = todo[start : start + batch_size]
-            normalised = normalise_intensities(volume[batch], preprocessing, window)
-            try:
-                encoded = encoder.trunk(to_encoder_slices(normalised, encoder.input_size, pixel_aspect).to(device))
-            except Exception as error:
-                if not is_out_of_memory(error):
-                    raise
-                if batch_size == 1:
-                    raise SegmentationError(
-                        f"{device} ran out of memory encoding one slice with '{encoder.name}'; "
-                        "free memory on the device or use device='cpu'"
-                    ) from error
-                batch_size //= 2
-                log.warning("%s ran out of memory; encoding %d slices at a time", device, batch_size)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                continue
-            if features.tensor is None:
-                features.tensor = torch.empty((len(volume), *encoded.shape[1:]), dtype=CACHE_DTYPE)
-            features.tensor[torch.from_numpy(batch)] = encoded.to("cpu", CACHE_DTYPE)
-            features.encoded[batch] = True
-            advance(len(batch))
-            start += len(batch)
+    while start < len(todo):
+        check_cancel(cancel)
+        batch = todo[start : start + batch_size]
+        normalised = normalise_intensities(volume[batch], preprocessing, window)
+        try:
+            encoded = trunk(to_encoder_slices(normalised, trunk.input_size, pixel_aspect), cancel)
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            if batch_size == 1:
+                raise SegmentationError(
+                    f"{device} ran out of memory encoding one slice with '{trunk.runtime}'; "
+                    "free memory on the device or use device='cpu'"
+                ) from error
+            batch_size //= 2
+            log.warning("%s ran out of memory; encoding %d slices at a time", device, batch_size)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        if features.tensor is None:
+            features.tensor = torch.empty((len(volume), *encoded.shape[1:]), dtype=CACHE_DTYPE)
+        features.tensor[torch.from_numpy(batch)] = encoded.to("cpu", CACHE_DTYPE)
+        features.encoded[batch] = True
+        advance(len(batch))
+        start += len(batch)
     return len(todo)
 
 

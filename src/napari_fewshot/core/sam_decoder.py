@@ -13,9 +13,12 @@ from functools import cache
 
 import numpy as np
 import torch
+from torch import nn
 
 from .encoders.litemedsam import LiteMedSAMEncoder, load_lite_medsam
+from .features import state_digest
 from .preprocess import from_encoder_slices, to_encoder_slices
+from .runtime import Runtime, on_runtime, resolve_runtime
 
 SIZE = LiteMedSAMEncoder.input_size
 
@@ -29,14 +32,47 @@ def square_box(mask: np.ndarray, pixel_aspect: float = 1.0) -> np.ndarray | None
     return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float32)
 
 
-class BoxDecoder:
-    """``decode(embeddings [N, 256, 64, 64], boxes [N, 4], shape, aspect) -> masks [N, H, W]`` with LiteMedSAM's decoder."""
+class BoxPromptDecoder(nn.Module):
+    """LiteMedSAM's prompt encoder and mask decoder as one module:
+    ``(embeddings [N, 256, 64, 64], boxes [N, 1, 4]) -> logits [N, 1, 256, 256]`` on the encoder's square."""
 
-    def __init__(self, device: torch.device | str = "cpu") -> None:
+    def __init__(self, prompt_encoder: nn.Module, mask_decoder: nn.Module) -> None:
+        super().__init__()
+        self.prompt_encoder, self.mask_decoder = prompt_encoder, mask_decoder
+
+    def forward(self, embeddings: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        sparse, dense = self.prompt_encoder(points=None, boxes=boxes, masks=None)
+        logits, _ = self.mask_decoder(
+            image_embeddings=embeddings,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        return logits
+
+
+class BoxDecoder:
+    """``decode(embeddings [N, 256, 64, 64], boxes [N, 4], shape, aspect) -> masks [N, H, W]`` with LiteMedSAM's decoder.
+
+    ``runtime``: where it runs (OpenVINO or torch; always at float32), default torch on the CPU.
+    """
+
+    def __init__(self, runtime: Runtime | None = None) -> None:
+        runtime = runtime or resolve_runtime("torch", "f32", "cpu")
         model = load_lite_medsam()
-        self.device = torch.device(device)
-        self.prompt_encoder = model.prompt_encoder.to(self.device).eval()
-        self.mask_decoder = model.mask_decoder.to(self.device).eval()
+        module = BoxPromptDecoder(model.prompt_encoder, model.mask_decoder).to(runtime.device).eval()
+
+        def openvino():
+            from .openvino_backend import OpenVINODecoder
+
+            return OpenVINODecoder(module, state_digest(module.state_dict().items(), "litemedsam-box-decoder"), runtime)
+
+        def torch_(torch_runtime: Runtime):
+            return lambda embeddings, boxes: module(embeddings.to(torch_runtime.device, torch.float32), boxes)
+
+        self._logits = on_runtime(runtime.exact(), openvino, torch_, "LiteMedSAM's decoder")
+        self.device = runtime.device
 
     @torch.inference_mode()
     def decode(
@@ -47,18 +83,11 @@ class BoxDecoder:
         Slices decoded together share the decoder's passes (several times faster per slice on a CPU than one by one).
         """
         boxes = torch.as_tensor(np.asarray(boxes), dtype=torch.float32, device=self.device).reshape(-1, 1, 4)
-        sparse, dense = self.prompt_encoder(points=None, boxes=boxes, masks=None)
-        logits, _ = self.mask_decoder(
-            image_embeddings=embeddings.to(self.device, torch.float32),
-            image_pe=self.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=False,
-        )
+        logits = self._logits(embeddings, boxes)
         return (from_encoder_slices(logits.cpu(), shape, pixel_aspect)[:, 0] > 0).numpy()
 
 
 @cache
-def box_decoder(device: str = "cpu") -> BoxDecoder:
-    """The :class:`BoxDecoder` on ``device`` (a device name), built once per process."""
-    return BoxDecoder(device)
+def box_decoder(runtime: Runtime) -> BoxDecoder:
+    """The :class:`BoxDecoder` on ``runtime``, built once per process."""
+    return BoxDecoder(runtime)

@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 
 from ..core.boundaries import BOUNDARIES
-from ..core.device import resolve_device
 from ..core.engine import DEFAULT_ENCODER, encode_volume, segment
 from ..core.features import FeatureCache
 from ..core.heads import HEADS
@@ -35,6 +34,7 @@ from ..core.model import DEFAULT, UNTRAINED
 from ..core.postprocess import KEEP
 from ..core.preprocess import Preprocessing, normalise_intensities
 from ..core.priors import DECAY_MM
+from ..core.runtime import resolve_runtime
 from ..core.sam_decoder import BoxDecoder, box_decoder
 from .cases import Task
 from .propagation import BoxPromptStep, RegistrationStep, copy_step, propagate
@@ -49,14 +49,21 @@ FLAGS = (*BOUNDARIES, NO_LOCATION, NO_ENDS, DECAY)
 
 @dataclass
 class Context:
-    """What the methods of one run share: the device and the cache of encoded volumes."""
+    """What the methods of one run share: the device and runtime, and the cache of encoded volumes."""
 
     device: str = "auto"
     encoder: str = DEFAULT_ENCODER
     cache: FeatureCache = field(default_factory=FeatureCache)
+    backend: str = "auto"
+    precision: str = "auto"
+
+    @property
+    def runtime(self) -> dict[str, str]:
+        """The engine's arguments that say where it runs."""
+        return dict(device=self.device, backend=self.backend, precision=self.precision)
 
     def decoder(self) -> BoxDecoder:
-        return box_decoder(str(resolve_device(self.device)))
+        return box_decoder(resolve_runtime(**self.runtime))
 
 
 class Method:
@@ -101,7 +108,7 @@ class EngineMethod(Method):
         result = segment(
             task.case.image, support, spacing=task.case.spacing, encoder=context.encoder, head=self.head,
             weights=self.weights, boundaries=self.boundaries, location=self.location, ends=self.ends,
-            decay_mm=self.decay_mm, device=context.device,
+            decay_mm=self.decay_mm, **context.runtime,
             cache=context.cache, **options,
         )
         return result.labels == 1
@@ -133,7 +140,7 @@ class BoxPromptMethod(Method):
     def __call__(self, task: Task, context: Context) -> np.ndarray:
         case = task.case
         embeddings = encode_volume(
-            case.image, spacing=case.spacing, encoder=self.encoder(context), device=context.device, cache=context.cache
+            case.image, spacing=case.spacing, encoder=self.encoder(context), cache=context.cache, **context.runtime
         )
         step = BoxPromptStep(embeddings, context.decoder(), case.spacing[1] / case.spacing[2])
         return propagate(_seeds(task), len(case.image), step)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..core.engine import encode_volume
+from ..core.runtime import resolve_runtime
 from .cases import Case, Task, tasks_for
 from .memory import peak_mib, reset_peak
 from .methods import Context, Method
@@ -69,7 +70,7 @@ def evaluate(
         for case in cases:
             reset_peak()
             started = time.perf_counter()
-            encode_volume(case.image, spacing=case.spacing, encoder=encoder, device=context.device, cache=context.cache)
+            encode_volume(case.image, spacing=case.spacing, encoder=encoder, cache=context.cache, **context.runtime)
             name = case.name if encoder == context.encoder else f"{case.name} ({encoder})"
             encode[name] = {"seconds": time.perf_counter() - started, "slices": len(case.image), "peak_mib": peak_mib()}
             log(f"{name}: encoded {len(case.image)} slices in {encode[name]['seconds']:.1f} s")
@@ -83,7 +84,8 @@ def evaluate(
                     rows.append(_measure(method, task, context, repeats, tolerance_mm))
                     log(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items() if k != "seconds_all"))
     return {
-        "machine": machine(), "device": str(context.device), "encoder": context.encoder, "repeats": repeats,
+        "machine": machine(), "device": str(context.device), "runtime": str(resolve_runtime(**context.runtime)),
+        "encoder": context.encoder, "repeats": repeats,
         "nsd_tolerance_mm": tolerance_mm, "date": time.strftime("%Y-%m-%d"),
         "cases": {c.name: {"shape": list(c.image.shape), "spacing_mm": list(c.spacing)} for c in cases},
         "encode": encode, "rows": rows,

@@ -20,6 +20,7 @@ import torch
 from ..core.encoders import Encoder
 from ..core.features import VolumeFeatures, encode_slices, encoder_fingerprint, pooled
 from ..core.preprocess import Preprocessing, normalise_intensities, to_encoder_slices
+from ..core.runtime import TorchTrunk, resolve_runtime
 from ..io import read_volume
 from ..io.write import atomic_write
 from .pseudolabels import PARAMETERS, body_mask, superpixels, supervoxels
@@ -145,8 +146,9 @@ def prepare_volume(
 
     def trunk_features() -> dict[str, torch.Tensor]:
         features = VolumeFeatures(len(slices))
-        encode_slices(image[slices], encoder, preprocessing, features, np.arange(len(slices)), pixel_aspect=pixel_aspect,
-                      device=device, batch_size=batch_size, advance=advance)
+        trunk = TorchTrunk(encoder, resolve_runtime("torch", "f32", device))  # training stays in torch
+        encode_slices(image[slices], trunk, preprocessing, features, np.arange(len(slices)), pixel_aspect=pixel_aspect,
+                      batch_size=batch_size, advance=advance)
         return {"trunk": pooled(features.tensor).to(torch.bfloat16)}
 
     trunk = None

@@ -1,0 +1,198 @@
+"""Seconds per slice of the encoder and the box decoder on each backend and precision, side by side.
+
+Real slices of ``../shared/data/abdomen-ct`` (the development data; ``--data`` to
+change) around its liver go through LiteMedSAM's encoder on every runtime asked
+for, in interleaved rounds in one process (so each round's runtimes share the
+machine's load), then LiteMedSAM's decoder with box prompts.  Also measured:
+converting the encoder for OpenVINO (an empty model cache) and compiling it
+again from the cache; and the first whole-volume segmentation of the liver from
+one painted slice on each backend, features not cached (the default options).
+
+    .venv/bin/python benchmarks/latency.py [--runtimes torch:f32 openvino:f32 openvino:bf16] \
+        [--slices 16] [--rounds 3] [--json OUT.json]
+
+On a machine with CUDA add ``torch:f16`` and ``--device cuda``.  Prints Markdown
+tables with the medians and ratios, the machine's load before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "abdomen-ct"
+LIVER = 5
+
+
+def load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
+
+
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def encoder_inputs(image: np.ndarray, spacing: tuple[float, float, float], count: int) -> torch.Tensor:
+    """``count`` consecutive slices around the volume's middle as LiteMedSAM's input ``[count, 3, 256, 256]``."""
+    from napari_fewshot.core.preprocess import Preprocessing, intensity_window, normalise_intensities, to_encoder_slices
+
+    preprocessing = Preprocessing.for_volume(image)
+    middle = len(image) // 2
+    chosen = image[max(0, middle - count // 2) : max(0, middle - count // 2) + count]
+    normalised = normalise_intensities(chosen, preprocessing, intensity_window(image, preprocessing))
+    return to_encoder_slices(normalised, 256, spacing[1] / spacing[2])
+
+
+def time_encoders(runtimes, encoder, slices: torch.Tensor, rounds: int) -> dict[str, list[float]]:
+    """Seconds per slice of each runtime's trunk over ``slices``, once per round (after one warm-up batch)."""
+    from napari_fewshot.core.runtime import trunk_runner
+
+    trunks = {name: trunk_runner(encoder, runtime) for name, runtime in runtimes.items()}
+    for trunk in trunks.values():
+        trunk(slices[: trunk.batch_size()])
+    times: dict[str, list[float]] = {name: [] for name in trunks}
+    outputs: dict[str, torch.Tensor] = {}
+    for _ in range(rounds):
+        for name, trunk in trunks.items():
+            synchronise(trunk.runtime.device)
+            started = time.perf_counter()
+            batch = trunk.batch_size()
+            outputs[name] = torch.cat([trunk(slices[i : i + batch]).cpu() for i in range(0, len(slices), batch)])
+            synchronise(trunk.runtime.device)
+            times[name].append((time.perf_counter() - started) / len(slices))
+    reference = outputs[next(iter(outputs))]
+    for name, output in outputs.items():
+        cosine = torch.nn.functional.cosine_similarity(output.flatten(1).double(), reference.flatten(1).double())
+        times[name + " cosine"] = [float(cosine.mean())]
+        times[name + " max abs diff"] = [float((output - reference).abs().max())]
+    return times
+
+
+def time_decoders(runtimes, embeddings: torch.Tensor, boxes: np.ndarray, shape, rounds: int) -> dict[str, list[float]]:
+    from napari_fewshot.core.sam_decoder import BoxDecoder
+
+    decoders = {name: BoxDecoder(runtime) for name, runtime in runtimes.items()}
+    for decoder in decoders.values():
+        decoder.decode(embeddings[:2], boxes[:2], shape)
+    times: dict[str, list[float]] = {name: [] for name in decoders}
+    masks = {}
+    for _ in range(rounds):
+        for name, decoder in decoders.items():
+            started = time.perf_counter()
+            masks[name] = decoder.decode(embeddings, boxes, shape)
+            times[name].append((time.perf_counter() - started) / len(boxes))
+    reference = masks[next(iter(masks))]
+    for name, mask in masks.items():
+        times[name + " pixels differing"] = [float(np.count_nonzero(mask != reference))]
+    return times
+
+
+def time_conversion(encoder, runtime) -> dict[str, float]:
+    """Seconds to convert and compile the trunk with an empty model cache, then to compile it from the cache."""
+    from napari_fewshot.core.openvino_backend import OpenVINOTrunk
+
+    previous = os.environ.get("NAPARI_FEWSHOT_CACHE")
+    with tempfile.TemporaryDirectory() as folder:
+        os.environ["NAPARI_FEWSHOT_CACHE"] = folder
+        try:
+            started = time.perf_counter()
+            OpenVINOTrunk(encoder, runtime)
+            cold = time.perf_counter() - started
+            started = time.perf_counter()
+            OpenVINOTrunk(encoder, runtime)
+            warm = time.perf_counter() - started
+        finally:
+            os.environ.pop("NAPARI_FEWSHOT_CACHE") if previous is None else os.environ.update(NAPARI_FEWSHOT_CACHE=previous)
+    return {"convert and compile (empty cache)": cold, "compile from the cache": warm}
+
+
+def time_segmentation(runtimes, image, support, spacing) -> dict[str, dict]:
+    """The first segmentation of the volume on each runtime (features not cached), and its Dice to the first's."""
+    from napari_fewshot.core.engine import segment
+    from napari_fewshot.core.features import FeatureCache
+
+    results, first = {}, None
+    for name, runtime in runtimes.items():
+        started = time.perf_counter()
+        result = segment(image, support, spacing=spacing, device=str(runtime.device), backend=runtime.backend,
+                         precision=runtime.precision, cache=FeatureCache())
+        labels = result.labels > 0
+        first = labels if first is None else first
+        agreement = 2 * np.count_nonzero(labels & first) / max(np.count_nonzero(labels) + np.count_nonzero(first), 1)
+        results[name] = {"seconds": time.perf_counter() - started, "encode": result.seconds["encode"],
+                         "runtime": str(result.runtime), "dice to the first runtime": agreement}
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA, help="a folder with image.nii.gz and label.nii.gz")
+    parser.add_argument("--runtimes", nargs="+", default=["torch:f32", "openvino:f32", "openvino:bf16"],
+                        metavar="BACKEND:PRECISION")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--slices", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-segmentation", action="store_true", help="skip the whole-volume segmentations")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    from napari_fewshot.core.engine import _encoder
+    from napari_fewshot.core.runtime import resolve_runtime
+    from napari_fewshot.evaluation.protocols import painted, support_slices
+    from napari_fewshot.io import read_volume
+
+    report: dict = {"load before": load(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    volume = read_volume(args.data / "image.nii.gz")
+    image, spacing = volume.data, tuple(volume.geometry.spacing[::-1])
+    runtimes = {}
+    for spec in args.runtimes:
+        backend, _, precision = spec.partition(":")
+        runtimes[spec] = resolve_runtime(backend, precision or "auto", args.device)
+    encoder = _encoder("litemedsam", next(iter(runtimes.values())).device)
+    if any(r.backend == "openvino" for r in runtimes.values()):
+        report["openvino conversion"] = time_conversion(encoder, resolve_runtime("openvino", "f32", "cpu"))
+    slices = encoder_inputs(image, spacing, args.slices)
+    report["encoder"] = time_encoders(runtimes, encoder, slices, args.rounds)
+    with torch.inference_mode():
+        embeddings = encoder.trunk(slices[:8].to(encoder.reduce.weight.device)).cpu()
+    boxes = np.tile(np.array([[60.0, 50.0, 190.0, 170.0]], np.float32), (len(embeddings), 1))
+    decoder_runtimes = {spec: r for spec, r in runtimes.items() if r.precision == "f32"}
+    report["decoder"] = time_decoders(decoder_runtimes, embeddings, boxes, image.shape[1:], args.rounds)
+    if not args.no_segmentation:
+        liver = read_volume(args.data / "label.nii.gz", kind="labels").data == LIVER
+        support = painted(liver, support_slices(liver, "one-largest"))
+        report["segmentation"] = time_segmentation(runtimes, image, support, spacing)
+    report["load after"] = load()
+
+    reference = next(iter(runtimes))
+    print(f"load before {report['load before']}, after {report['load after']}; torch {report['torch']}, "
+          f"{report['threads']} threads; {args.slices} slices of {args.data.name}, {args.rounds} rounds\n")
+    print("| runtime | encoder s/slice (median) | vs " + reference + " | cosine to " + reference + " | decoder s/slice |")
+    print("|---|---|---|---|---|")
+    base = statistics.median(report["encoder"][reference])
+    for name in runtimes:
+        median = statistics.median(report["encoder"][name])
+        decoder = report["decoder"].get(name)
+        decoded = "-" if decoder is None else f"{statistics.median(decoder):.3f} " \
+            f"({report['decoder'][name + ' pixels differing'][0]:.0f} pixels differ)"
+        print(f"| {name} | {median:.3f} | {base / median:.1f}x | {report['encoder'][name + ' cosine'][0]:.5f} | {decoded} |")
+    for step, seconds in report.get("openvino conversion", {}).items():
+        print(f"\nOpenVINO, {step}: {seconds:.1f} s")
+    for name, row in report.get("segmentation", {}).items():
+        print(f"\nfirst segmentation, {name} ({row['runtime']}): {row['seconds']:.1f} s, encoding {row['encode']:.1f} s, "
+              f"Dice to the first runtime's {row['dice to the first runtime']:.4f}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""Models on OpenVINO's CPU runtime: converted once per weights file, cached on disk, compiled per runtime.
+
+A torch module is converted (``openvino.convert_model``) the first time its
+weights are seen and saved as OpenVINO IR (an ``.xml`` graph and a ``.bin`` of
+float32 weights; reading them runs no code) in the user's cache folder, under a
+name holding the weights' digest and OpenVINO's version: a later process, or a
+later run, compiles the saved file in a second or two instead of converting again,
+and new weights or a new OpenVINO make a new file.  Compiled blobs are cached by
+OpenVINO itself (``CACHE_DIR``) next to them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+import threading
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .cancel import CancelCheck, check_cancel
+from .features import encoder_fingerprint
+from .runtime import Runtime
+from .user_cache import user_cache_folder
+
+log = logging.getLogger(__name__)
+
+#: OpenVINO's names for the precisions of :mod:`~napari_fewshot.core.runtime`.
+_HINTS = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
+
+
+def openvino_version() -> str:
+    import openvino
+
+    return openvino.get_version()
+
+
+def model_folder() -> Path:
+    """Where converted models are kept: ``<user cache>/openvino``."""
+    return user_cache_folder("openvino")
+
+
+def converted_model(
+    module: nn.Module, example: Sequence[torch.Tensor], name: str, digest: str, dynamic_batch: bool = False
+) -> Path:
+    """The OpenVINO IR (``.xml``) of ``module``, converted on first use and kept in :func:`model_folder`.
+
+    ``digest`` identifies the weights; the file name holds it and OpenVINO's
+    version.  ``example``: inputs to trace with; with ``dynamic_batch`` their first
+    dimension is left free, otherwise the model takes exactly their shapes.  The
+    files are written under temporary names and renamed (the ``.xml`` last), so a
+    reader never sees half a model.
+    """
+    import openvino
+
+    version = openvino_version()
+    tag = hashlib.blake2b(f"{digest}:{version}".encode(), digest_size=10).hexdigest()
+    path = model_folder() / f"{name}-{tag}.xml"
+    if path.is_file() and path.with_suffix(".bin").is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log.warning("converting %s to OpenVINO (once for these weights; kept in %s)", name, path.parent)
+    shapes = [openvino.PartialShape([-1 if dynamic_batch and i == 0 else n for i, n in enumerate(x.shape)])
+              for x in example]
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on Python values it fixes: the shapes above are meant
+        model = openvino.convert_model(module.eval(), example_input=tuple(example), input=shapes)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=path.parent))
+    try:
+        openvino.save_model(model, str(staging / path.name), compress_to_fp16=False)
+        (staging / path.name).with_suffix(".bin").replace(path.with_suffix(".bin"))
+        (staging / path.name).replace(path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def compiled_model(
+    module: nn.Module, example: Sequence[torch.Tensor], name: str, digest: str, runtime: Runtime, *,
+    throughput: bool, dynamic_batch: bool = False,
+):
+    """``module`` (:func:`converted_model`) compiled for the CPU at ``runtime``'s precision and threads.
+
+    ``throughput``: several inference streams share the threads (for many slices,
+    one per request); otherwise one request uses them all (for one batched call).
+    A cached file that no longer compiles (damaged) is converted again, once.
+    """
+    path = converted_model(module, example, name, digest, dynamic_batch)
+    try:
+        return _compile(path, runtime, throughput)
+    except RuntimeError as error:
+        log.warning("%s does not compile (%s); converting it again", path, str(error).strip().splitlines()[0])
+        path.unlink(missing_ok=True)
+        path = converted_model(module, example, name, digest, dynamic_batch)
+        return _compile(path, runtime, throughput)
+
+
+def _compile(path: Path, runtime: Runtime, throughput: bool):
+    import openvino
+
+    config = {
+        "INFERENCE_PRECISION_HINT": _HINTS[runtime.precision],
+        "INFERENCE_NUM_THREADS": runtime.threads,
+        "PERFORMANCE_HINT": "THROUGHPUT" if throughput else "LATENCY",
+        "CACHE_DIR": str(model_folder() / "compiled"),
+    }
+    return openvino.Core().compile_model(str(path), "CPU", config)
+
+
+class _Trunk(nn.Module):
+    """An encoder's trunk as a module of its own (what is converted)."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, slices: torch.Tensor) -> torch.Tensor:
+        return self.encoder.trunk(slices)
+
+
+class OpenVINOTrunk:
+    """An encoder's trunk on OpenVINO: ``trunk(slices [N, 3, S, S] in [0, 1], cancel) -> [N, C, h, w]`` float32.
+
+    Converted for one slice at a time (the trunks fix their batch when traced);
+    slices go through a queue of inference requests that OpenVINO runs in
+    parallel streams, and ``cancel`` is asked before each slice starts.
+    """
+
+    def __init__(self, encoder: nn.Module, runtime: Runtime) -> None:
+        import openvino
+
+        if runtime.precision == "bf16" and "BF16" not in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            log.warning("this CPU has no bfloat16 instructions; encoding at f32")
+            runtime = runtime.exact()
+        self.runtime, self.input_size = runtime, encoder.input_size
+        example = torch.zeros(1, 3, encoder.input_size, encoder.input_size)
+        model = compiled_model(_Trunk(encoder), [example], f"{encoder.name}-trunk", encoder_fingerprint(encoder), runtime,
+                               throughput=True)
+        self.requests = int(model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self._queue = openvino.AsyncInferQueue(model, self.requests)
+        self._lock = threading.Lock()
+
+    def __call__(self, slices: torch.Tensor, cancel: CancelCheck | None = None) -> torch.Tensor:
+        inputs = slices.float().contiguous().numpy()
+        outputs: list[np.ndarray | None] = [None] * len(inputs)
+
+        def keep(request, index: int) -> None:
+            outputs[index] = request.get_output_tensor(0).data.copy()
+
+        with self._lock:
+            self._queue.set_callback(keep)
+            try:
+                for index in range(len(inputs)):
+                    check_cancel(cancel)
+                    self._queue.start_async({0: inputs[index : index + 1]}, index)
+            finally:
+                self._queue.wait_all()
+        return torch.from_numpy(np.concatenate(outputs))
+
+    def batch_size(self) -> int:
+        """Slices per batch handed over: two per inference request, so every stream stays busy."""
+        return 2 * self.requests
+
+
+class OpenVINODecoder:
+    """``logits(embeddings [N, 256, 64, 64], boxes [N, 1, 4]) -> [N, 1, 256, 256]`` of a box-prompted decoder
+    module, on OpenVINO at float32 (any ``N``)."""
+
+    def __init__(self, module: nn.Module, digest: str, runtime: Runtime) -> None:
+        example = [torch.zeros(2, 256, 64, 64), torch.tensor([[[8.0, 8.0, 64.0, 64.0]], [[0.0, 0.0, 255.0, 255.0]]])]
+        self._model = compiled_model(module, example, "litemedsam-box-decoder", digest, runtime.exact(),
+                                     throughput=False, dynamic_batch=True)
+        self._lock = threading.Lock()
+
+    def __call__(self, embeddings: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        with self._lock:
+            logits = self._model((embeddings.float().contiguous().numpy(), boxes.float().contiguous().numpy()))[0]
+        return torch.from_numpy(np.array(logits))
