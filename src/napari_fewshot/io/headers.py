@@ -205,6 +205,12 @@ def _check_metaimage(path: Path) -> None:
     name = fields["ElementDataFile"]
     if name.upper() == "LOCAL":
         _check_size(path, claimed, path, offset, encoding)
+        compressed_bytes = fields.get("CompressedDataSize", "")
+        if encoding == "deflate" and compressed_bytes.isdigit() and path.stat().st_size - offset < int(compressed_bytes):
+            raise VolumeReadError(
+                f"{path}: the file is truncated: it holds {path.stat().st_size - offset} bytes of the "
+                f"{compressed_bytes} compressed bytes its header announces. Copy or export it again."
+            )
     elif not name.upper().startswith("LIST") and "%" not in name and len(name.split()) == 1:
         header_bytes = int(fields["HeaderSize"]) if fields.get("HeaderSize", "").isdigit() else 0
         _check_size(path, claimed, _data_file(path, "MetaImage", name), header_bytes, encoding)
