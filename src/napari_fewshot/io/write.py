@@ -190,7 +190,10 @@ def atomic_write_all(writes: dict[Path, Callable[[Path], None]]) -> None:
     process killed before it could remove them (SIGKILL, power loss) are removed
     by the next write of the same file.
     """
+    if not writes:
+        return
     temporaries: dict[Path, Path] = {}
+    renamed: list[str] = []
     path = next(iter(writes))
     try:
         for path, write in writes.items():
@@ -206,9 +209,11 @@ def atomic_write_all(writes: dict[Path, Callable[[Path], None]]) -> None:
             os.chmod(temporaries[path], path.stat().st_mode & 0o777 if path.exists() else 0o644)
         for path, temporary in temporaries.items():
             os.replace(temporary, path)
+            renamed.append(str(path))
             _fsync_folder(path.parent)
     except OSError as error:
-        raise VolumeWriteError(f"{path}: could not be written ({error}); nothing was changed") from error
+        done = f"only {', '.join(renamed)} replaced" if renamed else "nothing was changed"
+        raise VolumeWriteError(f"{path}: could not be written ({error}); {done}") from error
     finally:
         for temporary in temporaries.values():
             if temporary.exists():
