@@ -302,7 +302,7 @@ def test_nearest_painted_slice_and_ties():
     # another volume: positions scale along the slice axis
     assert assign_supports(21, 11, (2, 8)) == {(2,): list(range(10)), (2, 8): [10], (8,): list(range(11, 21))}
     labels = np.zeros((4, 2, 2), np.uint8)
-    labels[1, 0, 0], labels[3] = 2, 1
+    labels[1, 0, 0], labels[3, 1] = 2, 1  # structure 1 on half of slice 3: the rest is its background
     assert painted_structures(labels) == {1: (3,), 2: (1,)}
 
 
