@@ -20,6 +20,7 @@ import pytest
 
 from conftest import cli, ellipsoids, ramp, write_itk
 from napari_fewshot._napari.export import export_labels
+from napari_fewshot.cli import main
 from napari_fewshot._napari.layers import volume_layer_data
 from napari_fewshot.io import Geometry, VolumeWriteError, read_volume, write_volume, write_volumes
 
@@ -144,16 +145,18 @@ def test_segment_on_a_full_disk_fails_and_keeps_the_previous_outputs(small_disk,
     assert small_disk.names() == ["mask.nii", "probability.nii.gz"]
 
 
-@pytest.mark.parametrize("output_is", ["support", "probabilities", "support-image"])
-def test_segment_refuses_to_write_over_its_own_inputs(tmp_path, output_is):
+def test_segment_refuses_to_write_over_its_own_inputs(tmp_path, capsys):
     image, support = segment_files(tmp_path, shape=(6, 16, 16))
     other = write_itk(tmp_path / "other.nii.gz", ellipsoids((6, 16, 16))[0])
-    output = {"support": support, "probabilities": tmp_path / "out.nii.gz", "support-image": other}[output_is]
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    result = cli("segment", "--image", str(image), "--support-labels", str(support), "--support-image", str(other),
-                 "--encoder", "tiny", "--output", str(output), "--probabilities", str(tmp_path / "out.nii.gz"))
+    command = ["segment", "--image", str(image), "--support-labels", str(support), "--support-image", str(other),
+               "--encoder", "tiny", "--probabilities", str(tmp_path / "out.nii.gz"), "--output"]
+    result = cli(*command, str(support))  # the painting
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "also an input or another output of the same command" in result.stderr
+    for output in (other, tmp_path / "out.nii.gz"):  # the support's image; the probabilities
+        assert main([*command, str(output)]) == 1
+        assert "also an input or another output of the same command" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
