@@ -122,6 +122,18 @@ def test_widget_export_on_a_full_disk_keeps_the_previous_mask(small_disk, tmp_pa
     assert {p.name: p.read_bytes() for p in small_disk.folder.iterdir() if p.name != "filler"} == before
 
 
+def test_widget_export_writes_mask_and_sidecar_both_or_neither(small_disk, tmp_path):
+    # The new mask fits on the disk; its sidecar (a long structure name) does not: neither replaces the old pair.
+    scan = read_volume(write_itk(tmp_path / "ct.nrrd", ramp((8, 64, 64))))
+    _, attributes, _ = volume_layer_data(scan)
+    target = small_disk.folder / "liver.nii.gz"
+    export_labels(target, np.zeros(scan.data.shape, np.uint8), attributes, {1: "liver"})
+    before = {p.name: p.read_bytes() for p in small_disk.folder.iterdir()}
+    with small_disk.full(), pytest.raises(VolumeWriteError, match="liver.json"):
+        export_labels(target, np.ones(scan.data.shape, np.uint8), attributes, {1: "liver " * 4000})
+    assert {p.name: p.read_bytes() for p in small_disk.folder.iterdir() if p.name != "filler"} == before
+
+
 def segment_files(folder, shape=(24, 48, 48)):
     """A scan and a support with a square painted on its middle slice."""
     image = ellipsoids(shape)[0]

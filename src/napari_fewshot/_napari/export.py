@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..io import write_sidecar, write_volume
+from ..io import sidecar_path, write_volume
 from .layers import labels_for_writing
 
 #: ``layer.metadata`` key under which the widget records how a prediction was made.
@@ -21,12 +21,11 @@ def export_labels(path: str | Path, data: Any, attributes: dict[str, Any], names
     ``metadata``; the sidecar (``mask.json`` beside ``mask.nii.gz``) holds the
     structure ``names`` by label value, the grid, and, for a prediction, the
     support slices, encoder, head and options that produced it.  Both files are
-    written atomically.  Returns ``(mask path, sidecar path)``; raises
+    written atomically, together: both or neither.  Returns ``(mask path, sidecar path)``; raises
     :class:`~napari_fewshot.io.VolumeWriteError` with nothing written when the
     path is not writable.
     """
     file_data, geometry = labels_for_writing(data, attributes)
-    written = write_volume(path, file_data, geometry)  # checks the path before writing anything
     metadata = attributes.get("metadata", {})
     record = {
         "labels": {str(value): name for value, name in sorted(names.items())},
@@ -35,4 +34,5 @@ def export_labels(path: str | Path, data: Any, attributes: dict[str, Any], names
         "written_by": f"napari-fewshot {__version__}",
         "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    return written, write_sidecar(written, record)
+    written = write_volume(path, file_data, geometry, sidecar=record)  # both or neither; the path checked first
+    return written, sidecar_path(written)

@@ -12,7 +12,7 @@ from .formats import READ_FORMATS, WRITE_EXTENSIONS, format_name, looks_like_lab
 from .geometry import Geometry
 from .labels import label_dtype
 from .read import Volume, check_same_grid, read_volume
-from .write import check_output_folder, check_writable, write_sidecar, write_volume, write_volumes
+from .write import check_output_folder, check_writable, sidecar_path, write_sidecar, write_volume, write_volumes
 
 __all__ = [
     "READ_FORMATS",
@@ -29,6 +29,7 @@ __all__ = [
     "label_dtype",
     "looks_like_label_map",
     "read_volume",
+    "sidecar_path",
     "write_sidecar",
     "write_volume",
     "write_volumes",

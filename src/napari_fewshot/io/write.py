@@ -86,22 +86,29 @@ def _same_file(path: Path, other: str | Path) -> bool:
     return path.resolve() == other.resolve()
 
 
-def write_volume(path: str | Path, data: np.ndarray, geometry: Geometry) -> Path:
+def write_volume(path: str | Path, data: np.ndarray, geometry: Geometry, sidecar: dict[str, Any] | None = None) -> Path:
     """Write ``data`` (z, y, x) on ``geometry``'s grid as NIfTI, NRRD or MetaImage (``.mha``).
 
     The format follows the extension (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``);
     spacing, origin and direction come from ``geometry``; the pixel type is
-    ``data``'s (booleans are written as ``uint8``, ``float16`` as ``float32``).  See :func:`write_volumes`,
-    which this calls for one volume.
+    ``data``'s (booleans are written as ``uint8``, ``float16`` as ``float32``).
+    ``sidecar``: a record written with it as JSON (:func:`sidecar_path`), both or
+    neither.  See :func:`write_volumes`, which this calls for one volume.
 
     Returns the path written.  Raises :class:`VolumeWriteError` naming the
     problem; nothing on disk changes then.
     """
-    return write_volumes([(path, data, geometry)])[0]
+    return write_volumes([(path, data, geometry)], {path: sidecar} if sidecar is not None else None)[0]
 
 
-def write_volumes(volumes: Sequence[tuple[str | Path, np.ndarray, Geometry]]) -> list[Path]:
+def write_volumes(
+    volumes: Sequence[tuple[str | Path, np.ndarray, Geometry]],
+    sidecars: dict[str | Path, dict[str, Any]] | None = None,
+) -> list[Path]:
     """Write each ``(path, data, geometry)`` as :func:`write_volume` does, all of them or none.
+
+    ``sidecars``: by volume path, records to write beside those volumes as JSON,
+    in the same all-or-none commit.
 
     Every file is written next to its ``path`` under a temporary name, flushed to
     disk and read back (its length against its header, which also catches a full
@@ -123,8 +130,12 @@ def write_volumes(volumes: Sequence[tuple[str | Path, np.ndarray, Geometry]]) ->
                 f"{geometry.shape} it is to be written on"
             )
         writes[path] = _image_writer(path, data, geometry)
+    volume_paths = list(writes)
+    for path, record in (sidecars or {}).items():
+        sidecar, write = _sidecar_writer(Path(path).expanduser(), record)
+        writes[sidecar] = write
     atomic_write_all(writes)
-    return list(writes)
+    return volume_paths
 
 
 def _image_writer(path: Path, data: np.ndarray, geometry: Geometry) -> Callable[[Path], None]:
@@ -166,11 +177,21 @@ def write_sidecar(path: str | Path, record: dict[str, Any]) -> Path:
 
     Returns the sidecar's path; raises :class:`VolumeWriteError` when it cannot be written.
     """
-    path = Path(path).expanduser()
-    sidecar = path.with_name(split_extension(path)[0] + ".json")
-    text = json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"
-    atomic_write(sidecar, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+    sidecar, write = _sidecar_writer(Path(path).expanduser(), record)
+    atomic_write(sidecar, write)
     return sidecar
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """Where the JSON sidecar of the volume ``path`` goes: ``mask.json`` beside ``mask.nii.gz``."""
+    path = Path(path).expanduser()
+    return path.with_name(split_extension(path)[0] + ".json")
+
+
+def _sidecar_writer(path: Path, record: dict[str, Any]) -> tuple[Path, Callable[[Path], None]]:
+    """The sidecar's path for the volume ``path``, and a function that writes ``record`` to a temporary file."""
+    text = json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"
+    return sidecar_path(path), lambda temporary: temporary.write_text(text, encoding="utf-8")
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
