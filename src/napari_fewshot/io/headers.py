@@ -69,8 +69,11 @@ def check_file(path: Path) -> int:
     return 0
 
 
-def _header_lines(path: Path, fmt: str, ends: Callable[[str], bool]) -> tuple[list[str], int]:
-    """The header's lines (text) and the offset of the byte after it; ``ends(line)`` is True on its last line."""
+def _header_lines(path: Path, fmt: str, ends: Callable[[str], bool], whole_file: bool = False) -> tuple[list[str], int]:
+    """The header's lines (text) and the offset of the byte after it; ``ends(line)`` is True on its last line.
+
+    ``whole_file``: the file is all header (a detached NRRD header), so its end ends the header too.
+    """
     with open(path, "rb") as stream:
         head = stream.read(MAX_HEADER_BYTES)
     lines, offset = [], 0
@@ -82,24 +85,24 @@ def _header_lines(path: Path, fmt: str, ends: Callable[[str], bool]) -> tuple[li
         if ends(line):
             return lines + [line], offset
         lines.append(line)
-    if len(head) < MAX_HEADER_BYTES and fmt == "detached NRRD":
-        return lines, offset  # a detached header ends with its file
+    if len(head) < MAX_HEADER_BYTES and whole_file:
+        return lines, offset
     raise VolumeReadError(
-        f"{path}: not a {fmt.split()[-1]} file, or its header is cut off (no end of header in its first "
+        f"{path}: not a {fmt} file, or its header is cut off (no end of header in its first "
         f"{len(head)} bytes). Copy or export it again."
     )
 
 
-def _whole_numbers(path: Path, fmt: str, name: str, text: str, count: int | None, low: int) -> list[int]:
-    """``count`` (or any number of) whole numbers >= ``low`` from a header field, or :class:`VolumeReadError`."""
+def _whole_numbers(path: Path, fmt: str, name: str, text: str, count: int, low: int) -> list[int]:
+    """``count`` whole numbers >= ``low`` from a header field, or :class:`VolumeReadError`."""
     try:
         values = [int(v) for v in text.split()]
     except ValueError:
         values = []
-    if not values or (count is not None and len(values) != count) or min(values) < low:
-        wanted = f"{count} whole number(s)" if count is not None else "whole numbers"
+    if len(values) != count or min(values) < low:
         raise VolumeReadError(
-            f"{path}: the {fmt} header is corrupt: '{name}' is '{text.strip()[:80]}', not {wanted} >= {low}. "
+            f"{path}: the {fmt} header is corrupt: '{name}' is '{text.strip()[:80]}', not {count} whole number(s) "
+            f">= {low}. "
             "Copy or export it again."
         )
     return values
@@ -147,7 +150,7 @@ def _check_nrrd(path: Path) -> None:
     if not magic.startswith(b"NRRD000"):
         raise VolumeReadError(f"{path}: not an NRRD file (it does not start with 'NRRD000'); is it another format renamed?")
     detached = path.suffix.lower() == ".nhdr"
-    lines, offset = _header_lines(path, "detached NRRD" if detached else "NRRD", lambda line: line == "")
+    lines, offset = _header_lines(path, "NRRD", lambda line: line == "", whole_file=detached)
     fields = {}
     for line in lines[1:]:
         if line.startswith("#") or ":=" in line or ": " not in line:
