@@ -199,12 +199,16 @@ def test_read_only_output_folder_is_refused_before_the_run(tmp_path):
     assert "is not writable" in result.stderr and "segmenting" not in result.stderr
 
 
-def test_unreadable_input_is_named_without_a_traceback(tmp_path):
+def test_unreadable_inputs_are_named_without_a_traceback(tmp_path):
     scan = write_itk(tmp_path / "scan.nii.gz", ramp())
     scan.chmod(0o000)
-    result = cli_obeying_permissions("info", str(scan))
+    folder = tmp_path / "dicom"
+    folder.mkdir(mode=0o000)
+    result = cli_obeying_permissions("info", str(scan), str(folder))
+    folder.chmod(0o755)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "permission denied" in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]  # ITK warns too
+    assert len(errors) == 2 and all("permission denied" in error for error in errors)
 
 
 def test_stale_partial_files_of_the_target_are_removed(tmp_path):
