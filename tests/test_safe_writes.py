@@ -134,6 +134,20 @@ def test_widget_export_writes_mask_and_sidecar_both_or_neither(small_disk, tmp_p
     assert {p.name: p.read_bytes() for p in small_disk.folder.iterdir() if p.name != "filler"} == before
 
 
+def test_a_checkpoint_on_a_full_disk_fails_with_the_reason_and_keeps_the_last_one(small_disk):
+    # torch reports a short write as its own RuntimeError; the run's last checkpoint must survive it.
+    import torch
+
+    from napari_fewshot.train.runs import save_checkpoint
+
+    path = small_disk.folder / "checkpoint.pt"
+    save_checkpoint(path, {"seed": 0}, 1, {"weights": torch.zeros(10)}, [])
+    before = path.read_bytes()
+    with small_disk.full(), pytest.raises(VolumeWriteError, match="checkpoint.pt: could not be written"):
+        save_checkpoint(path, {"seed": 0}, 2, {"weights": torch.rand(100_000)}, [])
+    assert path.read_bytes() == before and small_disk.names() == ["checkpoint.pt"]
+
+
 def segment_files(folder, shape=(24, 48, 48)):
     """A scan and a support with a square painted on its middle slice."""
     image = ellipsoids(shape)[0]

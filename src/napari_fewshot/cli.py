@@ -457,14 +457,14 @@ def _evaluate(args: argparse.Namespace) -> int:
                             backend=args.backend, precision=args.precision), repeats=args.repeats,
             tolerance_mm=args.nsd_mm, log=lambda line: print(line, file=sys.stderr, flush=True),
         )
+        results["command"] = " ".join(["napari-fewshot", *sys.argv[1:]])
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in (("results.json", json.dumps(results, indent=1)), ("results.md", markdown(results))):
+            atomic_write(out / name, lambda temporary, text=text: temporary.write_text(text, encoding="utf-8"))
     except (VolumeError, SegmentationError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    results["command"] = " ".join(["napari-fewshot", *sys.argv[1:]])
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in (("results.json", json.dumps(results, indent=1)), ("results.md", markdown(results))):
-        atomic_write(out / name, lambda temporary, text=text: temporary.write_text(text, encoding="utf-8"))
     written = plots(results, out)
     print(markdown(results))
     print(f"written: {out / 'results.json'}, {out / 'results.md'}, " + ", ".join(str(p) for p in written))

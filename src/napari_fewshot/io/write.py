@@ -198,8 +198,9 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(temporary)`` for a temporary file next to ``path``, flush it, then rename it over ``path``.
 
     An interrupted or failed write leaves no partial file and keeps any file that
-    was there (with its permissions).  ``OSError`` becomes :class:`VolumeWriteError`;
-    other errors of ``write`` propagate after the temporary file is removed.
+    was there (with its permissions).  A failure of ``write`` (a full disk makes
+    torch and safetensors raise their own errors) becomes :class:`VolumeWriteError`;
+    an interrupt (``KeyboardInterrupt``) propagates after the temporary file is removed.
     """
     atomic_write_all({path: write})
 
@@ -232,9 +233,14 @@ def atomic_write_all(writes: dict[Path, Callable[[Path], None]]) -> None:
             os.replace(temporary, path)
             renamed.append(str(path))
             _fsync_folder(path.parent)
-    except OSError as error:
+    except VolumeWriteError:
+        raise
+    except Exception as error:  # OSError, or what a library's writer makes of one (torch, safetensors)
         done = f"only {', '.join(renamed)} replaced" if renamed else "nothing was changed"
-        raise VolumeWriteError(f"{path}: could not be written ({error}); {done}") from error
+        reason = str(error) if isinstance(error, OSError) else f"{type(error).__name__}: {error}"
+        raise VolumeWriteError(
+            f"{path}: could not be written ({reason}); {done}. Check that the disk has space and the folder is writable."
+        ) from error
     finally:
         for temporary in temporaries.values():
             if temporary.exists():
