@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 
 CLI = str(Path(sys.executable).parent / "napari-fewshot")
-#: The tests' own cache folder (converted models), never the user's: kept between local runs.
+#: The tests' own cache folder (converted models, saved features), never the user's: kept between local runs.
 TEST_CACHE = Path(__file__).resolve().parent.parent / ".pytest_cache" / "napari-fewshot"
 os.environ["NAPARI_FEWSHOT_CACHE"] = str(TEST_CACHE)  # subprocesses (the CLI) inherit it
 

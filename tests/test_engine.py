@@ -111,10 +111,10 @@ def test_a_cancelled_run_keeps_the_slices_it_encoded(volume):
     image, truth = volume
     cache, calls = FeatureCache(), []
     with pytest.raises(SegmentationCancelled):
-        segment(image, one_slice_support(truth), encoder="tiny", batch_size=4, cache=cache,
+        segment(image, one_slice_support(truth), encoder="tiny", batch_size=4, cache=cache, every_slice=True,
                 progress=lambda *a: calls.append(a), cancel=lambda: len(calls) > 2)
     assert cache.stats.encoded_slices == 8  # two batches finished before the cancel
-    segment(image, one_slice_support(truth), encoder="tiny", batch_size=4, cache=cache)
+    segment(image, one_slice_support(truth), encoder="tiny", batch_size=4, cache=cache, every_slice=True)
     assert cache.stats.encoded_slices == 24
 
 
@@ -127,7 +127,7 @@ def test_cancel_is_asked_inside_the_encoder(volume):
         return len(asked) >= 3
 
     with pytest.raises(SegmentationCancelled):
-        segment(image, one_slice_support(truth), encoder="tiny", batch_size=64, cache=FeatureCache(),
+        segment(image, one_slice_support(truth), encoder="tiny", batch_size=64, cache=FeatureCache(), every_slice=True,
                 cancel=cancel, progress=lambda *a: calls.append(a))
     assert calls == [(0, 72)]  # stopped inside the one and only encoder batch
 

@@ -49,10 +49,11 @@ def scan(tmp_path):
 
 
 @pytest.fixture
-def session(make_napari_viewer, scan, monkeypatch):
+def session(make_napari_viewer, scan, monkeypatch, tmp_path):
     """A viewer showing the scan, the docked widget on the tiny encoder, and a support painted on one slice."""
     monkeypatch.setitem(ENCODERS, "slow", SlowEncoder)
     DEFAULT_CACHE.clear()  # each test counts the slices it encodes
+    monkeypatch.setattr(DEFAULT_CACHE, "folder", tmp_path / "features")  # and finds no other test's saved
     path, truth = scan
     viewer = make_napari_viewer(show=True)
     [image] = viewer.open(path, plugin=PLUGIN)
@@ -232,7 +233,11 @@ def test_shortcuts_run_the_actions(qtbot, session):
 
 def test_export_writes_the_mask_with_the_source_geometry_and_a_sidecar(qtbot, session, scan, tmp_path):
     viewer, widget, image, support, truth = session
+    assert widget.backend.value == "auto" and "(openvino)" in widget.device_note.value
+    widget.backend.value = "torch"  # the advanced choice reaches the engine and the record
+    assert "(torch)" in widget.device_note.value
     _run(qtbot, widget, widget.segment_volume)
+    assert "on torch f32 on cpu" in widget.status.value
     prediction = viewer.layers["scan prediction"]
     out = tmp_path / "mask.nrrd"
     written = widget.export_mask(str(out))
@@ -245,6 +250,7 @@ def test_export_writes_the_mask_with_the_source_geometry_and_a_sidecar(qtbot, se
     assert sidecar["labels"] == {"1": "bright", "2": "dark"}
     assert sidecar["segmentation"]["support_slices"] == {"1": [PAINTED], "2": [PAINTED]}
     assert sidecar["segmentation"]["encoder"] == "tiny" and sidecar["segmentation"]["head"] == "alpnet"
+    assert sidecar["segmentation"]["backend"] == "torch" and sidecar["segmentation"]["runtime"].startswith("torch f32")
     assert Geometry.from_dict(sidecar["geometry"]).same_grid(source)
 
     # over the scan itself: refused, nothing written, a notification says why

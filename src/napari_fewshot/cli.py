@@ -87,6 +87,7 @@ def _segment(args: argparse.Namespace) -> int:
 
     from .core.engine import segment
     from .core.errors import SegmentationError
+    from .core.features import FeatureCache
     from .core.support import painted_structures
     from .io import VolumeError, check_same_grid, check_writable, read_volume, write_volumes
 
@@ -121,6 +122,8 @@ def _segment(args: argparse.Namespace) -> int:
             ends=args.ends,
             boundaries=args.boundaries,
             fill_holes=args.fill_holes,
+            every_slice=args.every_slice,
+            cache=FeatureCache() if args.no_disk_cache else None,
             progress=ProgressBar("segmenting"),
         )
         write_volumes([  # all or none: the labels and probabilities of one run
@@ -136,7 +139,7 @@ def _segment(args: argparse.Namespace) -> int:
     print(
         f"{args.output}: {', '.join(f'label {v}: {n} voxels' for v, n in counts.items())} "
         f"({result.encoder} + {result.head}; encoder on {result.runtime}; "
-        f"{seconds['total']:.1f} s, of which encoding {seconds['encode']:.1f} s)"
+        f"{seconds['total']:.1f} s, of which encoding {result.encoded_slices} slices {seconds['encode']:.1f} s)"
     )
     return 0
 
@@ -232,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the default with the litemedsam encoder) or prototype (the head's own mask)",
     )
     seg.add_argument("--fill-holes", action="store_true", help="fill holes in each slice of each structure")
+    seg.add_argument("--no-disk-cache", action="store_true",
+                     help="keep the encoded slices in memory only (default: also in your cache folder, so a scan "
+                     "segmented before is not encoded again)")
+    seg.add_argument("--every-slice", action="store_true",
+                     help="encode and predict every slice (default: from the painted slices outward until each "
+                     "structure has ended, and 10 mm beyond; the slices never reached are 0)")
     seg.add_argument(
         "--probabilities", metavar="PATH",
         help="also write foreground probabilities (float32); with several structures put {label} in the name",
@@ -421,7 +430,7 @@ def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
         default=["alpnet", "alpnet+prototype", "dspnet", "alpnet@none", "dspnet@none+prototype", "panet@none+prototype",
                  *BASELINES],
         help="HEAD[@WEIGHTS][:KEEP][+FLAG...] for the engine (weights: default, none or a model file; keep: "
-        "painted, largest or all; flags: +decoder or +prototype boundaries, +nolocation, +noends, +decay), "
+        "painted, largest or all; flags: +decoder or +prototype boundaries, +nolocation, +noends, +decay, +every), "
         f"or one of {', '.join(BASELINES)}; the first is compared with the others",
     )
     evaluate.add_argument("--encoder", default="litemedsam",

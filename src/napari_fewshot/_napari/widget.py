@@ -99,6 +99,11 @@ class FewShotWidget(Container):
             f"(faster, coarser). {AUTO}: the decoder where it can"
         )
         self.fill_holes = CheckBox(text="Fill holes", value=False)
+        self.every_slice = CheckBox(text="Every slice", value=False)
+        self.every_slice.tooltip = (
+            "Segment volume encodes and predicts every slice. Unticked (faster), each structure is followed from its "
+            "painted slices outward until it ends, and 10 mm beyond; slices never reached stay empty"
+        )
         self.maps = ComboBox(label="Maps", choices=list(MAPS), value="attention")
         self.maps.tooltip = "Per structure, an Image layer (hidden; additive) with the prototype attention or the probability"
         self.device_note = Label(value="")
@@ -141,7 +146,8 @@ class FewShotWidget(Container):
             widget.native.setWordWrap(True)
         self.extend([
             self.image, self.support, self.new_support, self.names, self.encoder, self.head, self.device,
-            self.backend,            self.keep, self.boundaries, self.fill_holes, self.maps, self.device_note, self.segment_slice, self.segment_volume,
+            self.backend, self.keep, self.boundaries, self.fill_holes, self.every_slice, self.maps, self.device_note,
+            self.segment_slice, self.segment_volume,
             self.cancel, self.status, self.check, self.add_to_support, self.refine_steps, self.model_folder, self.refine,
             self.apply_model, self.export_layer, self.export_path, self.export,
         ])  # fmt: skip
@@ -204,6 +210,7 @@ class FewShotWidget(Container):
             keep=self.keep.value if kind == "volume" else "all",
             boundaries=None if self.boundaries.value == AUTO else self.boundaries.value,
             fill_holes=self.fill_holes.value,
+            every_slice=self.every_slice.value,
             threshold=DEFAULT_THRESHOLD,
         )
         kwargs = dict(
@@ -214,7 +221,7 @@ class FewShotWidget(Container):
             modality=image.metadata.get("modality"),
             slices=None if kind == "volume" else slices,
         )
-        context = dict(image=image, support=support, encoded=DEFAULT_CACHE.stats.encoded_slices)
+        context = dict(image=image, support=support)
         what = f"{image.name}: {'every slice' if kind == 'volume' else f'slice {current}'}"
         job = Job(
             description=f"Segmenting {what}",
@@ -416,7 +423,7 @@ class FewShotWidget(Container):
         image = context["image"]
         if image not in self._viewer.layers:
             return  # closed during the run: _layer_removed has said so
-        encoded = DEFAULT_CACHE.stats.encoded_slices - context["encoded"]
+        encoded = result.encoded_slices
         if encoded and result.device == "cpu":
             self._seconds_per_slice[result.encoder, result.runtime.backend] = result.seconds["encode"] / encoded
             self._update_device_note()

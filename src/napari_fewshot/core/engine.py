@@ -6,6 +6,7 @@ the widget.  Arrays in (numpy, file units), arrays out; no napari or Qt here.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from .features import FeatureCache, VolumeFeatures, encode_slices, feature_key
 from .heads import DEFAULT_HEAD, Head, build_head
 from .model import DEFAULT, FewShotModel, apply_model_file, model_source, read_model
 from .intensity import Modality
+from .outward import OUTWARD_MARGIN_MM, walk_outward
 from .postprocess import KEEP, connected_to, largest_component, stop_at_ends
 from .postprocess import fill_holes as fill_slice_holes
 from .preprocess import Preprocessing, from_encoder_slices, slice_aspect, spacing_first, to_encoder_slices
@@ -30,14 +32,16 @@ from .priors import apply_distance_decay, apply_location_prior
 from .runtime import Runtime, Trunk, resolve_runtime, trunk_runner
 from .sam_decoder import box_decoder
 from .support import assign_supports, painted_slices, painted_structures
+from .user_cache import user_cache_folder
 
 DEFAULT_ENCODER = "litemedsam"
 #: A voxel is background unless some structure's probability exceeds this.
 DEFAULT_THRESHOLD = 0.5
 #: A head batch holds at most this many support-to-query attention entries (Q * S * (h*w)^2).
 HEAD_BATCH_ELEMENTS = 2**25
-#: Features of recently segmented volumes, shared by every caller that passes no cache.
-DEFAULT_CACHE = FeatureCache()
+#: Features of recently segmented volumes, shared by every caller that passes no cache, and saved
+#: in the user's cache folder (``features/``), so that a scan segmented before is not encoded again.
+DEFAULT_CACHE = FeatureCache(folder=lambda: user_cache_folder("features"))
 
 Progress = Callable[[int, int], None]
 
@@ -66,8 +70,11 @@ class Segmentation:
     weights : the model file whose trained weights were used, or ``none``.
     runtime : what ran the encoder: backend, precision, device (torch after a fallback from OpenVINO).
     feature_bytes : memory held by the features of the volume(s) segmented.
-    seconds : wall time of ``encode`` (0 when the features were cached), ``head`` (with the
-        boundaries drawn) and ``total``.
+    examined : per label value, the slice indices (along ``axis``) the structure was predicted
+        on; the others were never looked at for it (see ``every_slice``) and hold 0.
+    encoded_slices : how many slices this call encoded (0 when every one was cached).
+    seconds : wall time of ``encode`` (0 when the features were cached), the rest (``head``,
+        with the boundaries drawn) and ``total``.
     """
 
     labels: np.ndarray
@@ -82,6 +89,8 @@ class Segmentation:
     device: str
     runtime: Runtime
     feature_bytes: int
+    examined: dict[int, np.ndarray]
+    encoded_slices: int
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -108,6 +117,7 @@ def segment(
     ends: bool | None = None,
     boundaries: str | None = None,
     fill_holes: bool = False,
+    every_slice: bool = False,
     batch_size: int | None = None,
     cache: FeatureCache | None = None,
     progress: Progress | None = None,
@@ -156,9 +166,15 @@ def segment(
         ``litemedsam`` encoder with its pretrained trunk); ``prototype``: the head's
         own mask.  Default: ``decoder`` where possible.
     fill_holes : fill the holes of each structure in every slice.
+    every_slice : encode and predict every slice.  By default (with ``keep='painted'``, the
+        painting on ``image`` and every slice asked for) each structure is predicted from its
+        painted slices outward, a batch of slices at a time, until it has ended
+        (:func:`~napari_fewshot.core.outward.walk_outward`) and ``OUTWARD_MARGIN_MM`` beyond;
+        slices no structure reached are never encoded and hold 0 (``examined`` says which were).
     batch_size : slices per encoder batch (default: the runtime's; halved on out-of-memory).
-    cache : where features are kept between calls (default: a shared cache); a new
-        support for the same image re-runs only the head.
+    cache : where features are kept between calls (default: a shared cache, saved in the
+        user's cache folder; ``FeatureCache()`` keeps them in memory only); a new support
+        for the same image re-runs only the head, a later process reads them back.
     progress : ``progress(done, total)`` after each batch, in slices.
     cancel : asked between batches and inside the encoder; when it returns True the
         run raises :class:`~napari_fewshot.core.errors.SegmentationCancelled`.
@@ -189,6 +205,7 @@ def segment(
     ends = same_volume and whole if ends is None else ends
     if ends and not (same_volume and whole):
         raise SegmentationError("ends=True needs the painting on the image itself and every slice predicted; use ends=False")
+    outward = same_volume and whole and keep == "painted" and not every_slice
     support_array = query_array if same_volume else _checked_image(support_image, "support image")
     painting = _slices_first(_checked_labels(support_labels, support_array.shape, same_volume), axis)
     query_volume, support_volume = _slices_first(query_array, axis), _slices_first(support_array, axis)
@@ -209,32 +226,41 @@ def segment(
     passes = 2 if boundaries == "decoder" else 1  # the head over the queries, then the decoder over them
     total = sum(len(f.missing(n)) for f, n in zip(features, needed)) + passes * len(structures) * len(queries)
     advance = _Advance(progress, total)
-    options = dict(batch_size=batch_size, advance=advance, cancel=cancel)
-    for (volume, aspect), preprocessing, key, entry, wanted in zip(volumes, preprocessings, keys, features, needed):
-        _encode_into(cache, key, entry, volume, trunk, preprocessing, wanted, pixel_aspect=aspect, **options)
-    encoded = time.perf_counter()
+    encoding = _Encoding(cache, trunk, batch_size, advance, cancel)
+    for (volume, aspect), preprocessing, key, entry in zip(volumes[1:], preprocessings[1:], keys[1:], features[1:]):
+        encoding(key, entry, volume, preprocessing, support_needed, aspect)  # another volume's painted slices
+    probabilities = {v: np.zeros(query_volume.shape, dtype=np.float32) for v in structures}
+    attention = {v: np.zeros(query_volume.shape, dtype=np.float32) for v in structures}
+    spacing_mm = spacing_first(spacing, axis)
 
-    probabilities, attention = {}, {}
-    for value, slices in structures.items():
-        probabilities[value], attention[value] = _structure_maps(
-            model,
-            features[0].tensor,
-            features[-1].tensor,
-            painting == value,
-            slices,
-            queries,
-            query_shape=query_volume.shape[1:],
-            aspects=(query_aspect, support_aspect),
-            device=torch_device,
-            advance=advance,
-            cancel=cancel,
-        )
+    def predict(value: int, batch: np.ndarray) -> None:
+        """Encode the slices ``batch`` (those not cached) and predict structure ``value`` there, priors applied."""
+        wanted = np.union1d(batch, support_needed) if same_volume else batch
+        encoding(keys[0], features[0], query_volume, preprocessings[0], wanted, query_aspect)
+        painted_value, slices = painting == value, structures[value]
+        _structure_maps(model, features[0].tensor, features[-1].tensor, painted_value, slices, batch,
+                        (probabilities[value], attention[value]), aspects=(query_aspect, support_aspect),
+                        device=torch_device, advance=advance, cancel=cancel)
         if location:
-            apply_location_prior(probabilities[value], painting == value, slices, spacing_first(spacing, axis), queries)
+            apply_location_prior(probabilities[value], painted_value, slices, spacing_mm, batch)
         if decay_mm is not None:
-            apply_distance_decay(probabilities[value], slices, spacing_first(spacing, axis)[0], decay_mm, queries)
+            apply_distance_decay(probabilities[value], slices, spacing_mm[0], decay_mm, batch)
         if same_volume:
             probabilities[value][list(slices)] = painting[list(slices)] == value
+
+    examined = {}
+    try:
+        for value, slices in structures.items():
+            if outward:
+                margin = math.ceil(OUTWARD_MARGIN_MM / spacing_mm[0])
+                examined[value] = walk_outward(lambda batch, v=value: predict(v, batch), probabilities[value],
+                                               painting == value, slices, threshold, ends, margin,
+                                               batch_size or trunk.batch_size())
+            else:
+                predict(value, queries)
+                examined[value] = _on(queries, len(query_volume))
+    finally:
+        encoding.save()  # what was encoded, even when cancelled
     labels = _merge(probabilities, threshold, painting.dtype)
     painted = painted_slices(painting) if same_volume else None  # another volume's painting is not on this grid
     if painted is not None:
@@ -268,6 +294,7 @@ def segment(
     if painted is not None:
         labels[painted] = painting[painted]
     presence = {v: structure_presence(attention[v], labels == v, levels[v]) for v in structures}
+    advance(advance.total - advance.done)  # slices never examined count as done
     finished = time.perf_counter()
     return Segmentation(
         labels=np.moveaxis(labels, 0, axis),
@@ -282,7 +309,9 @@ def segment(
         device=str(torch_device),
         runtime=trunk.runtime,
         feature_bytes=sum(f.nbytes for f in features),
-        seconds={"encode": encoded - started, "head": finished - encoded, "total": finished - started},
+        examined={v: np.flatnonzero(flags) for v, flags in examined.items()},
+        encoded_slices=encoding.slices,
+        seconds={"encode": encoding.seconds, "head": finished - started - encoding.seconds, "total": finished - started},
     )
 
 
@@ -317,9 +346,11 @@ def encode_volume(
     key = feature_key(volume, encoder_model, preprocessing, aspect, trunk.runtime.feature_tag)
     entry = _cached(cache, key, len(volume))
     wanted = np.arange(len(volume))
-    advance = _Advance(progress, len(entry.missing(wanted)))
-    _encode_into(cache, key, entry, volume, trunk, preprocessing, wanted, pixel_aspect=aspect, advance=advance,
-                 cancel=cancel)
+    encoding = _Encoding(cache, trunk, None, _Advance(progress, len(entry.missing(wanted))), cancel)
+    try:
+        encoding(key, entry, volume, preprocessing, wanted, aspect)
+    finally:
+        encoding.save()
     return entry.tensor
 
 
@@ -342,21 +373,40 @@ def _cached(cache: FeatureCache, key: str, n_slices: int) -> VolumeFeatures:
     return cache.get(key) or VolumeFeatures(n_slices)
 
 
-def _encode_into(
-    cache: FeatureCache, key: str, entry: VolumeFeatures, volume: np.ndarray, trunk: Trunk,
-    preprocessing: Preprocessing, wanted: np.ndarray, **options,
-) -> None:
-    """Encode the ``wanted`` slices ``entry`` lacks (:func:`encode_slices`), keeping ``entry`` in ``cache``.
+class _Encoding:
+    """``encoding(key, entry, volume, preprocessing, wanted, aspect)``: encode the ``wanted`` slices ``entry``
+    lacks (:func:`encode_slices`) with ``trunk``, keeping ``entry`` in ``cache`` under ``key``.
 
-    A cancelled run keeps the slices it encoded; the cache counts the slices encoded.
+    Counts the slices it encoded and the seconds it took.  A cancelled run keeps
+    the slices it encoded (the cache counts them too); :meth:`save` writes them to the
+    cache's folder.
     """
-    cache.put(key, entry)
-    encoded_before = int(entry.encoded.sum())
-    try:
-        encode_slices(volume, trunk, preprocessing, entry, wanted, **options)
-    finally:
-        cache.stats.encoded_slices += int(entry.encoded.sum()) - encoded_before
-        cache.put(key, entry)
+
+    def __init__(self, cache: FeatureCache, trunk: Trunk, batch_size: int | None, advance: _Advance,
+                 cancel: CancelCheck | None) -> None:
+        self.cache, self.trunk, self.batch_size, self.advance, self.cancel = cache, trunk, batch_size, advance, cancel
+        self.slices, self.seconds = 0, 0.0
+        self.keys: set[str] = set()
+
+    def __call__(self, key: str, entry: VolumeFeatures, volume: np.ndarray, preprocessing: Preprocessing,
+                 wanted: np.ndarray, aspect: float) -> None:
+        started, before = time.perf_counter(), int(entry.encoded.sum())
+        self.cache.put(key, entry)
+        self.keys.add(key)
+        try:
+            encode_slices(volume, self.trunk, preprocessing, entry, wanted, pixel_aspect=aspect,
+                          batch_size=self.batch_size, advance=self.advance, cancel=self.cancel)
+        finally:
+            encoded = int(entry.encoded.sum()) - before
+            self.slices += encoded
+            self.cache.stats.encoded_slices += encoded
+            self.cache.put(key, entry)
+            self.seconds += time.perf_counter() - started
+
+    def save(self) -> None:
+        """Write the features of the volumes encoded to the cache's folder (:meth:`FeatureCache.save`)."""
+        for key in self.keys:
+            self.cache.save(key)
 
 
 def _slices_first(array: np.ndarray, axis: int) -> np.ndarray:
@@ -485,17 +535,17 @@ def _structure_maps(
     painted: np.ndarray,
     painted_slices: tuple[int, ...],
     queries: np.ndarray,
+    out: tuple[np.ndarray, np.ndarray],
     *,
-    query_shape: tuple[int, int],
     aspects: tuple[float, float],
     device: torch.device,
     advance: Callable[[int], None],
     cancel: CancelCheck | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """One structure's probability and attention ``[Z, Y, X]`` float32 on the slices ``queries`` (0 elsewhere)."""
-    n_query = len(query_features)
-    probability = np.zeros((n_query, *query_shape), dtype=np.float32)
-    attention = np.zeros_like(probability)
+) -> None:
+    """One structure's probability and attention on the slices ``queries``, written into ``out``
+    (two ``[Z, Y, X]`` float32 arrays)."""
+    probability, attention = out
+    query_shape, n_query = probability.shape[1:], len(probability)
     wanted = set(queries.tolist())
     groups = assign_supports(n_query, len(support_features), painted_slices)
     with torch.inference_mode():
@@ -513,7 +563,6 @@ def _structure_maps(
                 maps = _predict(model, support, mask, query, query_shape, aspects[0])
                 probability[chunk], attention[chunk] = maps[:, 0], maps[:, 1]
                 advance(len(chunk))
-    return probability, attention
 
 
 def _support(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -42,6 +43,8 @@ CACHE_DTYPE = torch.bfloat16
 HEAD_GRID = 32
 #: The cache keeps at most this many bytes of features (least recently used go first).
 DEFAULT_CACHE_BYTES = 4 * 2**30
+#: A cache's folder holds at most this many bytes of features (least recently used files go first).
+DEFAULT_DISK_BYTES = 8 * 2**30
 
 _fingerprints: weakref.WeakKeyDictionary[Encoder, str] = weakref.WeakKeyDictionary()
 
@@ -59,12 +62,14 @@ class VolumeFeatures:
     """The features of one volume's slices, filled in as slices are encoded.
 
     ``tensor``: ``[N, C, h, w]`` bfloat16 on the CPU, allocated when the first
-    slice is encoded (None before); ``encoded``: ``[N]`` bool, the slices it holds.
+    slice is encoded (None before); ``encoded``: ``[N]`` bool, the slices it holds;
+    ``saved``: how many of them the cache's folder holds.
     """
 
     def __init__(self, n_slices: int) -> None:
         self.tensor: torch.Tensor | None = None
         self.encoded = np.zeros(n_slices, dtype=bool)
+        self.saved = 0
 
     @property
     def nbytes(self) -> int:
@@ -79,17 +84,35 @@ class VolumeFeatures:
 class FeatureCache:
     """:class:`VolumeFeatures` of recently used volumes on the CPU, least recently used dropped first.
 
-    With a ``folder``, every volume whose slices are all encoded is also written
-    there (one safetensors file per key) and read back by a later process that
-    asks for the same key: a benchmark or a script re-run encodes nothing.  The
-    files hold tensors only; reading them runs no code.
+    With a ``folder`` (a path, or a function giving one when the cache is used),
+    :meth:`save` writes a volume's encoded slices there (one safetensors file per
+    key, tensors only: reading runs no code), and a later process that asks for
+    the same key reads them back instead of encoding.  The folder holds at most
+    ``max_disk_bytes``; the files least recently used go first.  A damaged file is
+    said in a warning, removed, and its slices encoded again.
     """
 
-    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES, folder: Path | str | None = None) -> None:
-        self.max_bytes = max_bytes
-        self.folder = Path(folder) if folder is not None else None
+    def __init__(
+        self,
+        max_bytes: int = DEFAULT_CACHE_BYTES,
+        folder: Path | str | Callable[[], Path] | None = None,
+        max_disk_bytes: int = DEFAULT_DISK_BYTES,
+    ) -> None:
+        self.max_bytes, self.max_disk_bytes = max_bytes, max_disk_bytes
+        self._folder = folder
         self.stats = CacheStats()
         self._entries: OrderedDict[str, VolumeFeatures] = OrderedDict()
+
+    @property
+    def folder(self) -> Path | None:
+        """Where features are saved, or None (memory only); settable like the constructor's ``folder``."""
+        if self._folder is None:
+            return None
+        return Path(self._folder() if callable(self._folder) else self._folder)
+
+    @folder.setter
+    def folder(self, folder: Path | str | Callable[[], Path] | None) -> None:
+        self._folder = folder
 
     @property
     def nbytes(self) -> int:
@@ -110,40 +133,80 @@ class FeatureCache:
         return features
 
     def put(self, key: str, features: VolumeFeatures) -> None:
-        """Keep ``features``; older entries go while the total exceeds ``max_bytes`` (the newest stays).
-
-        With a folder, a volume with every slice encoded is written there once.
-        """
+        """Keep ``features``; older entries go while the total exceeds ``max_bytes`` (the newest stays)."""
         self._entries[key] = features
         self._entries.move_to_end(key)
         while len(self._entries) > 1 and self.nbytes > self.max_bytes:
             self._entries.popitem(last=False)
-        path = self._path(key)
-        if path is not None and features.tensor is not None and features.encoded.all() and not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, lambda target: save_file({"features": features.tensor.contiguous()}, str(target), {"key": key}))
+
+    def save(self, key: str) -> None:
+        """Write the slices ``key`` holds to the folder, when there is one and it lacks some of them; then drop
+        the least recently used files while the folder holds more than ``max_disk_bytes``."""
+        path, features = self._path(key), self._entries.get(key)
+        if path is None or features is None or features.tensor is None or features.saved == features.encoded.sum():
+            return
+        slices = np.flatnonzero(features.encoded)
+        stored = {"features": features.tensor[torch.from_numpy(slices)].contiguous(), "slices": torch.from_numpy(slices)}
+        metadata = {"key": key, "n_slices": str(len(features.encoded))}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda target: save_file(stored, str(target), metadata))
+        features.saved = len(slices)
+        self._trim_folder(keep=path)
 
     def clear(self) -> None:
         """Forget the volumes held in memory (files in the folder stay)."""
         self._entries.clear()
 
     def _path(self, key: str) -> Path | None:
-        if self.folder is None:
+        folder = self.folder
+        if folder is None:
             return None
-        return self.folder / f"{hashlib.blake2b(key.encode(), digest_size=16).hexdigest()}.safetensors"
+        return folder / f"{hashlib.blake2b(key.encode(), digest_size=16).hexdigest()}.safetensors"
 
     def _read(self, key: str) -> VolumeFeatures | None:
         """The features of ``key`` from the folder, when a file there holds them under that key."""
         path = self._path(key)
         if path is None or not path.is_file():
             return None
-        with safe_open(str(path), framework="pt") as stored:
-            if stored.metadata().get("key") != key:
-                return None
-            tensor = stored.get_tensor("features")
-        features = VolumeFeatures(len(tensor))
-        features.tensor, features.encoded[:] = tensor, True
+        try:
+            with safe_open(str(path), framework="pt") as stored:
+                metadata = stored.metadata() or {}
+                if metadata.get("key") != key:
+                    return None
+                tensor = stored.get_tensor("features")
+                slices = stored.get_tensor("slices").numpy() if "slices" in stored.keys() else np.arange(len(tensor))
+            n_slices = int(metadata.get("n_slices", len(tensor)))
+            if len(slices) != len(tensor) or (len(slices) and not 0 <= slices.min() <= slices.max() < n_slices):
+                raise ValueError(f"{len(tensor)} slices of features for slice numbers {slices.tolist()[:5]}...")
+        except Exception as error:  # safetensors' own errors, or numbers that do not hold together
+            log.warning("%s: cached features are damaged (%s); removed, the slices are encoded again", path, error)
+            path.unlink(missing_ok=True)
+            return None
+        os.utime(path)  # recently used
+        features = VolumeFeatures(n_slices)
+        features.tensor = torch.empty((n_slices, *tensor.shape[1:]), dtype=CACHE_DTYPE)
+        features.tensor[torch.from_numpy(slices)] = tensor.to(CACHE_DTYPE)
+        features.encoded[slices] = True
+        features.saved = len(slices)
         return features
+
+    def _trim_folder(self, keep: Path) -> None:
+        """Remove the least recently used files (never ``keep``) while the folder exceeds ``max_disk_bytes``."""
+        files = []
+        for file in keep.parent.glob("*.safetensors"):
+            try:
+                status = file.stat()
+            except FileNotFoundError:  # removed by another process meanwhile
+                continue
+            files.append((status.st_mtime, status.st_size, file))
+        files.sort()
+        total = sum(size for _, size, _ in files)
+        for _, size, file in files:
+            if total <= self.max_disk_bytes:
+                break
+            if file != keep:
+                file.unlink(missing_ok=True)
+                total -= size
 
 
 def state_digest(tensors: Iterable[tuple[str, torch.Tensor]], name: str) -> str:

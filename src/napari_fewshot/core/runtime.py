@@ -128,6 +128,7 @@ class TorchTrunk:
     def __init__(self, encoder: torch.nn.Module, runtime: Runtime) -> None:
         self.encoder, self.runtime = encoder, runtime
         self.input_size: int = encoder.input_size
+        self._batch: int | None = None
 
     def __call__(self, slices: torch.Tensor, cancel: CancelCheck | None = None) -> torch.Tensor:
         device = self.runtime.device
@@ -139,16 +140,18 @@ class TorchTrunk:
 
     def batch_size(self) -> int:
         """Slices per batch: 4 on the CPU, 8 on MPS; on CUDA as many as half the free memory holds
-        (measured on one slice), at most 256."""
+        (measured on one slice, the first time), at most 256."""
         device = self.runtime.device
         if device.type != "cuda":
             return 8 if device.type == "mps" else 4
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        self(torch.zeros(1, 3, self.input_size, self.input_size))
-        per_slice = max(torch.cuda.max_memory_allocated(device) - before, 1)
-        free, _ = torch.cuda.mem_get_info(device)
-        return max(1, min(256, int(0.5 * free / per_slice)))
+        if self._batch is None:
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+            self(torch.zeros(1, 3, self.input_size, self.input_size))
+            per_slice = max(torch.cuda.max_memory_allocated(device) - before, 1)
+            free, _ = torch.cuda.mem_get_info(device)
+            self._batch = max(1, min(256, int(0.5 * free / per_slice)))
+        return self._batch
 
 
 def trunk_runner(encoder: torch.nn.Module, runtime: Runtime) -> Trunk:

@@ -7,7 +7,8 @@
   ``all``; the cross-volume protocol keeps all), and flags: who draws the boundaries
   (``+decoder``: LiteMedSAM's decoder prompted by the prototypes, the engine's
   default with the ``litemedsam`` encoder; ``+prototype``: the head), ``+nolocation``
-  (no in-plane location prior);
+  (no in-plane location prior), ``+noends``, ``+decay``, ``+every`` (every slice
+  predicted, not only from the painting outward to where the structure ends);
 - ``litemedsam-box``: the painted mask's box prompts LiteMedSAM on the next slice,
   each predicted mask's box the one after, until the mask vanishes;
 - ``registration``: the mask warped slice to slice by demons registration;
@@ -41,10 +42,11 @@ from .propagation import BoxPromptStep, RegistrationStep, copy_step, propagate
 from .protocols import extent, query_thirds
 
 BASELINES = ("litemedsam-box", "registration", "copy")
-#: The flags that switch the engine's location prior off, its stop at each structure's ends off, its distance decay on.
-NO_LOCATION, NO_ENDS, DECAY = "nolocation", "noends", "decay"
+#: The flags that switch the engine's location prior off, its stop at each structure's ends off, its distance decay
+#: on, and its prediction of every slice on.
+NO_LOCATION, NO_ENDS, DECAY, EVERY = "nolocation", "noends", "decay", "every"
 #: What may follow ``+`` in an engine method's name: who draws the boundaries, or a prior switched.
-FLAGS = (*BOUNDARIES, NO_LOCATION, NO_ENDS, DECAY)
+FLAGS = (*BOUNDARIES, NO_LOCATION, NO_ENDS, DECAY, EVERY)
 
 
 @dataclass
@@ -103,12 +105,13 @@ class EngineMethod(Method):
         self.location = False if NO_LOCATION in flags else None
         self.ends = False if NO_ENDS in flags else None
         self.decay_mm = DECAY_MM if DECAY in flags else None
+        self.every_slice = EVERY in flags
 
     def _segment(self, task: Task, context: Context, support: np.ndarray, **options) -> np.ndarray:
         result = segment(
             task.case.image, support, spacing=task.case.spacing, encoder=context.encoder, head=self.head,
             weights=self.weights, boundaries=self.boundaries, location=self.location, ends=self.ends,
-            decay_mm=self.decay_mm, **context.runtime,
+            decay_mm=self.decay_mm, every_slice=self.every_slice, **context.runtime,
             cache=context.cache, **options,
         )
         return result.labels == 1
