@@ -1,17 +1,8 @@
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 
 import napari_fewshot
+from conftest import cli as run
 from conftest import write_itk
-
-CLI = str(Path(sys.executable).parent / "napari-fewshot")
-
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([CLI, *args], capture_output=True, text=True, encoding="utf-8")
 
 
 def test_version_and_help():
