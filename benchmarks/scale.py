@@ -58,7 +58,8 @@ def measure(slices: int, pixels: int, device: str) -> dict:
     result_mib = sum(a.nbytes for a in (*first.probabilities.values(), *first.attention.values(), first.labels)) / 2**20
     return {
         "slices": slices, "pixels": pixels, "image_mib": image.nbytes / 2**20, "device": first.device,
-        "first_s": first.seconds["total"], "encode_s": first.seconds["encode"], "again_s": float(np.median(again)),
+        "first_s": first.seconds["total"], "encode_s": first.seconds["encode"],
+        "encoded": first.encoded_slices, "runtime": str(first.runtime), "again_s": float(np.median(again)),
         "feature_mib": first.feature_bytes / 2**20, "result_mib": result_mib, "peak_mib": first_peak,
     }
 
@@ -80,11 +81,12 @@ def main() -> None:
                              capture_output=True, text=True, check=True)
         rows.append(json.loads(run.stdout.strip().splitlines()[-1]))
         print(rows[-1], file=sys.stderr, flush=True)
-    print("| slices | slice pixels | image MiB | first segmentation s (encoding) | re-segmentation s | "
+    print("| slices | slice pixels | image MiB | first segmentation s (encoding) | slices encoded | re-segmentation s | "
           "features MiB | result arrays MiB | peak resident MiB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['slices']} | {r['pixels']}² | {r['image_mib']:.0f} | {r['first_s']:.1f} ({r['encode_s']:.1f}) | "
+              f"{r['encoded']} | "
               f"{r['again_s']:.2f} | {r['feature_mib']:.0f} | {r['result_mib']:.0f} | {r['peak_mib']:.0f} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

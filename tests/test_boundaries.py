@@ -2,13 +2,14 @@
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import dice, ellipsoids
-from napari_fewshot.core.boundaries import MARGIN, BoxCalibration, prompt_box
+from napari_fewshot.core.boundaries import MARGIN, BoxCalibration, draw_boundaries, prompt_box
 from napari_fewshot.core.engine import segment
 from napari_fewshot.core.errors import SegmentationError
 from napari_fewshot.core.features import FeatureCache
-from napari_fewshot.core.sam_decoder import square_box
+from napari_fewshot.core.sam_decoder import BoxDecoder, square_box
 from napari_fewshot.evaluation.methods import method
 
 
@@ -61,6 +62,17 @@ def test_the_decoder_draws_a_disk_and_does_not_fill_a_ring():
     hole[:, 36:45, 40:49] = True  # inside the ring's inner radius of 8
     assert np.count_nonzero(hybrid.labels[hole & unpainted[:, None, None]] == 2) < 0.1 * hole[unpainted].sum()
     assert dice(hybrid.labels[unpainted] == 2, truth[unpainted] == 2) > 0.6
+
+
+def test_a_mask_too_small_for_the_encoders_square_keeps_its_prototype_boundary():
+    masks = np.zeros((3, 512, 512), bool)
+    masks[0, 100:200, 150:260] = True
+    masks[1, 300, 300] = True  # one pixel of a 512-pixel slice: a quarter of a pixel on the 256 square
+    assert prompt_box(masks[1], (1.0, 1.0)) is None
+    embeddings = torch.zeros((3, 256, 64, 64))
+    drawn = draw_boundaries(masks, embeddings, BoxDecoder(), np.ones((3, 2)))
+    assert np.array_equal(drawn[1], masks[1]) and not drawn[2].any()
+    assert drawn[0].shape == (512, 512)  # the decoder drew the large one
 
 
 def test_each_painted_slice_decides_whether_the_decoder_draws_its_neighbours():

@@ -145,17 +145,19 @@ def draw_boundaries(
 
     embeddings : ``[Z, 256, 64, 64]`` of the same slices; scales : ``[Z, 2]``, each
     slice's box scale (:func:`prompt_box`).  Slices where ``fixed`` ``[Z]`` bool is
-    True (the painted ones) and empty slices are returned as they are.
+    True (the painted ones), empty slices and slices whose mask is too small to keep a
+    pixel on the encoder's square (no box) are returned as they are.
     ``advance(n)`` is told after each batch of ``n`` slices; ``cancel`` is asked before each.
     """
     drawn = masks.copy()
     drawable = masks.reshape(len(masks), -1).any(axis=1) & (True if fixed is None else ~fixed)
-    slices = np.flatnonzero(drawable)
+    boxes = {z: prompt_box(masks[z], scales[z], pixel_aspect) for z in np.flatnonzero(drawable)}
+    slices = np.array([z for z, box in boxes.items() if box is not None], dtype=int)
     for start in range(0, len(slices), DECODE_BATCH):
         check_cancel(cancel)
         chunk = slices[start : start + DECODE_BATCH]
-        boxes = np.stack([prompt_box(masks[z], scales[z], pixel_aspect) for z in chunk])
-        drawn[chunk] = decoder.decode(embeddings[chunk], boxes, masks.shape[1:], pixel_aspect)
+        boxes_chunk = np.stack([boxes[z] for z in chunk])
+        drawn[chunk] = decoder.decode(embeddings[chunk], boxes_chunk, masks.shape[1:], pixel_aspect)
         if advance is not None:
             advance(len(chunk))
     return drawn
