@@ -1,5 +1,7 @@
 """The volume engine on small synthetic volumes, through ``napari_fewshot.segment``."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -9,12 +11,12 @@ from conftest import dice, ellipsoids
 from napari_fewshot.core.encoders import build_encoder
 from napari_fewshot.core.errors import SegmentationCancelled, SegmentationError
 from napari_fewshot.core.features import FeatureCache, VolumeFeatures, encode_slices
-from napari_fewshot.core.runtime import TorchTrunk, resolve_runtime
 from napari_fewshot.core.heads import HEADS
 from napari_fewshot.core.postprocess import connected_to, fill_holes, largest_component, stop_at_ends
 from napari_fewshot.core.preprocess import Preprocessing, padded_shape
 from napari_fewshot.core.priors import apply_distance_decay, apply_location_prior
-from napari_fewshot.core.support import assign_supports, painted_structures
+from napari_fewshot.core.runtime import TorchTrunk, resolve_runtime
+from napari_fewshot.core.support import SupportWarning, assign_supports, painted_structures
 
 segment = napari_fewshot.segment
 
@@ -338,6 +340,21 @@ def test_unknown_names_and_devices(volume):
     if not torch.cuda.is_available():
         with pytest.raises(SegmentationError, match="'cuda' is not available on this machine"):
             segment(image, support, encoder="tiny", device="cuda")
+    with pytest.raises(SegmentationError, match="axis must be 0, 1 or 2"):
+        segment(image, support, encoder="tiny", axis=3)
+    for threshold in (2.0, -1.0, float("nan")):
+        with pytest.raises(SegmentationError, match="threshold must be a probability between 0 and 1"):
+            segment(image, support, encoder="tiny", threshold=threshold)
+
+
+def test_a_support_of_another_modality_is_warned(volume):
+    image, truth = volume  # MR-like: no air
+    ct = image - 1100.0  # air around a body, in Hounsfield units
+    with pytest.warns(SupportWarning, match="the image looks like CT and the support image like MR"):
+        segment(ct, one_slice_support(truth), support_image=image, encoder="tiny", cache=FeatureCache())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the modality named: no guess to doubt
+        segment(ct, one_slice_support(truth), support_image=image, modality="CT", encoder="tiny", cache=FeatureCache())
 
 
 class RunsOutOfMemory(type(build_encoder("tiny"))):

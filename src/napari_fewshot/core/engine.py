@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from .preprocess import Preprocessing, from_encoder_slices, slice_aspect, spacin
 from .priors import apply_distance_decay, apply_location_prior
 from .runtime import Runtime, Trunk, resolve_runtime, trunk_runner
 from .sam_decoder import box_decoder
-from .support import assign_supports, painted_slices, painted_structures
+from .support import SupportWarning, assign_supports, painted_slices, painted_structures
 from .user_cache import user_cache_folder
 
 DEFAULT_ENCODER = "litemedsam"
@@ -188,6 +189,10 @@ def segment(
     cache = DEFAULT_CACHE if cache is None else cache
     same_volume = support_image is None
     query_array = _checked_image(image, "image")
+    if axis not in (0, 1, 2):
+        raise SegmentationError(f"axis must be 0, 1 or 2 (the volume's axis to slice along); got {axis}")
+    if not 0.0 <= threshold <= 1.0:  # NaN fails too
+        raise SegmentationError(f"threshold must be a probability between 0 and 1; got {threshold}")
     queries = _checked_slices(slices, query_array.shape, axis)
     whole = len(queries) == query_array.shape[axis]
     keep = keep or ("painted" if same_volume and whole else "all")
@@ -219,6 +224,13 @@ def segment(
     trunk = _trunk(encoder_model, runtime)
     volumes = [(query_volume, query_aspect)] + ([] if same_volume else [(support_volume, support_aspect)])
     preprocessings = [Preprocessing.for_volume(volume, modality) for volume, _ in volumes]
+    if preprocessings[0].modality != preprocessings[-1].modality:
+        warnings.warn(
+            f"the image looks like {preprocessings[0].modality} and the support image like "
+            f"{preprocessings[-1].modality}: a structure is matched by its look, which differs between modalities. "
+            "Paint the support on a scan of the image's modality (or give modality= if the guess is wrong)",
+            SupportWarning, stacklevel=2,
+        )
     keys = [feature_key(v, encoder_model, p, a, trunk.runtime.feature_tag) for (v, a), p in zip(volumes, preprocessings)]
     features = [_cached(cache, key, len(volume)) for key, (volume, _) in zip(keys, volumes)]
     support_needed = np.array(sorted({z for painted in structures.values() for z in painted}))
