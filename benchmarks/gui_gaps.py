@@ -32,6 +32,7 @@ def measure(viewer: napari.Viewer, widget, backend: str) -> dict:
     from napari_fewshot.core.engine import DEFAULT_CACHE
 
     DEFAULT_CACHE.clear()
+    DEFAULT_CACHE.folder = None  # nothing read from the disk cache: every run encodes
     widget.backend.value = backend
     ticks: list[float] = []
     timer = QTimer()
