@@ -385,3 +385,18 @@ def test_out_of_memory_falls_back_to_smaller_batches(volume, caplog):
             raise torch.OutOfMemoryError("CUDA out of memory")
     with pytest.raises(SegmentationError, match="ran out of memory encoding one slice"):
         encoded(NeverFits(), 4)
+
+
+def test_encode_volume_encodes_only_the_slices_asked_for(volume):
+    from napari_fewshot.core.engine import encode_volume
+
+    image, _ = volume
+    cache, calls = FeatureCache(), []
+    encode_volume(image, slices=[9, 8, 10, 7], encoder="tiny", backend="torch", cache=cache,
+                  progress=lambda done, total: calls.append((done, total)))
+    (entry,) = cache._entries.values()
+    assert np.flatnonzero(entry.encoded).tolist() == [7, 8, 9, 10] and calls[-1] == (4, 4)
+    encode_volume(image, encoder="tiny", backend="torch", cache=cache)
+    assert cache.stats.encoded_slices == len(image)  # the rest only
+    with pytest.raises(SegmentationError, match="slices must be slice indices from 0 to 23"):
+        encode_volume(image, slices=[30], encoder="tiny", cache=cache)

@@ -8,6 +8,7 @@ Runs go through the real thread worker; the tests wait on the runner with
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from napari.utils.notifications import notification_manager
 from qtpy.QtCore import Qt, QTimer
 
 from conftest import DIRECTIONS, dice, ellipsoids, write_itk
+import napari_fewshot._napari.widget as widget_module
 from napari_fewshot.core.encoders import ENCODERS
 from napari_fewshot.core.encoders.tiny import TinyEncoder
 from napari_fewshot.core.engine import DEFAULT_CACHE
@@ -39,6 +41,25 @@ class SlowEncoder(TinyEncoder):
         return super().trunk(x)
 
 
+class CountingEncoder(SlowEncoder):
+    """The slow encoder at 0.2 s per batch, noting the most encodings that ever ran at once."""
+
+    name = "counting"
+    running = most = 0
+    lock = threading.Lock()
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        with CountingEncoder.lock:
+            CountingEncoder.running += 1
+            CountingEncoder.most = max(CountingEncoder.most, CountingEncoder.running)
+        try:
+            time.sleep(0.1)
+            return super().trunk(x)
+        finally:
+            with CountingEncoder.lock:
+                CountingEncoder.running -= 1
+
+
 @pytest.fixture
 def scan(tmp_path):
     """An MR-like volume written as a RAS-stored NIfTI file, and its truth in the viewer's layout."""
@@ -52,6 +73,8 @@ def scan(tmp_path):
 def session(make_napari_viewer, scan, monkeypatch, tmp_path):
     """A viewer showing the scan, the docked widget on the tiny encoder, and a support painted on one slice."""
     monkeypatch.setitem(ENCODERS, "slow", SlowEncoder)
+    monkeypatch.setitem(ENCODERS, "counting", CountingEncoder)
+    monkeypatch.setattr(widget_module, "ENCODE_AHEAD", False)  # tests that count encoded slices start none ahead
     DEFAULT_CACHE.clear()  # each test counts the slices it encodes
     monkeypatch.setattr(DEFAULT_CACHE, "folder", tmp_path / "features")  # and finds no other test's saved
     path, truth = scan
@@ -390,3 +413,42 @@ def test_refine_trains_on_the_labelled_slices_and_its_model_applies_again(qtbot,
     _run(qtbot, widget, widget.refine, timeout=300_000)  # again: a new folder beside the first, which stays
     second = Path(viewer.layers["scan refined"].metadata["napari_fewshot"]["model"])
     assert second.parent != model.parent and second.parent.parent == tmp_path / "model" and model.is_file()
+
+
+def _ahead(widget) -> callable:
+    """Encode the scan ahead with the counting encoder on torch (its sleeps stay in the trunk); returns a
+    function giving the slices encoded since."""
+    CountingEncoder.most = 0
+    before = DEFAULT_CACHE.stats.encoded_slices
+    widget.backend.value, widget.encoder.value = "torch", "counting"
+    widget.encode_ahead.value = True
+    return lambda: DEFAULT_CACHE.stats.encoded_slices - before
+
+
+def test_encoding_ahead_yields_to_a_segment_run_and_then_finishes(qtbot, session):
+    viewer, widget, image, support, truth = session
+    encoded = _ahead(widget)
+    assert widget._runner.job is not None and widget._runner.job.context["ahead"]
+    qtbot.waitUntil(lambda: encoded() >= 4, timeout=30_000)
+    widget.run("volume")  # goes first: the ahead job stops within a batch
+    qtbot.waitUntil(lambda: "scan prediction" in viewer.layers, timeout=60_000)
+    segmented = widget.status.value
+    encoded_by_the_run = int(segmented.split("encoding ")[1].split(" slices")[0])
+    assert 0 < encoded_by_the_run < 24  # some slices were ready
+    qtbot.waitUntil(lambda: not widget._runner.busy and "ready" in widget.device_note.value, timeout=60_000)
+    assert encoded() == 24  # every slice encoded once, by one job or the other
+    assert CountingEncoder.most == 1  # never two encodings at once
+    assert dice(viewer.layers["scan prediction"].data == 1, truth == 1) > 0.7
+
+
+def test_encoding_ahead_stops_when_the_scan_is_closed(qtbot, session):
+    viewer, widget, image, support, truth = session
+    encoded = _ahead(widget)
+    qtbot.waitUntil(lambda: encoded() >= 4, timeout=30_000)
+    viewer.layers.remove(image)
+    qtbot.waitUntil(lambda: not widget._runner.busy, timeout=10_000)
+    stopped_at = encoded()
+    qtbot.wait(500)
+    assert encoded() == stopped_at < 24
+    assert not widget._runner.busy
+    assert not any("closed during" in str(n.message) for n in notification_manager.records)

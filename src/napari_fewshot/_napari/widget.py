@@ -23,7 +23,7 @@ from ..core.boundaries import BOUNDARIES
 from ..core.confidence import slice_confidence, slices_to_check
 from ..core.device import available_devices
 from ..core.encoders import ENCODERS
-from ..core.engine import DEFAULT_CACHE, DEFAULT_ENCODER, DEFAULT_THRESHOLD, Segmentation
+from ..core.engine import DEFAULT_ENCODER, DEFAULT_THRESHOLD, Segmentation, encode_volume
 from ..core.heads import DEFAULT_HEAD, HEADS
 from ..core.postprocess import KEEP
 from ..core.refined import REFINED_FILE
@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 #: (docs/benchmarks.md: 248 s for the 112 slices of abdomen-ct); replaced by the rate
 #: the last run measured here.
 CPU_SECONDS_PER_SLICE = {("litemedsam", "openvino"): 0.5, ("litemedsam", "torch"): 2.2}
+#: Whether the widget starts with "Encode ahead" ticked.
+ENCODE_AHEAD = True
 #: Keyboard shortcuts on the viewer, by action.
 SHORTCUTS = {"segment slice": "Alt-S", "segment volume": "Alt-V", "add to support": "Alt-A"}
 #: How many slices the "Slices to check" list shows.
@@ -99,6 +101,12 @@ class FewShotWidget(Container):
             f"(faster, coarser). {AUTO}: the decoder where it can"
         )
         self.fill_holes = CheckBox(text="Fill holes", value=False)
+        self.encode_ahead = CheckBox(text="Encode ahead", value=ENCODE_AHEAD)
+        self.encode_ahead.tooltip = (
+            "Encode the chosen scan in the background, from the slice on screen outward, while you paint, so that "
+            "Segment finds the features ready; a segment run always goes first"
+        )
+        self._ahead_done: tuple | None = None  # the scan and settings encoded ahead (or stopped by the user)
         self.every_slice = CheckBox(text="Every slice", value=False)
         self.every_slice.tooltip = (
             "Segment volume encodes and predicts every slice. Unticked (faster), each structure is followed from its "
@@ -146,7 +154,8 @@ class FewShotWidget(Container):
             widget.native.setWordWrap(True)
         self.extend([
             self.image, self.support, self.new_support, self.names, self.encoder, self.head, self.device,
-            self.backend, self.keep, self.boundaries, self.fill_holes, self.every_slice, self.maps, self.device_note,
+            self.backend, self.keep, self.boundaries, self.fill_holes, self.every_slice, self.encode_ahead, self.maps,
+            self.device_note,
             self.segment_slice, self.segment_volume,
             self.cancel, self.status, self.check, self.add_to_support, self.refine_steps, self.model_folder, self.refine,
             self.apply_model, self.export_layer, self.export_path, self.export,
@@ -167,12 +176,16 @@ class FewShotWidget(Container):
         self.support.changed.connect(self._show_support_names)
         for widget in (self.image, self.encoder, self.device, self.backend):
             widget.changed.connect(self._update_device_note)
+            widget.changed.connect(self._encode_ahead)
+        self.encode_ahead.changed.connect(self._encode_ahead)
+        self._runner.progressed.connect(self._show_ahead_progress)
         self._runner.busy_changed.connect(self._busy)
         viewer.layers.events.removed.connect(self._layer_removed)
         self._watch_support()
         for action, key in SHORTCUTS.items():
             viewer.bind_key(key, self._shortcut(action), overwrite=True)
         self._update_device_note()
+        self._encode_ahead()
 
     # -- actions ---------------------------------------------------------------------
     def add_support_layer(self) -> napari.layers.Labels | None:
@@ -202,11 +215,8 @@ class FewShotWidget(Container):
         n = image.data.shape[axis]
         slices = np.arange(n) if kind == "volume" else np.array([current])
         options = dict(
-            encoder=self.encoder.value,
+            self._encoding_options(image),
             head=self.head.value,
-            device=self.device.value,
-            backend=self.backend.value,
-            axis=axis,
             keep=self.keep.value if kind == "volume" else "all",
             boundaries=None if self.boundaries.value == AUTO else self.boundaries.value,
             fill_holes=self.fill_holes.value,
@@ -221,6 +231,8 @@ class FewShotWidget(Container):
             modality=image.metadata.get("modality"),
             slices=None if kind == "volume" else slices,
         )
+        if self._is_ahead(self._runner.job):
+            self._ahead_done = None  # encoding ahead yields to this run and goes on after it
         context = dict(image=image, support=support)
         what = f"{image.name}: {'every slice' if kind == 'volume' else f'slice {current}'}"
         job = Job(
@@ -238,9 +250,62 @@ class FewShotWidget(Container):
 
     def cancel_run(self) -> None:
         """Stop the running segmentation (and drop one waiting to start); results so far are not shown."""
+        if self._is_ahead(self._runner.job):
+            self._ahead_done = self._runner.job.context["ahead"]  # stopped by the user: not again for this scan
         if self._runner.busy:
             self._runner.cancel_all()
             self._say("Cancelling...")
+
+    def _encoding_options(self, image: napari.layers.Image) -> dict[str, Any]:
+        """What decides the features of ``image``: the encoder, where it runs, the slice axis."""
+        return dict(encoder=self.encoder.value, device=self.device.value, backend=self.backend.value,
+                    axis=self._slice_axis(image))
+
+    def _encode_ahead(self) -> None:
+        """Encode the chosen scan in the background, from the slice on screen outward, when no run is going.
+
+        A running ahead job for other settings (or with the box unticked) is stopped;
+        it starts again when the runner is free (:meth:`_busy`).  A segment run asked
+        for meanwhile cancels it and goes first (the runner runs one job at a time).
+        """
+        job = self._runner.job
+        image = self.image.value
+        wanted = None
+        if self.encode_ahead.value and image is not None and image.ndim == 3 and not image.rgb:
+            options = self._encoding_options(image)
+            wanted = (id(image), *options.values())
+        if self._is_ahead(job):
+            if job.context["ahead"] != wanted:
+                self._runner.cancel()
+            return
+        if job is not None or wanted is None or wanted == self._ahead_done:
+            return
+        n, current = image.data.shape[options["axis"]], self._current_slice(image)
+        order = sorted(range(n), key=lambda z: (abs(z - current), z))  # the slice on screen first, then outward
+        kwargs = dict(options, image=np.asarray(image.data), spacing=tuple(float(s) for s in image.scale),
+                      modality=image.metadata.get("modality"), slices=order)
+
+        def done(_) -> None:
+            self._ahead_done = wanted
+            self.device_note.value = f"Features of '{image.name}' ready: segmenting takes seconds."
+
+        def failed(error: Exception) -> None:
+            self._ahead_done = wanted  # not tried again until the scan or the settings change
+            self._say(f"Encoding ahead stopped: {error}")
+
+        self._runner.start(Job(
+            description=f"Encoding {image.name} ahead", kwargs=kwargs, function=encode_volume,
+            started=lambda: None, done=done, failed=failed, cancelled=lambda: None,
+            context=dict(image=image, support=None, ahead=wanted),
+        ))
+
+    @staticmethod
+    def _is_ahead(job: Job | None) -> bool:
+        return job is not None and job.context.get("ahead") is not None
+
+    def _show_ahead_progress(self, done: int, total: int) -> None:
+        if self._is_ahead(self._runner.job) and total:
+            self.device_note.value = f"Encoding '{self._runner.job.context['image'].name}' ahead: {done} of {total} slices."
 
     def add_slice_to_support(self) -> None:
         """Copy the prediction of the slice on screen into the support layer (undoable there with Ctrl-Z)."""
@@ -500,7 +565,8 @@ class FewShotWidget(Container):
         job = self._runner.job
         if job is not None and any(event.value == job.context[k] for k in ("image", "support")):
             self._runner.cancel_all()
-            show_warning(f"'{event.value.name}' was closed during the segmentation; the run was cancelled.")
+            if not self._is_ahead(job):
+                show_warning(f"'{event.value.name}' was closed during the segmentation; the run was cancelled.")
 
     def _name_layers(self) -> None:
         try:
@@ -541,6 +607,8 @@ class FewShotWidget(Container):
 
     def _busy(self, busy: bool) -> None:
         self.cancel.enabled = busy
+        if not busy:
+            self._encode_ahead()
 
     def _shortcut(self, action: str):
         actions = {

@@ -337,16 +337,19 @@ def encode_volume(
     precision: str = "auto",
     modality: Modality | None = None,
     axis: int = 0,
+    slices: Sequence[int] | None = None,
     cache: FeatureCache | None = None,
     progress: Progress | None = None,
     cancel: CancelCheck | None = None,
 ) -> torch.Tensor:
-    """The pretrained ``encoder``'s trunk features of every slice of ``image``, as :func:`segment` caches them.
+    """The pretrained ``encoder``'s trunk features of the slices of ``image``, as :func:`segment` caches them.
 
     Returns ``[Z, C, h, w]`` bfloat16 on the CPU (for ``litemedsam``: LiteMedSAM's
     image embeddings, ``[Z, 256, 64, 64]``), slices along ``axis``; only slices not
-    in ``cache`` yet are encoded, and what is encoded stays there for :func:`segment`.
-    Arguments as for :func:`segment`.
+    in ``cache`` yet are encoded, and what is encoded stays there for :func:`segment`
+    (and in its folder, when it has one, even when cancelled).  ``slices``: the slice
+    indices to encode, in this order, a batch at a time (default every slice, in
+    order); the rows of the others are undefined.  Other arguments as for :func:`segment`.
     """
     runtime = resolve_runtime(backend, precision, device)
     cache = DEFAULT_CACHE if cache is None else cache
@@ -357,10 +360,15 @@ def encode_volume(
     preprocessing = Preprocessing.for_volume(volume, modality)
     key = feature_key(volume, encoder_model, preprocessing, aspect, trunk.runtime.feature_tag)
     entry = _cached(cache, key, len(volume))
-    wanted = np.arange(len(volume))
-    encoding = _Encoding(cache, trunk, None, _Advance(progress, len(entry.missing(wanted))), cancel)
+    order = np.arange(len(volume)) if slices is None else np.asarray(slices, dtype=int)
+    if order.ndim != 1 or (len(order) and not 0 <= order.min() <= order.max() < len(volume)):
+        raise SegmentationError(f"slices must be slice indices from 0 to {len(volume) - 1} along axis {axis}")
+    todo = order[~entry.encoded[order]]
+    encoding = _Encoding(cache, trunk, None, _Advance(progress, len(np.unique(todo))), cancel)
     try:
-        encoding(key, entry, volume, preprocessing, wanted, aspect)
+        batch = trunk.batch_size()
+        for start in range(0, len(todo), batch):
+            encoding(key, entry, volume, preprocessing, todo[start : start + batch], aspect)
     finally:
         encoding.save()
     return entry.tensor
