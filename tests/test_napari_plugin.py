@@ -148,7 +148,8 @@ def test_bad_file_reports_the_problem_in_napari(make_napari_viewer, tmp_path):
     assert get_reader(str(tmp_path / "photo.png")) is None
 
 
-def test_sample_data_widget_new_support_layer_and_export(make_napari_viewer, tmp_path):
+def test_sample_data_widget_new_support_layer_and_export(make_napari_viewer, tmp_path, monkeypatch):
+    monkeypatch.setattr("napari_fewshot._napari.widget.ENCODE_AHEAD", False)  # no encoding left running after the test
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, "abdomen_ct")
     image, support = viewer.layers

@@ -452,3 +452,15 @@ def test_encoding_ahead_stops_when_the_scan_is_closed(qtbot, session):
     assert encoded() == stopped_at < 24
     assert not widget._runner.busy
     assert not any("closed during" in str(n.message) for n in notification_manager.records)
+
+
+def test_closing_the_widget_during_a_run_calls_nothing_back(qtbot, session):
+    viewer, widget, image, support, truth = session
+    encoded = _ahead(widget)
+    qtbot.waitUntil(lambda: encoded() >= 4, timeout=30_000)
+    runner = widget._runner
+    viewer.window.remove_dock_widget(widget.native)
+    widget.native.deleteLater()
+    qtbot.waitUntil(lambda: runner.closed and not runner.busy, timeout=10_000)
+    qtbot.wait(300)  # the worker's last signals arrive: a deleted widget must not be touched (pytest-qt fails on it)
+    assert encoded() < 24

@@ -81,6 +81,7 @@ class SegmentationRunner(QObject):
         self._stop = threading.Event()
         self._worker = None
         self._bar: cancelable_progress | None = None
+        self._closed = False
         self.progressed.connect(self._show_progress)
         self.described.connect(lambda text: self._bar.set_description(text) if self._bar is not None else None)
 
@@ -88,8 +89,15 @@ class SegmentationRunner(QObject):
     def busy(self) -> bool:
         return self.job is not None
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called: nothing starts, nothing is called back."""
+        return self._closed
+
     def start(self, job: Job) -> None:
         """Run ``job`` now, or, when a run is going, cancel it and run ``job`` once it has stopped."""
+        if self._closed:
+            return
         if self.busy:
             if self._pending is not None:
                 self._pending.cancelled()
@@ -121,6 +129,12 @@ class SegmentationRunner(QObject):
             pending.cancelled()
         self.cancel()
 
+    def close(self) -> None:
+        """Stop for good (its widget is going away): cancel the run, drop the waiting one, call no one back."""
+        self._closed = True
+        self._pending = None
+        self.cancel()
+
     def _show_progress(self, done: int, total: int) -> None:
         if self._bar is not None:
             if self._bar.total != total:
@@ -139,6 +153,8 @@ class SegmentationRunner(QObject):
             self._bar.close()
             self._bar = None
         self.job, self._worker = None, None
+        if self._closed:
+            return
         try:
             outcome()
         finally:

@@ -180,6 +180,7 @@ class FewShotWidget(Container):
         self.encode_ahead.changed.connect(self._encode_ahead)
         self._runner.progressed.connect(self._show_ahead_progress)
         self._runner.busy_changed.connect(self._busy)
+        self.native.destroyed.connect(lambda *_: self._runner.close())  # a run ending after the widget calls nothing back
         viewer.layers.events.removed.connect(self._layer_removed)
         self._watch_support()
         for action, key in SHORTCUTS.items():
@@ -304,7 +305,7 @@ class FewShotWidget(Container):
         return job is not None and job.context.get("ahead") is not None
 
     def _show_ahead_progress(self, done: int, total: int) -> None:
-        if self._is_ahead(self._runner.job) and total:
+        if self._is_ahead(self._runner.job) and total and not self._runner.closed:
             self.device_note.value = f"Encoding '{self._runner.job.context['image'].name}' ahead: {done} of {total} slices."
 
     def add_slice_to_support(self) -> None:
