@@ -101,8 +101,8 @@ def test_the_decoder_needs_litemedsam_embeddings():
 
 
 def test_benchmark_methods_name_their_boundaries():
-    assert method("alpnet@none:all+prototype").boundaries == "prototype"
-    assert method("dspnet").boundaries is None  # the engine's default
-    assert method("alpnet+nolocation+prototype").location is False and method("alpnet").location is None
+    assert method("alpnet@none:all+prototype").options.boundaries == "prototype"
+    assert method("dspnet").options.boundaries is None  # the engine's default
+    assert method("alpnet+nolocation+prototype").options.location is False and method("alpnet").options.location is None
     with pytest.raises(ValueError, match="sam is not one of the flags prototype, decoder, nolocation"):
         method("alpnet+sam")

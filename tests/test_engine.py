@@ -270,7 +270,7 @@ def test_distance_decay_in_mm():
     apply_distance_decay(probability, (1,), slice_mm=2.5, length_mm=10.0)
     assert probability[:, 0, 0] == pytest.approx(np.exp(-np.array([2.5, 0, 2.5, 5, 7.5]) / 10), rel=1e-6)
     image, truth = ellipsoids()
-    with pytest.raises(SegmentationError, match="decay_mm=0 is not possible here"):
+    with pytest.raises(SegmentationError, match="decay_mm must be a length in mm above 0; got 0"):
         segment(image, one_slice_support(truth), encoder="tiny", decay_mm=0)
 
 

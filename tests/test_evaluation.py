@@ -161,8 +161,8 @@ def test_evaluate_runs_methods_side_by_side_and_writes_json_markdown_and_plots(t
 
 def test_methods_are_named_by_head_weights_and_components_kept():
     engine = method("dspnet@none:largest")
-    assert (engine.name, engine.head, engine.weights, engine.keep) == ("dspnet@none:largest", "dspnet", "none", "largest")
-    assert (method("alpnet").weights, method("alpnet").keep) == ("default", "painted")
+    assert (engine.name, engine.head, engine.weights, engine.options.keep) == ("dspnet@none:largest", "dspnet", "none", "largest")
+    assert (method("alpnet").weights, method("alpnet").options.keep) == ("default", "painted")
     assert method("copy").name == "copy" and not method("copy").cross_volume and method("panet@none").cross_volume
     with pytest.raises(ValueError, match="keep must be one of all, largest, painted"):
         method("alpnet:biggest")

@@ -111,26 +111,19 @@ def test_volumes_written_together_are_all_or_none(small_disk):
     assert small_disk.names() == ["mask.nii.gz", "probability.nii.gz"]
 
 
-def test_widget_export_on_a_full_disk_keeps_the_previous_mask(small_disk, tmp_path):
+@pytest.mark.parametrize(("new_mask", "names", "message"), [
+    ("noise", {1: "liver"}, "is the disk full"),  # the new mask does not fit
+    ("ones", {1: "liver " * 4000}, "liver.json"),  # the mask fits, its sidecar (a long name) does not: both or neither
+])
+def test_widget_export_on_a_full_disk_keeps_the_previous_mask_and_sidecar(small_disk, tmp_path, new_mask, names, message):
     scan = read_volume(write_itk(tmp_path / "ct.nrrd", ramp((8, 64, 64))))
     _, attributes, _ = volume_layer_data(scan)
     target = small_disk.folder / "liver.nii.gz"
     export_labels(target, np.zeros(scan.data.shape, np.uint8), attributes, {1: "liver"})
     before = {p.name: p.read_bytes() for p in small_disk.folder.iterdir()}
-    with small_disk.full(), pytest.raises(VolumeWriteError, match="is the disk full"):
-        export_labels(target, noise(scan.data.shape, "uint8"), attributes, {1: "liver"})
-    assert {p.name: p.read_bytes() for p in small_disk.folder.iterdir() if p.name != "filler"} == before
-
-
-def test_widget_export_writes_mask_and_sidecar_both_or_neither(small_disk, tmp_path):
-    # The new mask fits on the disk; its sidecar (a long structure name) does not: neither replaces the old pair.
-    scan = read_volume(write_itk(tmp_path / "ct.nrrd", ramp((8, 64, 64))))
-    _, attributes, _ = volume_layer_data(scan)
-    target = small_disk.folder / "liver.nii.gz"
-    export_labels(target, np.zeros(scan.data.shape, np.uint8), attributes, {1: "liver"})
-    before = {p.name: p.read_bytes() for p in small_disk.folder.iterdir()}
-    with small_disk.full(), pytest.raises(VolumeWriteError, match="liver.json"):
-        export_labels(target, np.ones(scan.data.shape, np.uint8), attributes, {1: "liver " * 4000})
+    labels = noise(scan.data.shape, "uint8") if new_mask == "noise" else np.ones(scan.data.shape, np.uint8)
+    with small_disk.full(), pytest.raises(VolumeWriteError, match=message):
+        export_labels(target, labels, attributes, names)
     assert {p.name: p.read_bytes() for p in small_disk.folder.iterdir() if p.name != "filler"} == before
 
 

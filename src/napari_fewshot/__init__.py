@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "segment"]
+__all__ = ["SegmentOptions", "__version__", "segment"]
 
 
 def __getattr__(name: str) -> Any:
@@ -19,4 +19,8 @@ def __getattr__(name: str) -> Any:
         from .core.engine import segment
 
         return segment
+    if name == "SegmentOptions":
+        from .core.options import SegmentOptions
+
+        return SegmentOptions
     raise AttributeError(f"module 'napari_fewshot' has no attribute '{name}'")

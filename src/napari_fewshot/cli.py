@@ -88,6 +88,7 @@ def _segment(args: argparse.Namespace) -> int:
     from .core.engine import segment
     from .core.errors import SegmentationError
     from .core.features import FeatureCache
+    from .core.options import SegmentOptions
     from .core.support import painted_structures
     from .io import VolumeError, check_same_grid, check_writable, read_volume, write_volumes
 
@@ -115,14 +116,10 @@ def _segment(args: argparse.Namespace) -> int:
             backend=args.backend,
             precision=args.precision,
             modality=args.modality,
-            threshold=args.threshold,
-            keep=args.keep,
-            location=args.location_prior,
-            decay_mm=args.decay_mm,
-            ends=args.ends,
-            boundaries=args.boundaries,
-            fill_holes=args.fill_holes,
-            every_slice=args.every_slice,
+            options=SegmentOptions(
+                threshold=args.threshold, keep=args.keep, location=args.location_prior, decay_mm=args.decay_mm,
+                ends=args.ends, boundaries=args.boundaries, fill_holes=args.fill_holes, every_slice=args.every_slice,
+            ),
             cache=FeatureCache() if args.no_disk_cache else None,
             progress=ProgressBar("segmenting"),
         )

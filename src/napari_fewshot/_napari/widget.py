@@ -9,6 +9,7 @@ worker, one run at a time), and turns results into layers with
 from __future__ import annotations
 
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +24,9 @@ from ..core.boundaries import BOUNDARIES
 from ..core.confidence import slice_confidence, slices_to_check
 from ..core.device import available_devices
 from ..core.encoders import ENCODERS
-from ..core.engine import DEFAULT_ENCODER, DEFAULT_THRESHOLD, Segmentation, encode_volume
+from ..core.engine import DEFAULT_ENCODER, Segmentation, encode_volume
 from ..core.heads import DEFAULT_HEAD, HEADS
+from ..core.options import SegmentOptions
 from ..core.postprocess import KEEP
 from ..core.refined import REFINED_FILE
 from ..core.runtime import BACKENDS, resolve_runtime
@@ -215,17 +217,17 @@ class FewShotWidget(Container):
             self._take_corrections(image, support, axis)
         n = image.data.shape[axis]
         slices = np.arange(n) if kind == "volume" else np.array([current])
-        options = dict(
-            self._encoding_options(image),
-            head=self.head.value,
+        segment_options = SegmentOptions(
             keep=self.keep.value if kind == "volume" else "all",
             boundaries=None if self.boundaries.value == AUTO else self.boundaries.value,
             fill_holes=self.fill_holes.value,
             every_slice=self.every_slice.value,
-            threshold=DEFAULT_THRESHOLD,
         )
+        options = dict(self._encoding_options(image), head=self.head.value, **asdict(segment_options))
         kwargs = dict(
-            options,
+            self._encoding_options(image),
+            head=self.head.value,
+            options=segment_options,
             image=np.asarray(image.data),
             support_labels=np.array(support.data, copy=True),  # painting goes on during the run
             spacing=tuple(float(s) for s in image.scale),

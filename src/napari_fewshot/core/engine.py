@@ -10,8 +10,9 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from .features import FeatureCache, VolumeFeatures, encode_slices, feature_key
 from .heads import DEFAULT_HEAD, Head, build_head
 from .model import DEFAULT, FewShotModel, apply_model_file, model_source, read_model
 from .intensity import Modality
+from .options import SegmentOptions
 from .outward import OUTWARD_MARGIN_MM, walk_outward
 from .postprocess import KEEP, connected_to, largest_component, stop_at_ends
 from .postprocess import fill_holes as fill_slice_holes
@@ -36,8 +38,6 @@ from .support import SupportWarning, assign_supports, painted_slices, painted_st
 from .user_cache import user_cache_folder
 
 DEFAULT_ENCODER = "litemedsam"
-#: A voxel is background unless some structure's probability exceeds this.
-DEFAULT_THRESHOLD = 0.5
 #: A head batch holds at most this many support-to-query attention entries (Q * S * (h*w)^2).
 HEAD_BATCH_ELEMENTS = 2**25
 #: Features of recently segmented volumes, shared by every caller that passes no cache, and saved
@@ -72,7 +72,7 @@ class Segmentation:
     runtime : what ran the encoder: backend, precision, device (torch after a fallback from OpenVINO).
     feature_bytes : memory held by the features of the volume(s) segmented.
     examined : per label value, the slice indices (along ``axis``) the structure was predicted
-        on; the others were never looked at for it (see ``every_slice``) and hold 0.
+        on; the others were never looked at for it (see ``SegmentOptions.every_slice``) and hold 0.
     encoded_slices : how many slices this call encoded (0 when every one was cached).
     seconds : wall time of ``encode`` (0 when the features were cached), the rest (``head``,
         with the boundaries drawn) and ``total``.
@@ -111,18 +111,12 @@ def segment(
     modality: Modality | None = None,
     axis: int = 0,
     slices: Sequence[int] | None = None,
-    threshold: float = DEFAULT_THRESHOLD,
-    keep: str | None = None,
-    location: bool | None = None,
-    decay_mm: float | None = None,
-    ends: bool | None = None,
-    boundaries: str | None = None,
-    fill_holes: bool = False,
-    every_slice: bool = False,
+    options: SegmentOptions | None = None,
     batch_size: int | None = None,
     cache: FeatureCache | None = None,
     progress: Progress | None = None,
     cancel: CancelCheck | None = None,
+    **option_values: Any,
 ) -> Segmentation:
     """Segment every slice of ``image`` from the structures painted in ``support_labels``.
 
@@ -145,33 +139,15 @@ def segment(
     slices : the slice indices (along ``axis``) to predict; default every slice.
         Only these and the painted slices are encoded (a quick preview of one
         slice); the other slices of the result are 0, painted slices keep their painting.
-    threshold : a voxel is background unless some structure's probability exceeds it;
-        otherwise it takes the most probable structure.
-    keep : which 3D connected components of each structure stay: ``all``, the
-        ``largest``, or those touching what was ``painted`` (support on ``image`` and
-        every slice predicted).  Default: ``painted`` where possible, else ``all``.
-    location : scale each slice's probabilities by an in-plane prior around the
-        painting of its support slice, widening with their distance in mm
-        (:mod:`~napari_fewshot.core.priors`); only for a support painted on ``image``.
-        Default: where possible.
-    decay_mm : scale each slice's probabilities by ``exp(-d / decay_mm)``, ``d`` its
-        distance in mm to the nearest painted slice; only for a support painted on
-        ``image``.  Default: no decay.
-    ends : stop each structure where it ends: past its outermost painted slices, at
-        the first empty slice, or where its area, once below the painted slice's,
-        more than doubles from one slice to the next and beyond the painted area
-        (:func:`~napari_fewshot.core.postprocess.stop_at_ends`); nothing beyond is kept.
-        Only for a support painted on ``image`` with every slice predicted.  Default: where possible.
-    boundaries : ``decoder``: the box around each slice's prototype mask prompts
-        LiteMedSAM's mask decoder, which draws the boundary (the hybrid; needs the
-        ``litemedsam`` encoder with its pretrained trunk); ``prototype``: the head's
-        own mask.  Default: ``decoder`` where possible.
-    fill_holes : fill the holes of each structure in every slice.
-    every_slice : encode and predict every slice.  By default (with ``keep='painted'``, the
-        painting on ``image`` and every slice asked for) each structure is predicted from its
-        painted slices outward, a batch of slices at a time, until it has ended
-        (:func:`~napari_fewshot.core.outward.walk_outward`) and ``OUTWARD_MARGIN_MM`` beyond;
-        slices no structure reached are never encoded and hold 0 (``examined`` says which were).
+    options : how the head's maps become labels (:class:`~napari_fewshot.core.options.SegmentOptions`:
+        threshold, components kept, location prior, decay, ends, boundaries, hole filling,
+        every slice or outward); ``option_values`` replace its fields by name
+        (``segment(..., keep="largest")``).  Left None, an option is on where possible;
+        ``keep='painted'``, ``location``, ``decay_mm`` and ``ends`` need the painting on
+        ``image``, ``keep`` other than ``all`` and ``ends`` every slice predicted.  By
+        default each structure is predicted from its painted slices outward until it has
+        ended (:func:`~napari_fewshot.core.outward.walk_outward`) and ``OUTWARD_MARGIN_MM``
+        beyond; slices no structure reached are never encoded and hold 0 (``examined``).
     batch_size : slices per encoder batch (default: the runtime's; halved on out-of-memory).
     cache : where features are kept between calls (default: a shared cache, saved in the
         user's cache folder; ``FeatureCache()`` keeps them in memory only); a new support
@@ -191,26 +167,25 @@ def segment(
     query_array = _checked_image(image, "image")
     if axis not in (0, 1, 2):
         raise SegmentationError(f"axis must be 0, 1 or 2 (the volume's axis to slice along); got {axis}")
-    if not 0.0 <= threshold <= 1.0:  # NaN fails too
-        raise SegmentationError(f"threshold must be a probability between 0 and 1; got {threshold}")
+    options = _options(options, option_values)
+    threshold, keep, location, decay_mm, ends = (options.threshold, options.keep, options.location,
+                                                 options.decay_mm, options.ends)
     queries = _checked_slices(slices, query_array.shape, axis)
     whole = len(queries) == query_array.shape[axis]
     keep = keep or ("painted" if same_volume and whole else "all")
-    if keep not in KEEP or (keep != "all" and not whole) or (keep == "painted" and not same_volume):
+    if (keep != "all" and not whole) or (keep == "painted" and not same_volume):
         reason = "the painting is on another volume" if whole else "only some slices are predicted"
         choices = KEEP if same_volume and whole else KEEP[:2] if whole else KEEP[:1]
         raise SegmentationError(f"keep='{keep}' is not possible here ({reason}); choose one of {', '.join(choices)}")
     location = same_volume if location is None else location
     if location and not same_volume:
         raise SegmentationError("location=True needs the painting on the image itself; the support is another volume")
-    if decay_mm is not None and (not same_volume or not decay_mm > 0):
-        raise SegmentationError(
-            f"decay_mm={decay_mm} is not possible here: it needs a length in mm above 0 and the painting on the image itself"
-        )
+    if decay_mm is not None and not same_volume:
+        raise SegmentationError(f"decay_mm={decay_mm} is not possible here: it needs the painting on the image itself")
     ends = same_volume and whole if ends is None else ends
     if ends and not (same_volume and whole):
         raise SegmentationError("ends=True needs the painting on the image itself and every slice predicted; use ends=False")
-    outward = same_volume and whole and keep == "painted" and not every_slice
+    outward = same_volume and whole and keep == "painted" and not options.every_slice
     support_array = query_array if same_volume else _checked_image(support_image, "support image")
     painting = _slices_first(_checked_labels(support_labels, support_array.shape, same_volume), axis)
     query_volume, support_volume = _slices_first(query_array, axis), _slices_first(support_array, axis)
@@ -219,7 +194,7 @@ def segment(
     support_aspect = query_aspect if support_spacing is None else slice_aspect(support_spacing, axis)
 
     model, weights_used, trained_trunk = _model(encoder, head, weights, torch_device)
-    boundaries = _checked_boundaries(boundaries, encoder, trained_trunk)
+    boundaries = _checked_boundaries(options.boundaries, encoder, trained_trunk)
     encoder_model = model.encoder
     trunk = _trunk(encoder_model, runtime)
     volumes = [(query_volume, query_aspect)] + ([] if same_volume else [(support_volume, support_aspect)])
@@ -302,7 +277,7 @@ def segment(
                 labels[drawn & (labels == 0)] = value
                 drawn_by[value] = _drawn_by(calibration.trusted, support_slices)
             advance(len(queries) - (advance.done - done_before))  # the slices without a prediction to draw
-        _postprocess(labels, value, keep, fill_holes, painted_value, support_slices if ends else None)
+        _postprocess(labels, value, keep, options.fill_holes, painted_value, support_slices if ends else None)
     if painted is not None:
         labels[painted] = painting[painted]
     presence = {v: structure_presence(attention[v], labels == v, levels[v]) for v in structures}
@@ -517,13 +492,20 @@ def _trunk(encoder: Encoder, runtime: Runtime) -> Trunk:
     return _trunks[key]
 
 
+def _options(options: SegmentOptions | None, values: dict[str, Any]) -> SegmentOptions:
+    """``options`` (default :class:`SegmentOptions`) with the fields named in ``values`` replaced."""
+    unknown = set(values) - {f.name for f in fields(SegmentOptions)}
+    if unknown:
+        names = ", ".join(f.name for f in fields(SegmentOptions))
+        raise SegmentationError(f"unknown option {', '.join(sorted(unknown))}; the options are {names}")
+    return replace(options or SegmentOptions(), **values)
+
+
 def _checked_boundaries(boundaries: str | None, encoder: str, trained_trunk: bool) -> str:
-    """Who draws the boundaries (see :func:`segment`), or a clear error when the decoder cannot."""
+    """Who draws the boundaries (see :class:`SegmentOptions`), or a clear error when the decoder cannot."""
     possible = encoder == "litemedsam" and not trained_trunk
     if boundaries is None:
         return "decoder" if possible else "prototype"
-    if boundaries not in BOUNDARIES:
-        raise SegmentationError(f"boundaries must be one of {', '.join(BOUNDARIES)}; got '{boundaries}'")
     if boundaries == "decoder" and not possible:
         why = "a model whose encoder trunk was trained" if encoder == "litemedsam" else f"the '{encoder}' encoder"
         raise SegmentationError(

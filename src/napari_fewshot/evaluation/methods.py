@@ -22,7 +22,7 @@ in the cross-volume protocol.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from ..core.heads import HEADS
 from ..core.model import DEFAULT, UNTRAINED
 from ..core.postprocess import KEEP
 from ..core.preprocess import Preprocessing, normalise_intensities
+from ..core.options import SegmentOptions
 from ..core.priors import DECAY_MM
 from ..core.runtime import resolve_runtime
 from ..core.sam_decoder import BoxDecoder, box_decoder
@@ -100,31 +101,30 @@ class EngineMethod(Method):
         unknown = [flag for flag in flags if flag not in FLAGS]
         if unknown:
             raise ValueError(f"method '{name}': {', '.join(unknown)} is not one of the flags {', '.join(FLAGS)}")
-        self.name, self.head, self.weights, self.keep = name, head, weights or DEFAULT, keep or "painted"
-        self.boundaries = next((flag for flag in flags if flag in BOUNDARIES), None)
-        self.location = False if NO_LOCATION in flags else None
-        self.ends = False if NO_ENDS in flags else None
-        self.decay_mm = DECAY_MM if DECAY in flags else None
-        self.every_slice = EVERY in flags
+        self.name, self.head, self.weights = name, head, weights or DEFAULT
+        self.options = SegmentOptions(
+            keep=keep or "painted", boundaries=next((flag for flag in flags if flag in BOUNDARIES), None),
+            location=False if NO_LOCATION in flags else None, ends=False if NO_ENDS in flags else None,
+            decay_mm=DECAY_MM if DECAY in flags else None, every_slice=EVERY in flags,
+        )
 
-    def _segment(self, task: Task, context: Context, support: np.ndarray, **options) -> np.ndarray:
+    def _segment(self, task: Task, context: Context, support: np.ndarray, options: SegmentOptions,
+                 **volumes) -> np.ndarray:
         result = segment(
             task.case.image, support, spacing=task.case.spacing, encoder=context.encoder, head=self.head,
-            weights=self.weights, boundaries=self.boundaries, location=self.location, ends=self.ends,
-            decay_mm=self.decay_mm, every_slice=self.every_slice, **context.runtime,
-            cache=context.cache, **options,
+            weights=self.weights, options=options, **context.runtime, cache=context.cache, **volumes,
         )
         return result.labels == 1
 
     def __call__(self, task: Task, context: Context) -> np.ndarray:
         if task.support_case is None:
-            return self._segment(task, context, task.painting(), keep=self.keep)
+            return self._segment(task, context, task.painting(), self.options)
         prediction = np.zeros(task.truth.shape, dtype=bool)
         for third, slice_index in zip(query_thirds(task.truth), task.support_slices):
             if len(third):
                 masks = self._segment(
-                    task, context, task.painting((slice_index,)), support_image=task.support_case.image,
-                    support_spacing=task.support_case.spacing, slices=third, keep="all",
+                    task, context, task.painting((slice_index,)), replace(self.options, keep="all"),
+                    support_image=task.support_case.image, support_spacing=task.support_case.spacing, slices=third,
                 )
                 prediction[third] = masks[third]
         return prediction

@@ -1,0 +1,60 @@
+"""What a segmentation does with the head's maps: one frozen value, checked when it is made.
+
+:class:`SegmentOptions` is built once by each caller (the widget, the command line,
+a benchmark's method) and handed to :func:`~napari_fewshot.core.engine.segment`.
+What can be checked without the images is checked here; what depends on the call
+(a support painted on another volume, some slices only) is checked by the engine.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .boundaries import BOUNDARIES
+from .errors import SegmentationError
+from .postprocess import KEEP
+
+#: A voxel is background unless some structure's probability exceeds this.
+DEFAULT_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """How :func:`~napari_fewshot.core.engine.segment` turns the head's maps into labels.
+
+    threshold : a voxel is background unless some structure's probability exceeds it
+        (0 to 1); otherwise it takes the most probable structure.
+    keep : which 3D connected components of each structure stay: ``all``, the
+        ``largest``, or those touching what was ``painted``.  None: ``painted`` where
+        possible (support on the image, every slice predicted), else ``all``.
+    location : scale each slice's probabilities by an in-plane prior around the painting
+        of its support slice, widening with their distance in mm.  None: where possible.
+    decay_mm : scale each slice's probabilities by ``exp(-d / decay_mm)``, ``d`` its
+        distance in mm to the nearest painted slice (above 0).  None: no decay.
+    ends : stop each structure past its outermost painted slices where it ends.  None: where possible.
+    boundaries : ``decoder`` (LiteMedSAM's decoder draws them, prompted by the prototypes'
+        boxes) or ``prototype`` (the head's own mask).  None: the decoder where it can.
+    fill_holes : fill the holes of each structure in every slice.
+    every_slice : encode and predict every slice, not only from the painted slices
+        outward to where each structure ends.
+    """
+
+    threshold: float = DEFAULT_THRESHOLD
+    keep: str | None = None
+    location: bool | None = None
+    decay_mm: float | None = None
+    ends: bool | None = None
+    boundaries: str | None = None
+    fill_holes: bool = False
+    every_slice: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:  # NaN fails too
+            raise SegmentationError(f"threshold must be a probability between 0 and 1; got {self.threshold}")
+        if self.keep is not None and self.keep not in KEEP:
+            raise SegmentationError(f"keep must be one of {', '.join(KEEP)}; got '{self.keep}'")
+        if self.decay_mm is not None and not (self.decay_mm > 0 and math.isfinite(self.decay_mm)):
+            raise SegmentationError(f"decay_mm must be a length in mm above 0; got {self.decay_mm}")
+        if self.boundaries is not None and self.boundaries not in BOUNDARIES:
+            raise SegmentationError(f"boundaries must be one of {', '.join(BOUNDARIES)}; got '{self.boundaries}'")
