@@ -400,3 +400,19 @@ def test_encode_volume_encodes_only_the_slices_asked_for(volume):
     assert cache.stats.encoded_slices == len(image)  # the rest only
     with pytest.raises(SegmentationError, match="slices must be slice indices from 0 to 23"):
         encode_volume(image, slices=[30], encoder="tiny", cache=cache)
+
+
+def test_a_session_segments_twice_with_different_supports_and_encodes_once(volume):
+    from napari_fewshot import FewShotSession, SegmentOptions
+
+    image, truth = volume
+    cache = FeatureCache()
+    session = FewShotSession(image, encoder="tiny", cache=cache)
+    first = session.segment(one_slice_support(truth), SegmentOptions(every_slice=True))
+    second = session.segment(one_slice_support(truth, z=8, values=(1,)), SegmentOptions(keep="largest"))
+    assert first.encoded_slices == len(image) and second.encoded_slices == 0
+    assert cache.stats.encoded_slices == len(image)
+    assert first.support_slices == {1: (12,), 2: (12,)} and second.support_slices == {1: (8,)}
+    assert dice(second.labels == 1, truth == 1) > 0.7
+    ahead = FewShotSession(image, encoder="tiny", cache=FeatureCache())
+    assert ahead.encode([5, 6]) == 2 and ahead.encode([6, 7]) == 1  # what is encoded is not encoded again

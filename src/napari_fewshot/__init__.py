@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["SegmentOptions", "__version__", "segment"]
+__all__ = ["FewShotSession", "SegmentOptions", "__version__", "segment"]
 
 
 def __getattr__(name: str) -> Any:
@@ -23,4 +23,8 @@ def __getattr__(name: str) -> Any:
         from .core.options import SegmentOptions
 
         return SegmentOptions
+    if name == "FewShotSession":
+        from .core.engine import FewShotSession
+
+        return FewShotSession
     raise AttributeError(f"module 'napari_fewshot' has no attribute '{name}'")

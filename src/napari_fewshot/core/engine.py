@@ -95,6 +95,230 @@ class Segmentation:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+class FewShotSession:
+    """One scan made ready to segment: the image, its preprocessing, the model on its runtime, its features.
+
+    Made once per scan with the options that decide its features (nnInteractive's
+    ``set_image``); :meth:`segment` then takes only a support and
+    :class:`~napari_fewshot.core.options.SegmentOptions`, and :meth:`encode` encodes
+    slices ahead of any support.  Features live in ``cache`` (default: the shared
+    cache, saved in the user's cache folder), so every call reuses what any call
+    encoded.  Arguments as for :func:`segment`; ``role`` names the volume in errors.
+    """
+
+    def __init__(
+        self,
+        image: np.ndarray,
+        *,
+        spacing: tuple[float, float, float] | None = None,
+        encoder: str = DEFAULT_ENCODER,
+        head: str = DEFAULT_HEAD,
+        weights: str | Path | None = DEFAULT,
+        device: str | torch.device = "auto",
+        backend: str = "auto",
+        precision: str = "auto",
+        modality: Modality | None = None,
+        axis: int = 0,
+        batch_size: int | None = None,
+        cache: FeatureCache | None = None,
+        role: str = "image",
+    ) -> None:
+        array = _checked_image(image, role)
+        if axis not in (0, 1, 2):
+            raise SegmentationError(f"axis must be 0, 1 or 2 (the volume's axis to slice along); got {axis}")
+        self.runtime = resolve_runtime(backend, precision, device)
+        self.axis, self.spacing, self.shape, self.batch_size = axis, spacing, array.shape, batch_size
+        self.volume = _slices_first(array, axis)
+        self.aspect = slice_aspect(spacing, axis)
+        self.encoder, self.head = encoder, head
+        self.model, self.weights, self.trained_trunk = _model(encoder, head, weights, self.runtime.device)
+        self.trunk = _trunk(self.model.encoder, self.runtime)
+        self.preprocessing = Preprocessing.for_volume(self.volume, modality)
+        self.cache = DEFAULT_CACHE if cache is None else cache
+        self.key = feature_key(self.volume, self.model.encoder, self.preprocessing, self.aspect,
+                               self.trunk.runtime.feature_tag)
+
+    @property
+    def features(self) -> VolumeFeatures:
+        """The slices encoded so far (from the cache, in memory or on disk)."""
+        return _cached(self.cache, self.key, len(self.volume))
+
+    def encode(
+        self, slices: Sequence[int] | None = None, *, progress: Progress | None = None,
+        cancel: CancelCheck | None = None,
+    ) -> int:
+        """Encode the ``slices`` (indices along ``axis``, in this order; default every slice) not encoded yet,
+        a batch at a time; returns how many it encoded.  Cancelled, it keeps (and saves) what it finished."""
+        entry = self.features
+        order = np.arange(len(self.volume)) if slices is None else np.asarray(slices, dtype=int)
+        if order.ndim != 1 or (len(order) and not 0 <= order.min() <= order.max() < len(self.volume)):
+            last = len(self.volume) - 1
+            raise SegmentationError(f"slices must be slice indices from 0 to {last} along axis {self.axis}")
+        todo = order[~entry.encoded[order]]
+        encoding = _Encoding(self.cache, self.trunk, self.batch_size, _Advance(progress, len(np.unique(todo))), cancel)
+        try:
+            batch = self.batch_size or self.trunk.batch_size()
+            for start in range(0, len(todo), batch):
+                encoding(self.key, entry, self.volume, self.preprocessing, todo[start : start + batch], self.aspect)
+        finally:
+            encoding.save()
+        return encoding.slices
+
+    def segment(
+        self,
+        support_labels: np.ndarray,
+        options: SegmentOptions | None = None,
+        *,
+        slices: Sequence[int] | None = None,
+        support: FewShotSession | None = None,
+        progress: Progress | None = None,
+        cancel: CancelCheck | None = None,
+    ) -> Segmentation:
+        """Segment the scan from the structures painted in ``support_labels`` (see :func:`segment`).
+
+        ``support``: the session of the volume the labels were painted on, when it is
+        not this one (another patient's scan); it must use the same model.
+        """
+        started = time.perf_counter()
+        options = options or SegmentOptions()
+        threshold, keep, location, decay_mm, ends = (options.threshold, options.keep, options.location,
+                                                     options.decay_mm, options.ends)
+        same_volume, support = support is None, support or self
+        axis, torch_device = self.axis, self.runtime.device
+        queries = _checked_slices(slices, self.shape, axis)
+        whole = len(queries) == self.shape[axis]
+        keep = keep or ("painted" if same_volume and whole else "all")
+        if (keep != "all" and not whole) or (keep == "painted" and not same_volume):
+            reason = "the painting is on another volume" if whole else "only some slices are predicted"
+            choices = KEEP if same_volume and whole else KEEP[:2] if whole else KEEP[:1]
+            raise SegmentationError(
+                f"keep='{keep}' is not possible here ({reason}); choose one of {', '.join(choices)}"
+            )
+        location = same_volume if location is None else location
+        if location and not same_volume:
+            raise SegmentationError(
+                "location=True needs the painting on the image itself; the support is another volume"
+            )
+        if decay_mm is not None and not same_volume:
+            raise SegmentationError(
+                f"decay_mm={decay_mm} is not possible here: it needs the painting on the image itself"
+            )
+        ends = same_volume and whole if ends is None else ends
+        if ends and not (same_volume and whole):
+            raise SegmentationError(
+                "ends=True needs the painting on the image itself and every slice predicted; use ends=False"
+            )
+        outward = same_volume and whole and keep == "painted" and not options.every_slice
+        painting = _slices_first(_checked_labels(support_labels, support.shape, same_volume), axis)
+        structures = painted_structures(painting)
+        query_volume, query_aspect, support_aspect = self.volume, self.aspect, support.aspect
+        model, trunk = self.model, self.trunk
+        boundaries = _checked_boundaries(options.boundaries, self.encoder, self.trained_trunk)
+        if self.preprocessing.modality != support.preprocessing.modality:
+            warnings.warn(
+                f"the image looks like {self.preprocessing.modality} and the support image like "
+                f"{support.preprocessing.modality}: a structure is matched by its look, which differs between "
+                "modalities. Paint the support on a scan of the image's modality (or give modality= if the guess "
+                "is wrong)",
+                SupportWarning, stacklevel=3,
+            )
+        sessions = [self] if same_volume else [self, support]
+        features = [session.features for session in sessions]
+        support_needed = np.array(sorted({z for painted in structures.values() for z in painted}))
+        needed = [np.union1d(queries, support_needed)] if same_volume else [queries, support_needed]
+        passes = 2 if boundaries == "decoder" else 1  # the head over the queries, then the decoder over them
+        total = sum(len(f.missing(n)) for f, n in zip(features, needed)) + passes * len(structures) * len(queries)
+        advance = _Advance(progress, total)
+        encoding = _Encoding(self.cache, trunk, self.batch_size, advance, cancel)
+        if not same_volume:  # another volume's painted slices
+            encoding(support.key, features[1], support.volume, support.preprocessing, support_needed, support_aspect)
+        probabilities = {v: np.zeros(query_volume.shape, dtype=np.float32) for v in structures}
+        attention = {v: np.zeros(query_volume.shape, dtype=np.float32) for v in structures}
+        spacing_mm = spacing_first(self.spacing, axis)
+
+        def predict(value: int, batch: np.ndarray) -> None:
+            """Encode the slices ``batch`` (those not cached) and predict structure ``value`` there, priors applied."""
+            wanted = np.union1d(batch, support_needed) if same_volume else batch
+            encoding(self.key, features[0], query_volume, self.preprocessing, wanted, query_aspect)
+            painted_value, slices = painting == value, structures[value]
+            _structure_maps(model, features[0].tensor, features[-1].tensor, painted_value, slices, batch,
+                            (probabilities[value], attention[value]), aspects=(query_aspect, support_aspect),
+                            device=torch_device, advance=advance, cancel=cancel)
+            if location:
+                apply_location_prior(probabilities[value], painted_value, slices, spacing_mm, batch)
+            if decay_mm is not None:
+                apply_distance_decay(probabilities[value], slices, spacing_mm[0], decay_mm, batch)
+            if same_volume:
+                probabilities[value][list(slices)] = painting[list(slices)] == value
+
+        examined = {}
+        try:
+            for value, slices in structures.items():
+                if outward:
+                    margin = math.ceil(OUTWARD_MARGIN_MM / spacing_mm[0])
+                    examined[value] = walk_outward(lambda batch, v=value: predict(v, batch), probabilities[value],
+                                                   painting == value, slices, threshold, ends, margin,
+                                                   self.batch_size or trunk.batch_size())
+                else:
+                    predict(value, queries)
+                    examined[value] = _on(queries, len(query_volume))
+        finally:
+            encoding.save()  # what was encoded, even when cancelled
+        labels = _merge(probabilities, threshold, painting.dtype)
+        painted = painted_slices(painting) if same_volume else None  # another volume's painting is not on this grid
+        if painted is not None:
+            labels[painted] = painting[painted]
+        drawn_by = dict.fromkeys(structures, "prototype")
+        levels = {}
+        n_query, n_support = len(labels), len(features[-1].tensor)
+        for value, support_slices in structures.items():
+            painted_value = painting == value
+            masks = painted_value[list(support_slices)]
+            own = _own_maps(model, features[-1].tensor, painted_value, support_slices, support_aspect, torch_device)
+            levels[value] = _per_query(similarity_levels(own[:, 1], masks), n_query, n_support, support_slices)
+            if boundaries == "decoder":
+                decoder = box_decoder(trunk.runtime)
+                calibration = calibrate(masks, own[:, 0] > threshold, features[-1].tensor[list(support_slices)],
+                                        decoder, support_aspect)
+                done_before = advance.done
+                if calibration.trusted.any():
+                    # the decoder draws only the slices the prototypes keep; painted slices stay as painted
+                    _postprocess(labels, value, keep, False, painted_value, support_slices if ends else None)
+                    scales = _per_query(calibration.scales, n_query, n_support, support_slices)
+                    trusted = (_per_query(calibration.decoder_dice, n_query, n_support, support_slices)
+                               > _per_query(calibration.prototype_dice, n_query, n_support, support_slices))
+                    drawn = draw_boundaries(labels == value, features[0].tensor, decoder, scales, query_aspect,
+                                            fixed=_on(painted, n_query) | ~trusted, advance=advance, cancel=cancel)
+                    labels[(labels == value) & ~drawn] = 0
+                    labels[drawn & (labels == 0)] = value
+                    drawn_by[value] = _drawn_by(calibration.trusted, support_slices)
+                advance(len(queries) - (advance.done - done_before))  # the slices without a prediction to draw
+            _postprocess(labels, value, keep, options.fill_holes, painted_value, support_slices if ends else None)
+        if painted is not None:
+            labels[painted] = painting[painted]
+        presence = {v: structure_presence(attention[v], labels == v, levels[v]) for v in structures}
+        advance(advance.total - advance.done)  # slices never examined count as done
+        finished = time.perf_counter()
+        return Segmentation(
+            labels=np.moveaxis(labels, 0, axis),
+            probabilities={v: np.moveaxis(p, 0, axis) for v, p in probabilities.items()},
+            attention={v: np.moveaxis(a, 0, axis) for v, a in attention.items()},
+            support_slices=structures,
+            boundaries=drawn_by,
+            presence=presence,
+            encoder=self.encoder,
+            head=self.head,
+            weights=self.weights,
+            device=str(torch_device),
+            runtime=trunk.runtime,
+            feature_bytes=sum(f.nbytes for f in features),
+            examined={v: np.flatnonzero(flags) for v, flags in examined.items()},
+            encoded_slices=encoding.slices,
+            seconds={"encode": encoding.seconds, "head": finished - started - encoding.seconds,
+                     "total": finished - started},
+        )
+
+
 def segment(
     image: np.ndarray,
     support_labels: np.ndarray,
@@ -159,147 +383,14 @@ def segment(
     Raises :class:`~napari_fewshot.core.errors.SegmentationError` for bad input,
     with the fix in its message.
     """
-    started = time.perf_counter()
-    runtime = resolve_runtime(backend, precision, device)
-    torch_device = runtime.device
-    cache = DEFAULT_CACHE if cache is None else cache
-    same_volume = support_image is None
-    query_array = _checked_image(image, "image")
-    if axis not in (0, 1, 2):
-        raise SegmentationError(f"axis must be 0, 1 or 2 (the volume's axis to slice along); got {axis}")
     options = _options(options, option_values)
-    threshold, keep, location, decay_mm, ends = (options.threshold, options.keep, options.location,
-                                                 options.decay_mm, options.ends)
-    queries = _checked_slices(slices, query_array.shape, axis)
-    whole = len(queries) == query_array.shape[axis]
-    keep = keep or ("painted" if same_volume and whole else "all")
-    if (keep != "all" and not whole) or (keep == "painted" and not same_volume):
-        reason = "the painting is on another volume" if whole else "only some slices are predicted"
-        choices = KEEP if same_volume and whole else KEEP[:2] if whole else KEEP[:1]
-        raise SegmentationError(f"keep='{keep}' is not possible here ({reason}); choose one of {', '.join(choices)}")
-    location = same_volume if location is None else location
-    if location and not same_volume:
-        raise SegmentationError("location=True needs the painting on the image itself; the support is another volume")
-    if decay_mm is not None and not same_volume:
-        raise SegmentationError(f"decay_mm={decay_mm} is not possible here: it needs the painting on the image itself")
-    ends = same_volume and whole if ends is None else ends
-    if ends and not (same_volume and whole):
-        raise SegmentationError("ends=True needs the painting on the image itself and every slice predicted; use ends=False")
-    outward = same_volume and whole and keep == "painted" and not options.every_slice
-    support_array = query_array if same_volume else _checked_image(support_image, "support image")
-    painting = _slices_first(_checked_labels(support_labels, support_array.shape, same_volume), axis)
-    query_volume, support_volume = _slices_first(query_array, axis), _slices_first(support_array, axis)
-    structures = painted_structures(painting)
-    query_aspect = slice_aspect(spacing, axis)
-    support_aspect = query_aspect if support_spacing is None else slice_aspect(support_spacing, axis)
-
-    model, weights_used, trained_trunk = _model(encoder, head, weights, torch_device)
-    boundaries = _checked_boundaries(options.boundaries, encoder, trained_trunk)
-    encoder_model = model.encoder
-    trunk = _trunk(encoder_model, runtime)
-    volumes = [(query_volume, query_aspect)] + ([] if same_volume else [(support_volume, support_aspect)])
-    preprocessings = [Preprocessing.for_volume(volume, modality) for volume, _ in volumes]
-    if preprocessings[0].modality != preprocessings[-1].modality:
-        warnings.warn(
-            f"the image looks like {preprocessings[0].modality} and the support image like "
-            f"{preprocessings[-1].modality}: a structure is matched by its look, which differs between modalities. "
-            "Paint the support on a scan of the image's modality (or give modality= if the guess is wrong)",
-            SupportWarning, stacklevel=2,
-        )
-    keys = [feature_key(v, encoder_model, p, a, trunk.runtime.feature_tag) for (v, a), p in zip(volumes, preprocessings)]
-    features = [_cached(cache, key, len(volume)) for key, (volume, _) in zip(keys, volumes)]
-    support_needed = np.array(sorted({z for painted in structures.values() for z in painted}))
-    needed = [np.union1d(queries, support_needed)] if same_volume else [queries, support_needed]
-    passes = 2 if boundaries == "decoder" else 1  # the head over the queries, then the decoder over them
-    total = sum(len(f.missing(n)) for f, n in zip(features, needed)) + passes * len(structures) * len(queries)
-    advance = _Advance(progress, total)
-    encoding = _Encoding(cache, trunk, batch_size, advance, cancel)
-    for (volume, aspect), preprocessing, key, entry in zip(volumes[1:], preprocessings[1:], keys[1:], features[1:]):
-        encoding(key, entry, volume, preprocessing, support_needed, aspect)  # another volume's painted slices
-    probabilities = {v: np.zeros(query_volume.shape, dtype=np.float32) for v in structures}
-    attention = {v: np.zeros(query_volume.shape, dtype=np.float32) for v in structures}
-    spacing_mm = spacing_first(spacing, axis)
-
-    def predict(value: int, batch: np.ndarray) -> None:
-        """Encode the slices ``batch`` (those not cached) and predict structure ``value`` there, priors applied."""
-        wanted = np.union1d(batch, support_needed) if same_volume else batch
-        encoding(keys[0], features[0], query_volume, preprocessings[0], wanted, query_aspect)
-        painted_value, slices = painting == value, structures[value]
-        _structure_maps(model, features[0].tensor, features[-1].tensor, painted_value, slices, batch,
-                        (probabilities[value], attention[value]), aspects=(query_aspect, support_aspect),
-                        device=torch_device, advance=advance, cancel=cancel)
-        if location:
-            apply_location_prior(probabilities[value], painted_value, slices, spacing_mm, batch)
-        if decay_mm is not None:
-            apply_distance_decay(probabilities[value], slices, spacing_mm[0], decay_mm, batch)
-        if same_volume:
-            probabilities[value][list(slices)] = painting[list(slices)] == value
-
-    examined = {}
-    try:
-        for value, slices in structures.items():
-            if outward:
-                margin = math.ceil(OUTWARD_MARGIN_MM / spacing_mm[0])
-                examined[value] = walk_outward(lambda batch, v=value: predict(v, batch), probabilities[value],
-                                               painting == value, slices, threshold, ends, margin,
-                                               batch_size or trunk.batch_size())
-            else:
-                predict(value, queries)
-                examined[value] = _on(queries, len(query_volume))
-    finally:
-        encoding.save()  # what was encoded, even when cancelled
-    labels = _merge(probabilities, threshold, painting.dtype)
-    painted = painted_slices(painting) if same_volume else None  # another volume's painting is not on this grid
-    if painted is not None:
-        labels[painted] = painting[painted]
-    drawn_by = dict.fromkeys(structures, "prototype")
-    levels = {}
-    n_query, n_support = len(labels), len(features[-1].tensor)
-    for value, support_slices in structures.items():
-        painted_value = painting == value
-        masks = painted_value[list(support_slices)]
-        own = _own_maps(model, features[-1].tensor, painted_value, support_slices, support_aspect, torch_device)
-        levels[value] = _per_query(similarity_levels(own[:, 1], masks), n_query, n_support, support_slices)
-        if boundaries == "decoder":
-            decoder = box_decoder(trunk.runtime)
-            calibration = calibrate(masks, own[:, 0] > threshold, features[-1].tensor[list(support_slices)], decoder,
-                                    support_aspect)
-            done_before = advance.done
-            if calibration.trusted.any():
-                # the decoder draws only the slices the prototypes keep; painted slices stay as painted
-                _postprocess(labels, value, keep, False, painted_value, support_slices if ends else None)
-                scales = _per_query(calibration.scales, n_query, n_support, support_slices)
-                trusted = (_per_query(calibration.decoder_dice, n_query, n_support, support_slices)
-                           > _per_query(calibration.prototype_dice, n_query, n_support, support_slices))
-                drawn = draw_boundaries(labels == value, features[0].tensor, decoder, scales, query_aspect,
-                                        fixed=_on(painted, n_query) | ~trusted, advance=advance, cancel=cancel)
-                labels[(labels == value) & ~drawn] = 0
-                labels[drawn & (labels == 0)] = value
-                drawn_by[value] = _drawn_by(calibration.trusted, support_slices)
-            advance(len(queries) - (advance.done - done_before))  # the slices without a prediction to draw
-        _postprocess(labels, value, keep, options.fill_holes, painted_value, support_slices if ends else None)
-    if painted is not None:
-        labels[painted] = painting[painted]
-    presence = {v: structure_presence(attention[v], labels == v, levels[v]) for v in structures}
-    advance(advance.total - advance.done)  # slices never examined count as done
-    finished = time.perf_counter()
-    return Segmentation(
-        labels=np.moveaxis(labels, 0, axis),
-        probabilities={v: np.moveaxis(p, 0, axis) for v, p in probabilities.items()},
-        attention={v: np.moveaxis(a, 0, axis) for v, a in attention.items()},
-        support_slices=structures,
-        boundaries=drawn_by,
-        presence=presence,
-        encoder=encoder,
-        head=head,
-        weights=weights_used,
-        device=str(torch_device),
-        runtime=trunk.runtime,
-        feature_bytes=sum(f.nbytes for f in features),
-        examined={v: np.flatnonzero(flags) for v, flags in examined.items()},
-        encoded_slices=encoding.slices,
-        seconds={"encode": encoding.seconds, "head": finished - started - encoding.seconds, "total": finished - started},
+    settings = dict(encoder=encoder, head=head, weights=weights, device=device, backend=backend, precision=precision,
+                    modality=modality, axis=axis, batch_size=batch_size, cache=cache)
+    session = FewShotSession(image, spacing=spacing, **settings)
+    support = None if support_image is None else FewShotSession(
+        support_image, spacing=spacing if support_spacing is None else support_spacing, role="support image", **settings
     )
+    return session.segment(support_labels, options, slices=slices, support=support, progress=progress, cancel=cancel)
 
 
 def encode_volume(
@@ -326,27 +417,10 @@ def encode_volume(
     indices to encode, in this order, a batch at a time (default every slice, in
     order); the rows of the others are undefined.  Other arguments as for :func:`segment`.
     """
-    runtime = resolve_runtime(backend, precision, device)
-    cache = DEFAULT_CACHE if cache is None else cache
-    volume = _slices_first(_checked_image(image, "image"), axis)
-    aspect = slice_aspect(spacing, axis)
-    encoder_model = _encoder(encoder, runtime.device)
-    trunk = _trunk(encoder_model, runtime)
-    preprocessing = Preprocessing.for_volume(volume, modality)
-    key = feature_key(volume, encoder_model, preprocessing, aspect, trunk.runtime.feature_tag)
-    entry = _cached(cache, key, len(volume))
-    order = np.arange(len(volume)) if slices is None else np.asarray(slices, dtype=int)
-    if order.ndim != 1 or (len(order) and not 0 <= order.min() <= order.max() < len(volume)):
-        raise SegmentationError(f"slices must be slice indices from 0 to {len(volume) - 1} along axis {axis}")
-    todo = order[~entry.encoded[order]]
-    encoding = _Encoding(cache, trunk, None, _Advance(progress, len(np.unique(todo))), cancel)
-    try:
-        batch = trunk.batch_size()
-        for start in range(0, len(todo), batch):
-            encoding(key, entry, volume, preprocessing, todo[start : start + batch], aspect)
-    finally:
-        encoding.save()
-    return entry.tensor
+    session = FewShotSession(image, spacing=spacing, encoder=encoder, device=device, backend=backend,
+                             precision=precision, modality=modality, axis=axis, cache=cache)
+    session.encode(slices, progress=progress, cancel=cancel)
+    return session.features.tensor
 
 
 class _Advance:
@@ -379,7 +453,8 @@ class _Encoding:
 
     def __init__(self, cache: FeatureCache, trunk: Trunk, batch_size: int | None, advance: _Advance,
                  cancel: CancelCheck | None) -> None:
-        self.cache, self.trunk, self.batch_size, self.advance, self.cancel = cache, trunk, batch_size, advance, cancel
+        self.cache, self.trunk, self.batch_size = cache, trunk, batch_size
+        self.advance, self.cancel = advance, cancel
         self.slices, self.seconds = 0, 0.0
         self.keys: set[str] = set()
 
