@@ -31,10 +31,6 @@ from .user_cache import user_cache_folder
 
 log = logging.getLogger(__name__)
 
-#: OpenVINO's names for the precisions of :mod:`~napari_fewshot.core.runtime`.
-_HINTS = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
-
-
 def openvino_version() -> str:
     import openvino
 
@@ -95,7 +91,8 @@ def compiled_model(
     try:
         return _compile(path, runtime, throughput)
     except RuntimeError as error:
-        log.warning("%s does not compile (%s); converting it again", path, str(error).strip().splitlines()[0])
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        log.warning("%s does not compile (%s); converting it again", path, reason)
         path.unlink(missing_ok=True)
         path = converted_model(module, example, name, digest, dynamic_batch)
         return _compile(path, runtime, throughput)
@@ -105,7 +102,7 @@ def _compile(path: Path, runtime: Runtime, throughput: bool):
     import openvino
 
     config = {
-        "INFERENCE_PRECISION_HINT": _HINTS[runtime.precision],
+        "INFERENCE_PRECISION_HINT": runtime.precision,  # OpenVINO's names: f32, bf16, f16
         "INFERENCE_NUM_THREADS": runtime.threads,
         "PERFORMANCE_HINT": "THROUGHPUT" if throughput else "LATENCY",
         "CACHE_DIR": str(model_folder() / "compiled"),

@@ -32,7 +32,9 @@ PRECISIONS = ("auto", "f32", "bf16", "f16")
 #: The precision ``auto`` takes per backend and device type.  OpenVINO on the CPU: bfloat16, which
 #: cost under 0.001 mean Dice on the development benchmark against float32 (docs/benchmarks.md,
 #: issue 17), at float32 on a CPU without bfloat16 instructions; torch on the CPU: float32.
-AUTO_PRECISION = {("openvino", "cpu"): "bf16", ("torch", "cpu"): "f32", ("torch", "cuda"): "f16", ("torch", "mps"): "f32"}
+AUTO_PRECISION = {
+    ("openvino", "cpu"): "bf16", ("torch", "cpu"): "f32", ("torch", "cuda"): "f16", ("torch", "mps"): "f32",
+}
 #: Precisions each backend offers per device type (OpenVINO's bf16 falls back to f32 on a CPU without it).
 SUPPORTED = {
     ("torch", "cpu"): ("f32", "bf16"),
@@ -69,12 +71,9 @@ class Runtime:
 
 def physical_cores() -> int:
     """The physical CPU cores this process may run on (hyper-threads not counted)."""
-    try:
-        import psutil
+    import psutil
 
-        physical = psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    except ImportError:
-        physical = os.cpu_count() or 1
+    physical = psutil.cpu_count(logical=False) or os.cpu_count() or 1
     allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else physical
     return max(1, min(physical, allowed))
 
