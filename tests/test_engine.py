@@ -416,3 +416,13 @@ def test_a_session_segments_twice_with_different_supports_and_encodes_once(volum
     assert dice(second.labels == 1, truth == 1) > 0.7
     ahead = FewShotSession(image, encoder="tiny", cache=FeatureCache())
     assert ahead.encode([5, 6]) == 2 and ahead.encode([6, 7]) == 1  # what is encoded is not encoded again
+
+
+def test_a_support_session_must_share_the_encoder_and_runtime(volume):
+    from napari_fewshot import FewShotSession
+
+    image, truth = volume
+    session = FewShotSession(image, encoder="tiny", backend="torch", cache=FeatureCache())
+    other = FewShotSession(image, encoder="tiny", backend="openvino", cache=FeatureCache())
+    with pytest.raises(SegmentationError, match="the support's session runs another encoder or runtime"):
+        session.segment(one_slice_support(truth), support=other)

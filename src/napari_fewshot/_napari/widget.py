@@ -157,8 +157,7 @@ class FewShotWidget(Container):
         self.extend([
             self.image, self.support, self.new_support, self.names, self.encoder, self.head, self.device,
             self.backend, self.keep, self.boundaries, self.fill_holes, self.every_slice, self.encode_ahead, self.maps,
-            self.device_note,
-            self.segment_slice, self.segment_volume,
+            self.device_note, self.segment_slice, self.segment_volume,
             self.cancel, self.status, self.check, self.add_to_support, self.refine_steps, self.model_folder, self.refine,
             self.apply_model, self.export_layer, self.export_path, self.export,
         ])  # fmt: skip
@@ -223,10 +222,10 @@ class FewShotWidget(Container):
             fill_holes=self.fill_holes.value,
             every_slice=self.every_slice.value,
         )
-        options = dict(self._encoding_options(image), head=self.head.value, **asdict(segment_options))
+        model = dict(self._encoding_options(image), head=self.head.value)
+        options = dict(model, **asdict(segment_options))  # what the export's sidecar records
         kwargs = dict(
-            self._encoding_options(image),
-            head=self.head.value,
+            model,
             options=segment_options,
             image=np.asarray(image.data),
             support_labels=np.array(support.data, copy=True),  # painting goes on during the run
@@ -308,7 +307,8 @@ class FewShotWidget(Container):
 
     def _show_ahead_progress(self, done: int, total: int) -> None:
         if self._is_ahead(self._runner.job) and total and not self._runner.closed:
-            self.device_note.value = f"Encoding '{self._runner.job.context['image'].name}' ahead: {done} of {total} slices."
+            name = self._runner.job.context["image"].name
+            self.device_note.value = f"Encoding '{name}' ahead: {done} of {total} slices."
 
     def add_slice_to_support(self) -> None:
         """Copy the prediction of the slice on screen into the support layer (undoable there with Ctrl-Z)."""

@@ -11,6 +11,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,9 @@ from .options import SegmentOptions
 from .outward import OUTWARD_MARGIN_MM, walk_outward
 from .postprocess import KEEP, connected_to, largest_component, stop_at_ends
 from .postprocess import fill_holes as fill_slice_holes
-from .preprocess import Preprocessing, from_encoder_slices, slice_aspect, spacing_first, to_encoder_slices
+from .preprocess import (
+    Preprocessing, from_encoder_slices, intensity_window, slice_aspect, spacing_first, to_encoder_slices,
+)
 from .priors import apply_distance_decay, apply_location_prior
 from .runtime import Runtime, Trunk, resolve_runtime, trunk_runner
 from .sam_decoder import box_decoder
@@ -138,6 +141,11 @@ class FewShotSession:
         self.key = feature_key(self.volume, self.model.encoder, self.preprocessing, self.aspect,
                                self.trunk.runtime.feature_tag)
 
+    @cached_property
+    def window(self) -> tuple[float, float]:
+        """The intensities (file units) that map to 0 and 1 for the encoder, the whole volume's (once)."""
+        return intensity_window(self.volume, self.preprocessing)
+
     @property
     def features(self) -> VolumeFeatures:
         """The slices encoded so far (from the cache, in memory or on disk)."""
@@ -155,11 +163,11 @@ class FewShotSession:
             last = len(self.volume) - 1
             raise SegmentationError(f"slices must be slice indices from 0 to {last} along axis {self.axis}")
         todo = order[~entry.encoded[order]]
-        encoding = _Encoding(self.cache, self.trunk, self.batch_size, _Advance(progress, len(np.unique(todo))), cancel)
+        encoding = _Encoding(self.trunk, self.batch_size, _Advance(progress, len(np.unique(todo))), cancel)
         try:
             batch = self.batch_size or self.trunk.batch_size()
             for start in range(0, len(todo), batch):
-                encoding(self.key, entry, self.volume, self.preprocessing, todo[start : start + batch], self.aspect)
+                encoding(self, entry, todo[start : start + batch])
         finally:
             encoding.save()
         return encoding.slices
@@ -177,13 +185,18 @@ class FewShotSession:
         """Segment the scan from the structures painted in ``support_labels`` (see :func:`segment`).
 
         ``support``: the session of the volume the labels were painted on, when it is
-        not this one (another patient's scan); it must use the same model.
+        not this one (another patient's scan), made with the same encoder and runtime.
         """
         started = time.perf_counter()
         options = options or SegmentOptions()
         threshold, keep, location, decay_mm, ends = (options.threshold, options.keep, options.location,
                                                      options.decay_mm, options.ends)
         same_volume, support = support is None, support or self
+        if support.trunk is not self.trunk:
+            raise SegmentationError(
+                "the support's session runs another encoder or runtime than this one; make both with the same "
+                "encoder, weights, device, backend and precision"
+            )
         axis, torch_device = self.axis, self.runtime.device
         queries = _checked_slices(slices, self.shape, axis)
         whole = len(queries) == self.shape[axis]
@@ -229,9 +242,9 @@ class FewShotSession:
         passes = 2 if boundaries == "decoder" else 1  # the head over the queries, then the decoder over them
         total = sum(len(f.missing(n)) for f, n in zip(features, needed)) + passes * len(structures) * len(queries)
         advance = _Advance(progress, total)
-        encoding = _Encoding(self.cache, trunk, self.batch_size, advance, cancel)
+        encoding = _Encoding(trunk, self.batch_size, advance, cancel)
         if not same_volume:  # another volume's painted slices
-            encoding(support.key, features[1], support.volume, support.preprocessing, support_needed, support_aspect)
+            encoding(support, features[1], support_needed)
         probabilities = {v: np.zeros(query_volume.shape, dtype=np.float32) for v in structures}
         attention = {v: np.zeros(query_volume.shape, dtype=np.float32) for v in structures}
         spacing_mm = spacing_first(self.spacing, axis)
@@ -239,7 +252,7 @@ class FewShotSession:
         def predict(value: int, batch: np.ndarray) -> None:
             """Encode the slices ``batch`` (those not cached) and predict structure ``value`` there, priors applied."""
             wanted = np.union1d(batch, support_needed) if same_volume else batch
-            encoding(self.key, features[0], query_volume, self.preprocessing, wanted, query_aspect)
+            encoding(self, features[0], wanted)
             painted_value, slices = painting == value, structures[value]
             _structure_maps(model, features[0].tensor, features[-1].tensor, painted_value, slices, batch,
                             (probabilities[value], attention[value]), aspects=(query_aspect, support_aspect),
@@ -251,11 +264,10 @@ class FewShotSession:
             if same_volume:
                 probabilities[value][list(slices)] = painting[list(slices)] == value
 
-        examined = {}
+        examined, margin = {}, math.ceil(OUTWARD_MARGIN_MM / spacing_mm[0])
         try:
             for value, slices in structures.items():
                 if outward:
-                    margin = math.ceil(OUTWARD_MARGIN_MM / spacing_mm[0])
                     examined[value] = walk_outward(lambda batch, v=value: predict(v, batch), probabilities[value],
                                                    painting == value, slices, threshold, ends, margin,
                                                    self.batch_size or trunk.batch_size())
@@ -443,40 +455,37 @@ def _cached(cache: FeatureCache, key: str, n_slices: int) -> VolumeFeatures:
 
 
 class _Encoding:
-    """``encoding(key, entry, volume, preprocessing, wanted, aspect)``: encode the ``wanted`` slices ``entry``
-    lacks (:func:`encode_slices`) with ``trunk``, keeping ``entry`` in ``cache`` under ``key``.
+    """``encoding(session, entry, wanted)``: encode the ``wanted`` slices of ``session``'s volume that ``entry``
+    (its features) lacks (:func:`encode_slices`) with ``trunk``, keeping ``entry`` in the session's cache.
 
     Counts the slices it encoded and the seconds it took.  A cancelled run keeps
     the slices it encoded (the cache counts them too); :meth:`save` writes them to the
-    cache's folder.
+    caches' folders.
     """
 
-    def __init__(self, cache: FeatureCache, trunk: Trunk, batch_size: int | None, advance: _Advance,
-                 cancel: CancelCheck | None) -> None:
-        self.cache, self.trunk, self.batch_size = cache, trunk, batch_size
-        self.advance, self.cancel = advance, cancel
+    def __init__(self, trunk: Trunk, batch_size: int | None, advance: _Advance, cancel: CancelCheck | None) -> None:
+        self.trunk, self.batch_size, self.advance, self.cancel = trunk, batch_size, advance, cancel
         self.slices, self.seconds = 0, 0.0
-        self.keys: set[str] = set()
+        self.sessions: dict[str, FewShotSession] = {}
 
-    def __call__(self, key: str, entry: VolumeFeatures, volume: np.ndarray, preprocessing: Preprocessing,
-                 wanted: np.ndarray, aspect: float) -> None:
+    def __call__(self, session: FewShotSession, entry: VolumeFeatures, wanted: np.ndarray) -> None:
         started, before = time.perf_counter(), int(entry.encoded.sum())
-        self.cache.put(key, entry)
-        self.keys.add(key)
+        session.cache.put(session.key, entry)
+        self.sessions[session.key] = session
         try:
-            encode_slices(volume, self.trunk, preprocessing, entry, wanted, pixel_aspect=aspect,
-                          batch_size=self.batch_size, advance=self.advance, cancel=self.cancel)
+            encode_slices(session.volume, self.trunk, session.preprocessing, entry, wanted, pixel_aspect=session.aspect,
+                          window=session.window, batch_size=self.batch_size, advance=self.advance, cancel=self.cancel)
         finally:
             encoded = int(entry.encoded.sum()) - before
             self.slices += encoded
-            self.cache.stats.encoded_slices += encoded
-            self.cache.put(key, entry)
+            session.cache.stats.encoded_slices += encoded
+            session.cache.put(session.key, entry)
             self.seconds += time.perf_counter() - started
 
     def save(self) -> None:
-        """Write the features of the volumes encoded to the cache's folder (:meth:`FeatureCache.save`)."""
-        for key in self.keys:
-            self.cache.save(key)
+        """Write the features of the volumes encoded to their cache's folder (:meth:`FeatureCache.save`)."""
+        for key, session in self.sessions.items():
+            session.cache.save(key)
 
 
 def _slices_first(array: np.ndarray, axis: int) -> np.ndarray:

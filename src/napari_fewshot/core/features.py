@@ -248,6 +248,7 @@ def encode_slices(
     slices: np.ndarray,
     *,
     pixel_aspect: float = 1.0,
+    window: tuple[float, float] | None = None,
     batch_size: int | None = None,
     advance: Callable[[int], None] = lambda n: None,
     cancel: CancelCheck | None = None,
@@ -262,14 +263,15 @@ def encode_slices(
     ``batch_size`` at a time (default: the trunk's own ``batch_size()``), and
     ``advance(n)`` is called after each batch of ``n`` slices.  A cancelled run keeps
     the batches it finished.  When the device runs out of memory the batch is halved
-    and tried again, down to one slice.  The intensity window is the whole volume's,
-    so features do not depend on which slices are encoded together.  Returns the
-    number of slices encoded.
+    and tried again, down to one slice.  The intensity window is the whole volume's
+    (``window``, from :func:`~napari_fewshot.core.preprocess.intensity_window`, when the
+    caller has it already), so features do not depend on which slices are encoded
+    together.  Returns the number of slices encoded.
     """
     todo = features.missing(slices)
     if not len(todo):
         return 0
-    window = intensity_window(volume, preprocessing)
+    window = window or intensity_window(volume, preprocessing)
     device = trunk.runtime.device
     batch_size = batch_size or trunk.batch_size()
     start = 0

@@ -29,12 +29,12 @@ import numpy as np
 
 from ..core.boundaries import BOUNDARIES
 from ..core.engine import DEFAULT_ENCODER, encode_volume, segment
+from ..core.errors import SegmentationError
 from ..core.features import FeatureCache
 from ..core.heads import HEADS
 from ..core.model import DEFAULT, UNTRAINED
-from ..core.postprocess import KEEP
-from ..core.preprocess import Preprocessing, normalise_intensities
 from ..core.options import SegmentOptions
+from ..core.preprocess import Preprocessing, normalise_intensities
 from ..core.priors import DECAY_MM
 from ..core.runtime import resolve_runtime
 from ..core.sam_decoder import BoxDecoder, box_decoder
@@ -96,17 +96,18 @@ class EngineMethod(Method):
             )
         if weights and weights not in (DEFAULT, UNTRAINED) and not Path(weights).is_file():
             raise ValueError(f"method '{name}': weights must be default, none or a model file")
-        if keep and keep not in KEEP:
-            raise ValueError(f"method '{name}': keep must be one of {', '.join(KEEP)}")
         unknown = [flag for flag in flags if flag not in FLAGS]
         if unknown:
             raise ValueError(f"method '{name}': {', '.join(unknown)} is not one of the flags {', '.join(FLAGS)}")
         self.name, self.head, self.weights = name, head, weights or DEFAULT
-        self.options = SegmentOptions(
-            keep=keep or "painted", boundaries=next((flag for flag in flags if flag in BOUNDARIES), None),
-            location=False if NO_LOCATION in flags else None, ends=False if NO_ENDS in flags else None,
-            decay_mm=DECAY_MM if DECAY in flags else None, every_slice=EVERY in flags,
-        )
+        try:
+            self.options = SegmentOptions(
+                keep=keep or "painted", boundaries=next((flag for flag in flags if flag in BOUNDARIES), None),
+                location=False if NO_LOCATION in flags else None, ends=False if NO_ENDS in flags else None,
+                decay_mm=DECAY_MM if DECAY in flags else None, every_slice=EVERY in flags,
+            )
+        except SegmentationError as error:
+            raise ValueError(f"method '{name}': {error}") from error
 
     def _segment(self, task: Task, context: Context, support: np.ndarray, options: SegmentOptions,
                  **volumes) -> np.ndarray:
