@@ -6,7 +6,7 @@ import numpy as np
 
 from napari_fewshot.core.engine import segment
 from napari_fewshot.core.features import FeatureCache
-from napari_fewshot.core.outward import OUTWARD_MARGIN_MM, walk_outward
+from napari_fewshot.core.outward import OUTWARD_MARGIN_MM, expected_reach, walk_outward
 
 
 def _walk(present: slice, painted_slice: int, margin: int, batch: int, n: int = 40):
@@ -81,3 +81,42 @@ def test_the_margin_is_in_millimetres():
         first_predicted = np.flatnonzero(result.labels.any(axis=(1, 2)))[0]
         reach[slice_mm] = (first_predicted - 1 - result.examined[1][0]) * slice_mm  # mm examined past the end
     assert reach[1.0] == OUTWARD_MARGIN_MM and OUTWARD_MARGIN_MM <= reach[5.0] < OUTWARD_MARGIN_MM + 5.0
+
+
+def _sphere_walk(painted_slice: int, radius: float, reach: float, n: int = 80):
+    """walk_outward over a ball of ``radius`` slices centred on slice 40 (1 mm voxels); returns examined and
+    every plan it told."""
+    z, y, x = np.ogrid[:n, :64, :64]
+    truth = (z - 40) ** 2 + (y - 32) ** 2 + (x - 32) ** 2 <= radius**2
+    probability = np.zeros(truth.shape, np.float32)
+    painted = np.zeros_like(truth)
+    painted[painted_slice] = truth[painted_slice]
+    plans = []
+
+    def predict(slices: np.ndarray) -> None:
+        probability[slices] = truth[slices]
+
+    examined = walk_outward(predict, probability, painted, (painted_slice,), 0.5, True, 3, 4, reach=reach,
+                            plan=lambda first, last: plans.append((first, last)))
+    return examined, plans
+
+
+def test_the_plan_starts_from_the_paintings_size_and_ends_at_what_was_examined():
+    reach = expected_reach(np.pi * 20**2, 1.0)
+    examined, plans = _sphere_walk(40, radius=20, reach=reach)
+    assert plans[0] == (40 - round(reach) - 3, 40 + round(reach) + 3)  # the reach and the margin
+    assert plans[-1] == tuple(np.flatnonzero(examined)[[0, -1]]) == (40 - 21 - 3, 40 + 21 + 3)
+    # once the ball narrows (8 slices out), the plan is within 30 % of the slices walked in the end
+    assert all(abs((last - first + 1) / 49 - 1) < 0.3 for first, last in plans[2:])
+
+
+def test_the_plan_follows_a_structure_narrowing_past_an_underestimated_reach():
+    # painted on its largest slice, the ball's narrowing tells how far it goes, whatever was expected before
+    _, plans = _sphere_walk(40, radius=20, reach=2.0)
+    assert plans[0][0] == 40 - 2 - 3
+    narrowed = plans[2]  # 8 slices below the painting the ball's area has fallen to 84 %
+    assert abs(narrowed[0] - plans[-1][0]) <= 2
+
+
+def test_expected_reach_is_in_slices():
+    assert expected_reach(np.pi * 10**2, 1.0) == 2 * expected_reach(np.pi * 10**2, 2.0) == 15.0

@@ -202,10 +202,10 @@ def test_correction_loop_reuses_the_features_and_keeps_every_correction(qtbot, s
     assert any("Slices 4, 19, cleared by hand, stay empty" in message for message in _messages())
 
 
-def test_cancel_stops_the_run_while_the_viewer_stays_responsive(qtbot, session):
+def test_the_prediction_fills_in_as_batches_finish_and_cancel_keeps_them(qtbot, session):
     viewer, widget, image, support, truth = session
     _run(qtbot, widget, widget.segment_volume)
-    previous = np.array(viewer.layers["scan prediction"].data, copy=True)
+    before = np.array(viewer.layers["scan prediction"].data, copy=True)
 
     ticks = []
     timer = QTimer()
@@ -213,7 +213,16 @@ def test_cancel_stops_the_run_while_the_viewer_stays_responsive(qtbot, session):
     timer.start(20)
     widget.encoder.value = "slow"
     widget.segment_volume.native.click()
-    qtbot.waitUntil(lambda: widget._runner._bar is not None and widget._runner._bar.n >= 4, timeout=30_000)
+    prediction = viewer.layers["scan prediction"]
+
+    def filled() -> set[int]:
+        return set(np.flatnonzero(prediction.data.any(axis=(1, 2))).tolist())
+
+    # the layer is emptied for the new run, then the painted slice and its neighbours appear while it goes on
+    whole = len(np.flatnonzero(before.any(axis=(1, 2))))
+    qtbot.waitUntil(lambda: 3 <= len(filled()) < whole and widget._runner.busy, timeout=30_000)
+    assert "of ~" in widget.status.value and "slices" in widget.status.value  # progress in slices, planned total
+    assert PAINTED in filled()
     assert widget.cancel.enabled
     support.paint((3, 20, 20), 1, refresh=True)  # painting works during the run...
     _go_to(viewer, 5)  # ...and so does scrolling
@@ -221,9 +230,17 @@ def test_cancel_stops_the_run_while_the_viewer_stays_responsive(qtbot, session):
     qtbot.waitUntil(lambda: not widget._runner.busy, timeout=5_000)
     timer.stop()
     assert len(ticks) >= 3  # the GUI thread kept handling events while the worker encoded
-    assert "Cancelled" in widget.status.value and not widget.cancel.enabled
-    np.testing.assert_array_equal(viewer.layers["scan prediction"].data, previous)
+    assert "Cancelled" in widget.status.value and "segmented so far" in widget.status.value
+    assert not widget.cancel.enabled
+    kept = filled()  # what was shown stays, the painted slice as painted
+    assert PAINTED in kept and len(kept) < image.data.shape[0]
+    np.testing.assert_array_equal(prediction.data[PAINTED] == 1, truth[PAINTED] == 1)  # the first structure
     assert support.data[3, 20, 20] == 1
+    # what the run showed is the widget's own: the next run takes no correction from it
+    notification_manager.records.clear()
+    widget.encoder.value = "tiny"
+    _run(qtbot, widget, widget.segment_volume)
+    assert not any("were added to the support" in m for m in _messages())
 
 
 def test_a_new_run_while_one_is_going_replaces_it_never_runs_beside_it(qtbot, session):
@@ -431,7 +448,7 @@ def test_encoding_ahead_yields_to_a_segment_run_and_then_finishes(qtbot, session
     assert widget._runner.job is not None and widget._runner.job.context["ahead"]
     qtbot.waitUntil(lambda: encoded() >= 4, timeout=30_000)
     widget.run("volume")  # goes first: the ahead job stops within a batch
-    qtbot.waitUntil(lambda: "scan prediction" in viewer.layers, timeout=60_000)
+    qtbot.waitUntil(lambda: widget.status.value.startswith("Segmented "), timeout=60_000)
     segmented = widget.status.value
     encoded_by_the_run = int(segmented.split("encoding ")[1].split(" slices")[0])
     assert 0 < encoded_by_the_run < 24  # some slices were ready

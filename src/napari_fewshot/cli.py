@@ -36,18 +36,21 @@ def _info(args: argparse.Namespace) -> int:
 
 
 class ProgressBar:
-    """``progress(done, total)`` as a bar on stderr, redrawn when the percentage changes."""
+    """``progress(done, total, seconds_left)`` as a bar on stderr with the time left, redrawn when the
+    percentage or the whole seconds left change."""
 
     def __init__(self, label: str, width: int = 30) -> None:
-        self.label, self.width, self.shown = label, width, -1
+        self.label, self.width, self.shown = label, width, None
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int, seconds_left: float | None = None) -> None:
         percent = 100 * done // max(total, 1)
-        if percent == self.shown:
+        left = "" if seconds_left is None or done >= total else f", about {seconds_left:.0f} s left"
+        if (percent, left) == self.shown:
             return
-        self.shown = percent
+        self.shown = percent, left
         filled = self.width * done // max(total, 1)
-        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {percent:3d}% ({done}/{total} slices)")
+        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {percent:3d}% "
+                         f"({done}/{total} slices{left})\033[K")
         if done >= total:
             sys.stderr.write("\n")
         sys.stderr.flush()

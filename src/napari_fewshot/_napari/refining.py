@@ -34,10 +34,11 @@ def labelled_slices(labels: np.ndarray, axis: int) -> int:
 
 
 def refine_job(progress, cancel, describe, **kwargs: Any) -> tuple[np.ndarray, Path]:
-    """:func:`refine_volume` with its progress as ``progress(step, steps)`` and a line of loss and time left."""
+    """:func:`refine_volume` with its progress as ``progress(step, steps, seconds_left)`` and a line of loss and
+    time left."""
 
     def report(stage: str, done: int, total: int, values: dict[str, float]) -> None:
-        progress(done, total)
+        progress(done, total, values["seconds_left"])
         describe(f"Refining: step {done} of {total}, loss {values['loss']:.3f}, about {values['seconds_left']:.0f} s left")
 
     return refine_volume(progress=report, cancel=cancel, **kwargs)
@@ -45,9 +46,9 @@ def refine_job(progress, cancel, describe, **kwargs: Any) -> tuple[np.ndarray, P
 
 def apply_job(progress, cancel, **kwargs: Any) -> tuple[np.ndarray, Path]:
     """:func:`segment_with_model` as a job: the labels, and the model applied."""
-    progress(0, 1)
+    progress(0, 1, None)
     labels = segment_with_model(cancel=cancel, **kwargs)
-    progress(1, 1)
+    progress(1, 1, 0.0)
     return labels, Path(kwargs["model"])
 
 

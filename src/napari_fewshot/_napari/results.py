@@ -37,6 +37,17 @@ def find_layer(viewer: napari.viewer.Viewer, name: str, kind: type, shape: tuple
     return layer
 
 
+def prediction_layer(viewer: napari.viewer.Viewer, image: napari.layers.Image, dtype: np.dtype) -> Labels:
+    """``image``'s prediction layer, made anew (empty, on its grid) when it is missing or holds another dtype."""
+    prediction = find_layer(viewer, prediction_name(image), Labels, image.data.shape)
+    if prediction is None or prediction.data.dtype != dtype:
+        data, kwargs, _ = support_layer_data(image.data.shape, layer_attributes(image), prediction_name(image))
+        if prediction is not None:
+            viewer.layers.remove(prediction)
+        prediction = viewer.add_labels(data.astype(dtype), **kwargs)
+    return prediction
+
+
 def show_segmentation(
     viewer: napari.viewer.Viewer,
     image: napari.layers.Image,
@@ -54,12 +65,7 @@ def show_segmentation(
     so a re-run keeps their place, colours and visibility.
     """
     where = slice_index(slices, axis, image.data.shape)
-    prediction = find_layer(viewer, prediction_name(image), Labels, image.data.shape)
-    if prediction is None or prediction.data.dtype != result.labels.dtype:
-        data, kwargs, _ = support_layer_data(image.data.shape, layer_attributes(image), prediction_name(image))
-        if prediction is not None:
-            viewer.layers.remove(prediction)
-        prediction = viewer.add_labels(data.astype(result.labels.dtype), **kwargs)
+    prediction = prediction_layer(viewer, image, result.labels.dtype)
     prediction.data[where] = result.labels[where]
     names = {v: names.get(v, f"structure {v}") for v in result.probabilities}
     prediction.features = names_features(names)

@@ -48,10 +48,12 @@ class Job:
     """One call of ``function`` (default :func:`segment`) and what to do with its outcome (called on the GUI thread).
 
     kwargs : the arguments of ``function`` (its own copies of anything the user may
-    edit), which also gets ``progress(done, total)`` and ``cancel()``.  started :
+    edit), which also gets ``progress(done, total, seconds_left)`` and ``cancel()``.  started :
     called when the run begins; done : with what ``function`` returned; failed : with
     the exception; cancelled : with no argument (the run stopped, or was replaced
-    before it began).  context : the caller's own notes.
+    before it began).  context : the caller's own notes.  preview : when given,
+    ``function`` also gets ``preview(value, slices, mask)`` (see :func:`segment`),
+    and this is called with the same arguments on the GUI thread.
     """
 
     description: str
@@ -62,13 +64,17 @@ class Job:
     cancelled: Callable[[], None]
     context: dict[str, Any] = field(default_factory=dict)
     function: Callable[..., Any] = segment
+    preview: Callable[[int, Any, Any], None] | None = None
 
 
 class SegmentationRunner(QObject):
     """Starts :class:`Job` s in a thread worker; at most one runs, the newest waits for it."""
 
-    #: ``(done, total)`` in slices (steps for a refine run), emitted from the worker thread, delivered on the GUI thread.
-    progressed = Signal(int, int)
+    #: ``(done, total, seconds_left)`` in slices (steps for a refine run; seconds None until known), emitted from the
+    #: worker thread, delivered on the GUI thread.
+    progressed = Signal(int, int, object)
+    #: ``(value, slices, mask)`` of a segmentation going on, from the worker thread (see :class:`Job`)
+    previewed = Signal(int, object, object)
     #: a line saying how the run goes (a refine run's loss and time left), shown beside its bar
     described = Signal(str)
     #: emitted on the GUI thread whenever a run starts or ends
@@ -83,6 +89,7 @@ class SegmentationRunner(QObject):
         self._bar: cancelable_progress | None = None
         self._closed = False
         self.progressed.connect(self._show_progress)
+        self.previewed.connect(self._show_preview)
         self.described.connect(lambda text: self._bar.set_description(text) if self._bar is not None else None)
 
     @property
@@ -110,6 +117,8 @@ class SegmentationRunner(QObject):
         stop, bar = self._stop, cancelable_progress(total=0, desc=job.description)
         self._bar = bar
         kwargs = dict(job.kwargs, progress=self.progressed.emit, cancel=lambda: stop.is_set() or bar.is_canceled)
+        if job.preview is not None:
+            kwargs["preview"] = self.previewed.emit
         worker = create_worker(job.function, **kwargs, _start_thread=False, _ignore_errors=True)  # errors go to job.failed
         worker.returned.connect(lambda result: self._end(lambda: job.done(result)))
         worker.errored.connect(lambda error: self._end(lambda: self._report(job, error)))
@@ -135,7 +144,12 @@ class SegmentationRunner(QObject):
         self._pending = None
         self.cancel()
 
-    def _show_progress(self, done: int, total: int) -> None:
+    def _show_preview(self, value: int, slices: Any, mask: Any) -> None:
+        job = self.job
+        if job is not None and job.preview is not None and not self._closed and not self._stop.is_set():
+            job.preview(value, slices, mask)
+
+    def _show_progress(self, done: int, total: int, seconds_left: float | None) -> None:
         if self._bar is not None:
             if self._bar.total != total:
                 self._bar.total = total

@@ -24,7 +24,7 @@ from ..core.boundaries import BOUNDARIES
 from ..core.confidence import slice_confidence, slices_to_check
 from ..core.device import available_devices
 from ..core.encoders import ENCODERS
-from ..core.engine import DEFAULT_ENCODER, Segmentation, encode_volume
+from ..core.engine import DEFAULT_ENCODER, Segmentation, encode_volume, segment
 from ..core.heads import DEFAULT_HEAD, HEADS
 from ..core.options import SegmentOptions
 from ..core.postprocess import KEEP
@@ -34,7 +34,7 @@ from ..io import VolumeWriteError
 from .export import export_labels
 from .layers import layer_attributes, support_layer_data
 from .refining import MIN_LABELLED_SLICES, apply_job, labelled_slices, refine_job, show_refined
-from .results import MAPS, find_layer, prediction_name, show_segmentation, slice_index
+from .results import MAPS, find_layer, prediction_layer, prediction_name, show_segmentation, slice_index
 from .runner import Job, SegmentationRunner
 from .structures import format_names, layer_names, names_features, parse_names
 
@@ -122,7 +122,7 @@ class FewShotWidget(Container):
         self.segment_volume = PushButton(text="Segment volume")
         self.segment_volume.tooltip = f"Segment every slice in the background ({SHORTCUTS['segment volume']})"
         self.cancel = PushButton(text="Cancel", enabled=False)
-        self.cancel.tooltip = "Stop the run; the previous prediction stays"
+        self.cancel.tooltip = "Stop the run; the slices segmented so far stay in the prediction"
         self.status = Label(value="")
         self.check = Select(label="Slices to check", choices=[])
         self.check.tooltip = (
@@ -179,7 +179,7 @@ class FewShotWidget(Container):
             widget.changed.connect(self._update_device_note)
             widget.changed.connect(self._encode_ahead)
         self.encode_ahead.changed.connect(self._encode_ahead)
-        self._runner.progressed.connect(self._show_ahead_progress)
+        self._runner.progressed.connect(self._show_progress)
         self._runner.busy_changed.connect(self._busy)
         self.native.destroyed.connect(lambda *_: self._runner.close())  # a run ending after the widget calls nothing back
         viewer.layers.events.removed.connect(self._layer_removed)
@@ -235,7 +235,7 @@ class FewShotWidget(Container):
         )
         if self._is_ahead(self._runner.job):
             self._ahead_done = None  # encoding ahead yields to this run and goes on after it
-        context = dict(image=image, support=support)
+        context = dict(image=image, support=support, previewed=set())
         what = f"{image.name}: {'every slice' if kind == 'volume' else f'slice {current}'}"
         job = Job(
             description=f"Segmenting {what}",
@@ -243,15 +243,17 @@ class FewShotWidget(Container):
             started=lambda: self._say(f"Segmenting {what}..."),
             done=lambda result: self._show(result, context, slices, names, options, support.name),
             failed=self._failed,
-            cancelled=lambda: self._say(f"Cancelled ({what}); the previous prediction is unchanged."),
+            cancelled=lambda: self._cancelled(what, context),
             context=context,
+            preview=(lambda value, done, mask: self._show_preview(context, value, done, mask, axis))
+            if kind == "volume" else None,
         )
         self._runner.start(job)
         if self._runner.job is not job:
             self._say(f"Segmenting {what} once the current run has stopped...")
 
     def cancel_run(self) -> None:
-        """Stop the running segmentation (and drop one waiting to start); results so far are not shown."""
+        """Stop the running segmentation (and drop one waiting to start); the slices it showed stay."""
         if self._is_ahead(self._runner.job):
             self._ahead_done = self._runner.job.context["ahead"]  # stopped by the user: not again for this scan
         if self._runner.busy:
@@ -305,10 +307,52 @@ class FewShotWidget(Container):
     def _is_ahead(job: Job | None) -> bool:
         return job is not None and job.context.get("ahead") is not None
 
-    def _show_ahead_progress(self, done: int, total: int) -> None:
-        if self._is_ahead(self._runner.job) and total and not self._runner.closed:
-            name = self._runner.job.context["image"].name
-            self.device_note.value = f"Encoding '{name}' ahead: {done} of {total} slices."
+    def _show_progress(self, done: int, total: int, seconds_left: float | None) -> None:
+        """The running job's slices done of those planned, and the time left, beside the buttons."""
+        job = self._runner.job
+        if job is None or not total or self._runner.closed:
+            return
+        if self._is_ahead(job):
+            self.device_note.value = f"Encoding '{job.context['image'].name}' ahead: {done} of {total} slices."
+        elif job.function is segment:
+            left = "" if seconds_left is None else f", about {_duration(seconds_left)} left"
+            self._say(f"{job.description}: {done} of {'' if done >= total else '~'}{total} slices{left}")
+
+    def _show_preview(self, context: dict[str, Any], value: int, slices: np.ndarray, mask: np.ndarray,
+                      axis: int) -> None:
+        """Write structure ``value`` as predicted so far on ``slices`` into the prediction layer.
+
+        The first preview of a run empties the layer (the run replaces all of it);
+        slices the user cleared by hand stay empty, and what is written counts as
+        the widget's own, not as a correction.
+        """
+        image = context["image"]
+        if image not in self._viewer.layers:
+            return
+        prediction = prediction_layer(self._viewer, image, context["support"].data.dtype)
+        previewed = context["previewed"]
+        if not previewed:
+            prediction.data[...] = 0
+            self._written[prediction] = np.zeros_like(prediction.data)
+        cleared = {z for a, z in self._cleared.get(prediction, ()) if a == axis}
+        shown = [i for i, z in enumerate(slices) if z not in cleared]
+        where = slice_index([slices[i] for i in shown], axis, image.data.shape)
+        mask = np.take(mask, shown, axis=axis)
+        for data in (prediction.data, self._written[prediction]):
+            part = data[where]
+            part[part == value] = 0
+            part[mask] = value
+            data[where] = part
+        previewed.update(int(slices[i]) for i in shown)
+        prediction.refresh()
+
+    def _cancelled(self, what: str, context: dict[str, Any]) -> None:
+        shown = len(context["previewed"])
+        if shown:
+            self._say(f"Cancelled ({what}); the prediction shows the {shown} slices segmented so far, before the "
+                      "3D clean-up and the boundaries.")
+        else:
+            self._say(f"Cancelled ({what}); the previous prediction is unchanged.")
 
     def add_slice_to_support(self) -> None:
         """Copy the prediction of the slice on screen into the support layer (undoable there with Ctrl-Z)."""

@@ -28,13 +28,14 @@ from .heads import DEFAULT_HEAD, Head, build_head
 from .model import DEFAULT, FewShotModel, apply_model_file, model_source, read_model
 from .intensity import Modality
 from .options import SegmentOptions
-from .outward import OUTWARD_MARGIN_MM, walk_outward
+from .outward import OUTWARD_MARGIN_MM, expected_reach, planned_range, walk_outward
 from .postprocess import KEEP, connected_to, largest_component, stop_at_ends
 from .postprocess import fill_holes as fill_slice_holes
 from .preprocess import (
     Preprocessing, from_encoder_slices, intensity_window, slice_aspect, spacing_first, to_encoder_slices,
 )
 from .priors import apply_distance_decay, apply_location_prior
+from .progress import Progress, RunProgress
 from .runtime import Runtime, Trunk, resolve_runtime, trunk_runner
 from .sam_decoder import box_decoder
 from .support import SupportWarning, assign_supports, painted_slices, painted_structures
@@ -47,7 +48,9 @@ HEAD_BATCH_ELEMENTS = 2**25
 #: in the user's cache folder (``features/``), so that a scan segmented before is not encoded again.
 DEFAULT_CACHE = FeatureCache(folder=lambda: user_cache_folder("features"))
 
-Progress = Callable[[int, int], None]
+#: ``preview(value, slices, mask)``: structure ``value`` as predicted so far on ``slices`` (indices along the
+#: axis), ``mask`` bool with those slices along the axis, before the 3D clean-up and the boundaries.
+Preview = Callable[[int, np.ndarray, np.ndarray], None]
 
 _encoders: dict[tuple[str, str, str], Encoder] = {}
 _trunks: dict[tuple[int, Runtime], Trunk] = {}
@@ -163,7 +166,9 @@ class FewShotSession:
             last = len(self.volume) - 1
             raise SegmentationError(f"slices must be slice indices from 0 to {last} along axis {self.axis}")
         todo = order[~entry.encoded[order]]
-        encoding = _Encoding(self.trunk, self.batch_size, _Advance(progress, len(np.unique(todo))), cancel)
+        clock = RunProgress(progress, counted=("encode",))
+        clock.plan(encode=len(np.unique(todo)))
+        encoding = _Encoding(self.trunk, self.batch_size, clock.advance("encode"), cancel)
         try:
             batch = self.batch_size or self.trunk.batch_size()
             for start in range(0, len(todo), batch):
@@ -180,6 +185,7 @@ class FewShotSession:
         slices: Sequence[int] | None = None,
         support: FewShotSession | None = None,
         progress: Progress | None = None,
+        preview: Preview | None = None,
         cancel: CancelCheck | None = None,
     ) -> Segmentation:
         """Segment the scan from the structures painted in ``support_labels`` (see :func:`segment`).
@@ -238,42 +244,75 @@ class FewShotSession:
         sessions = [self] if same_volume else [self, support]
         features = [session.features for session in sessions]
         support_needed = np.array(sorted({z for painted in structures.values() for z in painted}))
-        needed = [np.union1d(queries, support_needed)] if same_volume else [queries, support_needed]
-        passes = 2 if boundaries == "decoder" else 1  # the head over the queries, then the decoder over them
-        total = sum(len(f.missing(n)) for f, n in zip(features, needed)) + passes * len(structures) * len(queries)
-        advance = _Advance(progress, total)
-        encoding = _Encoding(trunk, self.batch_size, advance, cancel)
-        if not same_volume:  # another volume's painted slices
-            encoding(support, features[1], support_needed)
+        spacing_mm = spacing_first(self.spacing, axis)
+        n_query, n_support = len(query_volume), len(support.volume)
+        margin, batch_size = math.ceil(OUTWARD_MARGIN_MM / spacing_mm[0]), self.batch_size or trunk.batch_size()
+        reach = {v: expected_reach(_largest_painting_mm2(painting == v, slices, spacing_mm), spacing_mm[0])
+                 for v, slices in structures.items()}
+        # the slices each structure is expected to be predicted on, refined as the outward walk goes
+        planned = {v: np.arange(*planned_range(n_query, slices, reach[v], margin)) if outward else queries
+                   for v, slices in structures.items()}
+        clock = RunProgress(progress)
+        decoder = box_decoder(trunk.runtime) if boundaries == "decoder" else None
+
+        def replan() -> None:
+            """Tell the clock the slices left to encode, predict and draw, from ``planned``."""
+            ahead = np.unique(np.concatenate([*planned.values(), support_needed if same_volume else queries[:0]]))
+            predicted = sum(len(p) for p in planned.values())
+            clock.plan(encode=clock.finished["encode"] + len(features[0].missing(ahead)), head=predicted,
+                       draw=predicted if decoder is not None else 0)
+
+        replan()
+        encoding = _Encoding(trunk, self.batch_size, clock.advance("encode"), cancel)
+        encoding(support, features[-1], support_needed)  # the painted slices first: they calibrate the decoder
         probabilities = {v: np.zeros(query_volume.shape, dtype=np.float32) for v in structures}
         attention = {v: np.zeros(query_volume.shape, dtype=np.float32) for v in structures}
-        spacing_mm = spacing_first(self.spacing, axis)
+        levels, calibrations = {}, {}
+        for value, support_slices in structures.items():
+            painted_value = painting == value
+            masks = painted_value[list(support_slices)]
+            own = _own_maps(model, features[-1].tensor, painted_value, support_slices, support_aspect, torch_device)
+            levels[value] = _per_query(similarity_levels(own[:, 1], masks), n_query, n_support, support_slices)
+            if decoder is not None:
+                started_decoder = time.perf_counter()
+                calibrations[value] = calibrate(masks, own[:, 0] > threshold,
+                                                features[-1].tensor[list(support_slices)], decoder, support_aspect)
+                # the decoder's rate on the painted slices stands for drawing's until drawing has run
+                clock.sample("draw", time.perf_counter() - started_decoder, len(support_slices))
 
         def predict(value: int, batch: np.ndarray) -> None:
             """Encode the slices ``batch`` (those not cached) and predict structure ``value`` there, priors applied."""
-            wanted = np.union1d(batch, support_needed) if same_volume else batch
-            encoding(self, features[0], wanted)
+            encoding(self, features[0], batch)
             painted_value, slices = painting == value, structures[value]
             _structure_maps(model, features[0].tensor, features[-1].tensor, painted_value, slices, batch,
                             (probabilities[value], attention[value]), aspects=(query_aspect, support_aspect),
-                            device=torch_device, advance=advance, cancel=cancel)
+                            device=torch_device, advance=clock.advance("head"), cancel=cancel)
             if location:
                 apply_location_prior(probabilities[value], painted_value, slices, spacing_mm, batch)
             if decay_mm is not None:
                 apply_distance_decay(probabilities[value], slices, spacing_mm[0], decay_mm, batch)
             if same_volume:
                 probabilities[value][list(slices)] = painting[list(slices)] == value
+            if preview is not None:
+                preview(value, batch, np.moveaxis(probabilities[value][batch] > threshold, 0, axis))
 
-        examined, margin = {}, math.ceil(OUTWARD_MARGIN_MM / spacing_mm[0])
+        def plan(value: int, first: int, last: int) -> None:
+            planned[value] = np.arange(max(first, 0), min(last, n_query - 1) + 1)
+            replan()
+
+        examined = {}
         try:
             for value, slices in structures.items():
                 if outward:
                     examined[value] = walk_outward(lambda batch, v=value: predict(v, batch), probabilities[value],
-                                                   painting == value, slices, threshold, ends, margin,
-                                                   self.batch_size or trunk.batch_size())
+                                                   painting == value, slices, threshold, ends, margin, batch_size,
+                                                   reach=reach[value], plan=lambda a, b, v=value: plan(v, a, b))
                 else:
-                    predict(value, queries)
-                    examined[value] = _on(queries, len(query_volume))
+                    for start in range(0, len(queries), batch_size):
+                        predict(value, queries[start : start + batch_size])
+                    examined[value] = _on(queries, n_query)
+                planned[value] = np.flatnonzero(examined[value])
+                replan()
         finally:
             encoding.save()  # what was encoded, even when cancelled
         labels = _merge(probabilities, threshold, painting.dtype)
@@ -281,35 +320,28 @@ class FewShotSession:
         if painted is not None:
             labels[painted] = painting[painted]
         drawn_by = dict.fromkeys(structures, "prototype")
-        levels = {}
-        n_query, n_support = len(labels), len(features[-1].tensor)
         for value, support_slices in structures.items():
             painted_value = painting == value
-            masks = painted_value[list(support_slices)]
-            own = _own_maps(model, features[-1].tensor, painted_value, support_slices, support_aspect, torch_device)
-            levels[value] = _per_query(similarity_levels(own[:, 1], masks), n_query, n_support, support_slices)
-            if boundaries == "decoder":
-                decoder = box_decoder(trunk.runtime)
-                calibration = calibrate(masks, own[:, 0] > threshold, features[-1].tensor[list(support_slices)],
-                                        decoder, support_aspect)
-                done_before = advance.done
-                if calibration.trusted.any():
-                    # the decoder draws only the slices the prototypes keep; painted slices stay as painted
-                    _postprocess(labels, value, keep, False, painted_value, support_slices if ends else None)
-                    scales = _per_query(calibration.scales, n_query, n_support, support_slices)
-                    trusted = (_per_query(calibration.decoder_dice, n_query, n_support, support_slices)
-                               > _per_query(calibration.prototype_dice, n_query, n_support, support_slices))
-                    drawn = draw_boundaries(labels == value, features[0].tensor, decoder, scales, query_aspect,
-                                            fixed=_on(painted, n_query) | ~trusted, advance=advance, cancel=cancel)
-                    labels[(labels == value) & ~drawn] = 0
-                    labels[drawn & (labels == 0)] = value
-                    drawn_by[value] = _drawn_by(calibration.trusted, support_slices)
-                advance(len(queries) - (advance.done - done_before))  # the slices without a prediction to draw
+            drawn_before = clock.finished["draw"]
+            calibration = calibrations.get(value)
+            if calibration is not None and calibration.trusted.any():
+                # the decoder draws only the slices the prototypes keep; painted slices stay as painted
+                _postprocess(labels, value, keep, False, painted_value, support_slices if ends else None)
+                scales = _per_query(calibration.scales, n_query, n_support, support_slices)
+                trusted = (_per_query(calibration.decoder_dice, n_query, n_support, support_slices)
+                           > _per_query(calibration.prototype_dice, n_query, n_support, support_slices))
+                drawn = draw_boundaries(labels == value, features[0].tensor, decoder, scales, query_aspect,
+                                        fixed=_on(painted, n_query) | ~trusted, advance=clock.advance("draw"),
+                                        cancel=cancel)
+                labels[(labels == value) & ~drawn] = 0
+                labels[drawn & (labels == 0)] = value
+                drawn_by[value] = _drawn_by(calibration.trusted, support_slices)
             _postprocess(labels, value, keep, options.fill_holes, painted_value, support_slices if ends else None)
+            if decoder is not None:  # the slices without a prediction to draw
+                clock.run("draw", len(planned[value]) - (clock.finished["draw"] - drawn_before))
         if painted is not None:
             labels[painted] = painting[painted]
         presence = {v: structure_presence(attention[v], labels == v, levels[v]) for v in structures}
-        advance(advance.total - advance.done)  # slices never examined count as done
         finished = time.perf_counter()
         return Segmentation(
             labels=np.moveaxis(labels, 0, axis),
@@ -351,6 +383,7 @@ def segment(
     batch_size: int | None = None,
     cache: FeatureCache | None = None,
     progress: Progress | None = None,
+    preview: Preview | None = None,
     cancel: CancelCheck | None = None,
     **option_values: Any,
 ) -> Segmentation:
@@ -388,7 +421,15 @@ def segment(
     cache : where features are kept between calls (default: a shared cache, saved in the
         user's cache folder; ``FeatureCache()`` keeps them in memory only); a new support
         for the same image re-runs only the head, a later process reads them back.
-    progress : ``progress(done, total)`` after each batch, in slices.
+    progress : ``progress(done, total, seconds_left)`` after each batch: slices done of those planned (each
+        slice counts once for the head's prediction and, with the decoder's boundaries, once for
+        those; the total grows or shrinks as the outward walk learns how far a structure goes),
+        and the seconds left at the rates measured so far (None until they can be told;
+        :class:`~napari_fewshot.core.progress.RunProgress`).
+    preview : ``preview(value, slices, mask)`` after each batch: structure ``value`` as predicted on
+        ``slices`` (indices along ``axis``), ``mask`` bool with those slices along ``axis``,
+        thresholded but before the 3D clean-up and the boundaries, so that a viewer can show
+        the structure growing from its painted slices.
     cancel : asked between batches and inside the encoder; when it returns True the
         run raises :class:`~napari_fewshot.core.errors.SegmentationCancelled`.
 
@@ -402,7 +443,8 @@ def segment(
     support = None if support_image is None else FewShotSession(
         support_image, spacing=spacing if support_spacing is None else support_spacing, role="support image", **settings
     )
-    return session.segment(support_labels, options, slices=slices, support=support, progress=progress, cancel=cancel)
+    return session.segment(support_labels, options, slices=slices, support=support, progress=progress,
+                           preview=preview, cancel=cancel)
 
 
 def encode_volume(
@@ -435,20 +477,6 @@ def encode_volume(
     return session.features.tensor
 
 
-class _Advance:
-    """``advance(n)``: ``n`` more slices done; tells ``progress(done, total)``, first with 0 done."""
-
-    def __init__(self, progress: Progress | None, total: int) -> None:
-        self.progress, self.total, self.done = progress, total, 0
-        if progress is not None:
-            progress(0, total)
-
-    def __call__(self, n: int) -> None:
-        self.done += n
-        if self.progress is not None:
-            self.progress(self.done, self.total)
-
-
 def _cached(cache: FeatureCache, key: str, n_slices: int) -> VolumeFeatures:
     """The features ``cache`` holds under ``key``, or a new empty entry for ``n_slices`` slices."""
     return cache.get(key) or VolumeFeatures(n_slices)
@@ -463,7 +491,9 @@ class _Encoding:
     caches' folders.
     """
 
-    def __init__(self, trunk: Trunk, batch_size: int | None, advance: _Advance, cancel: CancelCheck | None) -> None:
+    def __init__(
+        self, trunk: Trunk, batch_size: int | None, advance: Callable[[int], None], cancel: CancelCheck | None,
+    ) -> None:
         self.trunk, self.batch_size, self.advance, self.cancel = trunk, batch_size, advance, cancel
         self.slices, self.seconds = 0, 0.0
         self.sessions: dict[str, FewShotSession] = {}
@@ -597,6 +627,12 @@ def _checked_boundaries(boundaries: str | None, encoder: str, trained_trunk: boo
             "does not make; use encoder='litemedsam' with its pretrained trunk, or boundaries='prototype'"
         )
     return boundaries
+
+
+def _largest_painting_mm2(painted: np.ndarray, slices: tuple[int, ...], spacing_mm: tuple[float, float, float]) -> float:
+    """The area (mm²) of the largest painting ``painted`` ``[Z, Y, X]`` bool holds on its painted ``slices``."""
+    pixels = painted[list(slices)].reshape(len(slices), -1).sum(axis=1).max()
+    return float(pixels) * spacing_mm[1] * spacing_mm[2]
 
 
 def _on(slices: np.ndarray | None, n: int) -> np.ndarray:

@@ -35,8 +35,10 @@ def largest_per_structure(labels: np.ndarray) -> np.ndarray:
 def connected_to(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     """The components of ``mask`` ``[Z, Y, X]`` bool that hold a voxel of ``seeds`` (same shape, bool)."""
     components = _components(mask)
-    touched = np.unique(components[seeds & mask])
-    return np.isin(components, touched[touched > 0])
+    touched = np.zeros(int(components.max()) + 1, dtype=bool)
+    touched[components[seeds & mask]] = True
+    touched[0] = False
+    return touched[components]
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:

@@ -1,0 +1,47 @@
+"""A run's progress in slices and its time left: counted stages, plans that change, rates per stage."""
+
+from __future__ import annotations
+
+import time
+
+from napari_fewshot.core.progress import RunProgress
+
+
+def test_done_and_total_count_only_the_counted_stages_and_a_plan_may_change():
+    told = []
+    clock = RunProgress(lambda *a: told.append(a))
+    assert told == []  # nothing told before there is a plan
+    clock.plan(encode=10, head=10, draw=10)
+    assert told[-1] == (0, 20, None)  # encoding takes time but is not counted; no rate yet
+    clock.run("encode", 4)
+    assert told[-1][:2] == (0, 20)
+    clock.plan(head=6, draw=6)  # the walk found the structure shorter
+    assert told[-1][:2] == (0, 12)
+    clock.run("head", 8)  # more done than planned: the total never falls below what is done
+    assert told[-1][:2] == (8, 14)
+
+
+def test_seconds_left_use_each_stages_own_rate():
+    clock = RunProgress(None)
+    clock.plan(encode=10, head=10, draw=10)
+    time.sleep(0.2)
+    clock.run("encode", 2)  # ~0.1 s per slice
+    assert clock.seconds_left() is None  # the head and drawing have no rate yet
+    started = time.perf_counter()
+    time.sleep(0.05)
+    clock.sample("draw", time.perf_counter() - started, 1)  # drawing's rate, measured apart before it runs
+    time.sleep(0.02)
+    clock.run("head", 2)  # ~0.01 s per slice
+    left = clock.seconds_left()
+    # 8 slices to encode at ~0.1 s, 8 to predict at ~0.01 s, 10 to draw at 0.05 s
+    assert 0.8 + 0.08 + 0.5 <= left < 1.5 * (0.8 + 0.08 + 0.5)
+    clock.run("encode", 8), clock.run("head", 8), clock.run("draw", 10)
+    assert clock.seconds_left() == 0.0
+
+
+def test_an_encoding_run_counts_its_encoded_slices():
+    told = []
+    clock = RunProgress(lambda *a: told.append(a), counted=("encode",))
+    clock.plan(encode=3)
+    clock.run("encode", 3)
+    assert told == [(0, 3, None), (3, 3, 0.0)]
