@@ -45,3 +45,16 @@ def test_an_encoding_run_counts_its_encoded_slices():
     clock.plan(encode=3)
     clock.run("encode", 3)
     assert told == [(0, 3, None), (3, 3, 0.0)]
+
+
+def test_a_rate_measured_before_the_run_stands_in_until_the_run_times_its_own():
+    clock = RunProgress(None)
+    clock.plan(encode=4, head=2)
+    clock.assume("encode", 0.5)  # e.g. from an earlier run's encoding
+    assert clock.seconds_left() is None  # the head has no rate at all
+    time.sleep(0.05)
+    clock.run("head", 1)
+    assert 2.0 + 0.05 <= clock.seconds_left() < 2.0 + 0.5
+    time.sleep(0.2)
+    clock.run("encode", 2)  # its own rate (~0.1 s per slice) replaces the assumed one
+    assert clock.seconds_left() < 0.5

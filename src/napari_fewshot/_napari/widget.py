@@ -324,12 +324,16 @@ class FewShotWidget(Container):
 
         The first preview of a run empties the layer (the run replaces all of it);
         slices the user cleared by hand stay empty, and what is written counts as
-        the widget's own, not as a correction.
+        the widget's own, not as a correction.  A layer the run made is removed
+        again if the scan is closed during the run.
         """
         image = context["image"]
         if image not in self._viewer.layers:
             return
+        before = find_layer(self._viewer, prediction_name(image), Labels, image.data.shape)
         prediction = prediction_layer(self._viewer, image, context["support"].data.dtype)
+        if prediction is not before:
+            context["made"] = prediction
         previewed = context["previewed"]
         if not previewed:
             prediction.data[...] = 0
@@ -614,6 +618,9 @@ class FewShotWidget(Container):
             self._runner.cancel_all()
             if not self._is_ahead(job):
                 show_warning(f"'{event.value.name}' was closed during the segmentation; the run was cancelled.")
+            made = job.context.get("made")
+            if event.value == job.context["image"] and made is not None and made in self._viewer.layers:
+                self._viewer.layers.remove(made)  # the run's partial prediction of a scan no longer open
 
     def _name_layers(self) -> None:
         try:

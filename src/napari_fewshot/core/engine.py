@@ -54,6 +54,8 @@ Preview = Callable[[int, np.ndarray, np.ndarray], None]
 
 _encoders: dict[tuple[str, str, str], Encoder] = {}
 _trunks: dict[tuple[int, Runtime], Trunk] = {}
+#: per trunk, the seconds and slices it encoded in this process: a run's rate before it encodes
+_encoded: dict[Trunk, list[float]] = {}
 
 
 @dataclass
@@ -254,14 +256,18 @@ class FewShotSession:
                    for v, slices in structures.items()}
         clock = RunProgress(progress)
         decoder = box_decoder(trunk.runtime) if boundaries == "decoder" else None
+        drawing: set[int] = set()  # the structures whose boundaries the decoder will draw
+        present: dict[int, int] = {}  # per structure predicted, the slices it is on (those the decoder draws)
 
         def replan() -> None:
             """Tell the clock the slices left to encode, predict and draw, from ``planned``."""
             ahead = np.unique(np.concatenate([*planned.values(), support_needed if same_volume else queries[:0]]))
-            predicted = sum(len(p) for p in planned.values())
-            clock.plan(encode=clock.finished["encode"] + len(features[0].missing(ahead)), head=predicted,
-                       draw=predicted if decoder is not None else 0)
+            to_draw = [present.get(v, max(len(planned[v]) - (2 * margin if outward else 0), 1)) for v in drawing]
+            clock.plan(encode=clock.finished["encode"] + len(features[0].missing(ahead)),
+                       head=sum(len(p) for p in planned.values()), draw=sum(to_draw))
 
+        if _encoded.get(trunk, (0, 0))[1]:
+            clock.assume("encode", _encoded[trunk][0] / _encoded[trunk][1])
         replan()
         encoding = _Encoding(trunk, self.batch_size, clock.advance("encode"), cancel)
         encoding(support, features[-1], support_needed)  # the painted slices first: they calibrate the decoder
@@ -279,6 +285,9 @@ class FewShotSession:
                                                 features[-1].tensor[list(support_slices)], decoder, support_aspect)
                 # the decoder's rate on the painted slices stands for drawing's until drawing has run
                 clock.sample("draw", time.perf_counter() - started_decoder, len(support_slices))
+                if calibrations[value].trusted.any():
+                    drawing.add(value)
+        replan()
 
         def predict(value: int, batch: np.ndarray) -> None:
             """Encode the slices ``batch`` (those not cached) and predict structure ``value`` there, priors applied."""
@@ -312,6 +321,7 @@ class FewShotSession:
                         predict(value, queries[start : start + batch_size])
                     examined[value] = _on(queries, n_query)
                 planned[value] = np.flatnonzero(examined[value])
+                present[value] = int(np.count_nonzero((probabilities[value][planned[value]] > threshold).any(axis=(1, 2))))
                 replan()
         finally:
             encoding.save()  # what was encoded, even when cancelled
@@ -322,9 +332,8 @@ class FewShotSession:
         drawn_by = dict.fromkeys(structures, "prototype")
         for value, support_slices in structures.items():
             painted_value = painting == value
-            drawn_before = clock.finished["draw"]
-            calibration = calibrations.get(value)
-            if calibration is not None and calibration.trusted.any():
+            if value in drawing:
+                calibration = calibrations[value]
                 # the decoder draws only the slices the prototypes keep; painted slices stay as painted
                 _postprocess(labels, value, keep, False, painted_value, support_slices if ends else None)
                 scales = _per_query(calibration.scales, n_query, n_support, support_slices)
@@ -337,8 +346,7 @@ class FewShotSession:
                 labels[drawn & (labels == 0)] = value
                 drawn_by[value] = _drawn_by(calibration.trusted, support_slices)
             _postprocess(labels, value, keep, options.fill_holes, painted_value, support_slices if ends else None)
-            if decoder is not None:  # the slices without a prediction to draw
-                clock.run("draw", len(planned[value]) - (clock.finished["draw"] - drawn_before))
+        clock.plan(draw=clock.finished["draw"])  # what the decoder drew, which the plan could only estimate
         if painted is not None:
             labels[painted] = painting[painted]
         presence = {v: structure_presence(attention[v], labels == v, levels[v]) for v in structures}
@@ -422,8 +430,8 @@ def segment(
         user's cache folder; ``FeatureCache()`` keeps them in memory only); a new support
         for the same image re-runs only the head, a later process reads them back.
     progress : ``progress(done, total, seconds_left)`` after each batch: slices done of those planned (each
-        slice counts once for the head's prediction and, with the decoder's boundaries, once for
-        those; the total grows or shrinks as the outward walk learns how far a structure goes),
+        slice counts once for the head's prediction, and once more where the decoder draws its
+        boundary; the total grows or shrinks as the outward walk learns how far a structure goes),
         and the seconds left at the rates measured so far (None until they can be told;
         :class:`~napari_fewshot.core.progress.RunProgress`).
     preview : ``preview(value, slices, mask)`` after each batch: structure ``value`` as predicted on
@@ -506,11 +514,15 @@ class _Encoding:
             encode_slices(session.volume, self.trunk, session.preprocessing, entry, wanted, pixel_aspect=session.aspect,
                           window=session.window, batch_size=self.batch_size, advance=self.advance, cancel=self.cancel)
         finally:
-            encoded = int(entry.encoded.sum()) - before
+            encoded, seconds = int(entry.encoded.sum()) - before, time.perf_counter() - started
             self.slices += encoded
             session.cache.stats.encoded_slices += encoded
             session.cache.put(session.key, entry)
-            self.seconds += time.perf_counter() - started
+            self.seconds += seconds
+            if encoded:
+                totals = _encoded.setdefault(self.trunk, [0.0, 0])
+                totals[0] += seconds
+                totals[1] += encoded
 
     def save(self) -> None:
         """Write the features of the volumes encoded to their cache's folder (:meth:`FeatureCache.save`)."""

@@ -30,7 +30,8 @@ class RunProgress:
     ``run(stage, n)`` says ``n`` more slices finished ``stage``; the time since the
     previous step is that stage's.  ``plan(stage=n, ...)`` sets how many slices each
     stage will handle in all; ``sample(stage, seconds, n)`` gives a rate measured apart
-    (such as the decoder's on the painted slices) for a stage that has not run yet.
+    (such as the decoder's on the painted slices) for a stage that has not run yet;
+    ``assume(stage, seconds_per_slice)`` a rate measured before the run.
     """
 
     def __init__(self, progress: Progress | None, counted: tuple[str, ...] = ("head", "draw")) -> None:
@@ -38,6 +39,7 @@ class RunProgress:
         self.planned = dict.fromkeys(STAGES, 0)
         self.finished = dict.fromkeys(STAGES, 0)
         self._steps: dict[str, list[tuple[float, int]]] = {stage: [] for stage in STAGES}  # (seconds, slices)
+        self._assumed: dict[str, float] = {}
         self._last = time.perf_counter()
 
     @property
@@ -70,14 +72,18 @@ class RunProgress:
         self._steps[stage].append((seconds, slices))
         self._last += seconds  # those seconds are not the next step's
 
+    def assume(self, stage: str, seconds_per_slice: float) -> None:
+        """``stage``'s rate (measured before this run, e.g. by an earlier one) until this run has timed it."""
+        self._assumed[stage] = seconds_per_slice
+
     def advance(self, stage: str) -> Callable[[int], None]:
         """``advance(n)``: :meth:`run` of ``stage``, for the functions that report steps as a count of slices."""
         return lambda slices: self.run(stage, slices)
 
     def seconds_left(self) -> float | None:
         """The slices left in each stage times its seconds per slice; None while a stage with slices left has
-        no rate yet.  A stage's first step (a sample, or one that warmed the runtime up) stops counting
-        once later steps are timed."""
+        rate yet, timed or assumed.  A stage's first step (a sample, or one that warmed the runtime up)
+        stops counting once later steps are timed."""
         left = 0.0
         for stage in STAGES:
             remaining = self.planned[stage] - self.finished[stage]
@@ -85,9 +91,12 @@ class RunProgress:
             slices = sum(n for _, n in steps)
             if remaining <= 0:
                 continue
-            if slices == 0:
+            if slices:
+                left += remaining * sum(seconds for seconds, _ in steps) / slices
+            elif stage in self._assumed:
+                left += remaining * self._assumed[stage]
+            else:
                 return None
-            left += remaining * sum(seconds for seconds, _ in steps) / slices
         return left
 
     def _tell(self) -> None:
