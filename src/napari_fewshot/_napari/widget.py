@@ -33,6 +33,7 @@ from ..core.runtime import BACKENDS, resolve_runtime
 from ..io import VolumeWriteError
 from .export import export_labels
 from .layers import layer_attributes, support_layer_data
+from .reader_preference import patterns_read_elsewhere, prefer_this_reader
 from .refining import MIN_LABELLED_SLICES, apply_job, labelled_slices, refine_job, show_refined
 from .results import MAPS, find_layer, prediction_layer, prediction_name, show_segmentation, slice_index
 from .runner import Job, SegmentationRunner
@@ -79,6 +80,11 @@ class FewShotWidget(Container):
         self._cleared: dict[Any, set[tuple[int, int]]] = {}
         self._seconds_per_slice = dict(CPU_SECONDS_PER_SLICE)
 
+        self.use_reader = PushButton(text="Open scans with napari-fewshot", visible=bool(patterns_read_elsewhere()))
+        self.use_reader.tooltip = (
+            "Let napari open NIfTI, NRRD and MetaImage files and DICOM folders with this plugin from now on, without "
+            "asking which plugin to use (kept in napari's preferences; change it under Preferences > Plugins)"
+        )
         self.image = create_widget(label="Image", annotation="napari.layers.Image")
         self.support = create_widget(label="Support", annotation="napari.layers.Labels")
         self.support.tooltip = "The Labels layer you paint on (value v = structure v); never overwritten by a prediction"
@@ -155,13 +161,14 @@ class FewShotWidget(Container):
         for widget in (self.device_note, self.status):
             widget.native.setWordWrap(True)
         self.extend([
-            self.image, self.support, self.new_support, self.names, self.encoder, self.head, self.device,
+            self.use_reader, self.image, self.support, self.new_support, self.names, self.encoder, self.head, self.device,
             self.backend, self.keep, self.boundaries, self.fill_holes, self.every_slice, self.encode_ahead, self.maps,
             self.device_note, self.segment_slice, self.segment_volume,
             self.cancel, self.status, self.check, self.add_to_support, self.refine_steps, self.model_folder, self.refine,
             self.apply_model, self.export_layer, self.export_path, self.export,
         ])  # fmt: skip
 
+        self.use_reader.changed.connect(self.prefer_reader)
         self.new_support.changed.connect(self.add_support_layer)
         self.segment_slice.changed.connect(lambda: self.run("slice"))
         self.segment_volume.changed.connect(lambda: self.run("volume"))
@@ -190,6 +197,13 @@ class FewShotWidget(Container):
         self._encode_ahead()
 
     # -- actions ---------------------------------------------------------------------
+    def prefer_reader(self) -> None:
+        """Make this plugin napari's reader for scans (napari's preferences), so File > Open asks no more."""
+        patterns = prefer_this_reader()
+        self.use_reader.visible = False
+        self._say(f"File > Open now reads {', '.join(patterns) or 'scans'} with napari-fewshot without asking "
+                  "(napari's Preferences > Plugins > File extension readers to change it).")
+
     def add_support_layer(self) -> napari.layers.Labels | None:
         """Add an empty support Labels layer on the chosen image's grid and select it for painting."""
         image = self.image.value
