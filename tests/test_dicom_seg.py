@@ -38,11 +38,16 @@ def series(request, tmp_path):
     return folder, read_volume(folder)
 
 
-@pytest.mark.parametrize("names", [{1: "liver"}, {1: "Kidney_Left", 3: "tumour rim"}], ids=["one", "several"])
-def test_seg_frames_reference_the_source_slices_they_lie_on(series, tmp_path, names):
+@pytest.mark.parametrize(
+    "values, names",
+    [((1,), {1: "liver"}), ((1, 3), {1: "Kidney_Left", 3: "tumour rim", 4: "spleen"})],
+    ids=["one", "several"],
+)
+def test_seg_frames_reference_the_source_slices_they_lie_on(series, tmp_path, values, names):
     folder, scan = series
-    labels = labels_of(scan.data.shape, tuple(names))
+    labels = labels_of(scan.data.shape, values)
     path = write_seg(tmp_path / "mask.dcm", labels, scan.geometry, scan.dicom, names)
+    segment_names = {v: names.get(v, f"structure {v}") for v in range(1, max(names) + 1)}  # segment v = label v
 
     seg = pydicom.dcmread(path)
     first_source = pydicom.dcmread(scan.dicom.files[0])
@@ -51,7 +56,7 @@ def test_seg_frames_reference_the_source_slices_they_lie_on(series, tmp_path, na
         assert seg.get(keyword) == first_source.get(keyword)
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == scan.dicom.series_uid
     segments = seg.SegmentSequence
-    assert [s.SegmentLabel for s in segments] == list(names.values())
+    assert {s.SegmentNumber: s.SegmentLabel for s in segments} == segment_names
     algorithm = segments[0].SegmentationAlgorithmIdentificationSequence[0]
     assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("napari-fewshot", __version__)
     assert {s.SegmentAlgorithmType for s in segments} == {"SEMIAUTOMATIC"}
@@ -59,7 +64,6 @@ def test_seg_frames_reference_the_source_slices_they_lie_on(series, tmp_path, na
     # every frame: the source slice it references, at that slice's position, holding that slice's labels
     by_uid = {str(d.SOPInstanceUID): d for d in map(pydicom.dcmread, folder.iterdir())}
     pixels = seg.pixel_array.reshape(-1, *SHAPE[1:])
-    value_of = {i: value for i, value in enumerate(names, 1)}
     frames = set()
     for frame, group in enumerate(seg.PerFrameFunctionalGroupsSequence):
         reference = group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
@@ -67,23 +71,20 @@ def test_seg_frames_reference_the_source_slices_they_lie_on(series, tmp_path, na
         assert group.PlanePositionSequence[0].ImagePositionPatient == source.ImagePositionPatient
         k = (int(source.pixel_array[0, 0]) - int(ramp(SHAPE)[0, 0, 0])) // (SHAPE[1] * SHAPE[2])  # ramp: slice k
         identification = group if "SegmentIdentificationSequence" in group else seg.SharedFunctionalGroupsSequence[0]
-        value = value_of[identification.SegmentIdentificationSequence[0].ReferencedSegmentNumber]
+        value = identification.SegmentIdentificationSequence[0].ReferencedSegmentNumber
         np.testing.assert_array_equal(pixels[frame], labels[k] == value)
         frames.add((k, value))
-    assert frames == {(k, v) for k in range(SHAPE[0]) for v in names if (labels[k] == v).any()}  # no empty frame
+    assert frames == {(k, v) for k in range(SHAPE[0]) for v in values if (labels[k] == v).any()}  # no empty frame
 
     # highdicom reads the same segments back; the plugin reads the labels on the series' grid
     parsed = hd.seg.segread(path)
     assert parsed.get_segment_description(1).segment_label == names[1]
     back, back_names = read_seg(path, scan.geometry, scan.dicom)
-    assert back_names == {i: name for i, name in enumerate(names.values(), 1)}
+    assert back_names == segment_names
     assert back.is_label_map and back.geometry.same_grid(scan.geometry)
-    relabelled = np.zeros_like(labels)
-    for i, value in value_of.items():
-        relabelled[labels == value] = i
-    np.testing.assert_array_equal(back.data, relabelled)
+    np.testing.assert_array_equal(back.data, labels)
     # the same voxels as the NIfTI export of those labels
-    nifti = write_volume(tmp_path / "mask.nii.gz", relabelled, scan.geometry.with_pixel_type("uint8"))
+    nifti = write_volume(tmp_path / "mask.nii.gz", labels, scan.geometry.with_pixel_type("uint8"))
     np.testing.assert_array_equal(back.data, read_volume(nifti, kind="labels").data)
 
 

@@ -3,14 +3,15 @@
 highdicom builds and parses the objects; this module chooses their content and
 checks that they fit the series:
 
-- written (:func:`write_seg`): a BINARY segmentation with one segment per label
-  value present, named after its structure and coded where the name is a known
-  organ (:mod:`napari_fewshot.io.anatomy`), made by napari-fewshot <version>
-  (SEMIAUTOMATIC).  Frame ``k`` is slice ``k`` of the series: it references that
+- written (:func:`write_seg`): a BINARY segmentation whose segment ``v`` is
+  label value ``v`` (1 up to the largest value present or named, so a structure
+  named but not found is an empty segment), named after its structure and coded
+  where the name is a known organ (:mod:`napari_fewshot.io.anatomy`), made by
+  napari-fewshot <version> (SEMIAUTOMATIC).  Frame ``k`` is slice ``k`` of the series: it references that
   slice's instance and sits at its position; the patient, study and frame of
   reference are the series'; empty frames are left out.
-- read (:func:`read_seg`): onto the grid of the series it was made on, the
-  ``i``-th segment as label value ``i``, with the segments' names.
+- read (:func:`read_seg`): onto the grid of the series it was made on, segment
+  ``v`` as label value ``v``, with the segments' names.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ SERIES_NUMBER = 300
 POSITION_TOLERANCE = 0.5
 #: Tolerance of pixel spacing (mm) and orientation (direction cosines) between a frame and the scan's grid.
 GRID_TOLERANCE = 1e-3
+#: The most segments a DICOM SEG holds (Segment Number is a 16-bit value).
+MAX_SEGMENTS = 65535
 #: What is said of every segment's algorithm.
 ALGORITHM = hd.AlgorithmIdentificationSequence(
     name="napari-fewshot", family=codes.cid7162.ArtificialIntelligence, version=__version__
@@ -97,7 +100,8 @@ def write_seg(
     geometry : the scan's grid, read from the series.
     source : the series' files (``Volume.dicom``); None is refused.
     names : structure names by label value; a value without a name is written as
-        ``structure <value>``.
+        ``structure <value>``.  Segment ``v`` is label value ``v``, for every ``v``
+        from 1 to the largest value present or named.
     sidecar : a record written beside it as JSON (``mask.json``), both or neither.
 
     The file is written under a temporary name, read back and compared with
@@ -126,13 +130,14 @@ def seg_writer(
         raise VolumeWriteError(f"{path}: DICOM SEG holds label values 1, 2, ...; these labels are {labels.dtype} "
                                "or negative")
     datasets = _source_datasets(path, source, geometry)
-    values = [int(v) for v in np.unique(labels) if v]
-    if not values:
+    largest = int(labels.max()) if labels.size else 0
+    if not largest:
         raise VolumeWriteError(f"{path}: the label map is empty; a DICOM SEG needs at least one labelled voxel")
-    segments = np.zeros(labels.shape, dtype=np.uint8 if len(values) < 256 else np.uint16)
-    for number, value in enumerate(values, 1):  # segment i = the i-th label value present
-        segments[labels == value] = number
-    descriptions = [_segment(number, names.get(v) or f"structure {v}") for number, v in enumerate(values, 1)]
+    count = max([largest, *names])
+    if count > MAX_SEGMENTS:
+        raise VolumeWriteError(f"{path}: label value {count}; DICOM SEG numbers its segments 1 to {MAX_SEGMENTS}")
+    segments = labels.astype(np.uint8 if count < 256 else np.uint16, copy=False)  # segment v = label value v
+    descriptions = [_segment(v, names.get(v) or f"structure {v}") for v in range(1, count + 1)]
     try:
         seg = hd.seg.Segmentation(
             source_images=datasets,
@@ -298,8 +303,8 @@ def read_seg(path: str | Path, geometry: Geometry, source: DicomSource) -> tuple
     Returns
     -------
     labels : a label map on ``geometry``'s grid (``source`` is ``path``): its data
-        (z, y, x) holds unsigned integers in the series' slice order, the ``i``-th
-        segment of the file as label value ``i``.
+        (z, y, x) holds unsigned integers in the series' slice order, segment
+        ``v`` of the file as label value ``v``.
     names : the segments' labels by label value.
 
     Raises :class:`VolumeReadError` when the file is not a readable segmentation,
@@ -341,7 +346,7 @@ def read_seg(path: str | Path, geometry: Geometry, source: DicomSource) -> tuple
         raise VolumeReadError(f"{path}: its frames do not match the slices of series {source.series_uid}: {problem}")
     try:
         labels = seg.get_pixels_by_source_instance(
-            list(source.instance_uids), combine_segments=True, relabel=True, ignore_spatial_locations=True,
+            list(source.instance_uids), combine_segments=True, ignore_spatial_locations=True,
             assert_missing_frames_are_empty=True,
         )
     except RuntimeError as error:  # highdicom's word for overlapping segments
@@ -349,7 +354,7 @@ def read_seg(path: str | Path, geometry: Geometry, source: DicomSource) -> tuple
             f"{path}: its segments overlap ({error}); napari-fewshot reads a segmentation as a label map, one "
             "structure per voxel. Export the segments without overlap."
         ) from error
-    names = {i: seg.get_segment_description(number).segment_label for i, number in enumerate(seg.segment_numbers, 1)}
+    names = {number: seg.get_segment_description(number).segment_label for number in seg.segment_numbers}
     grid = replace(geometry, pixel_type=str(labels.dtype), source=str(path))
     return Volume(labels, grid, is_label_map=True, dicom=source), names
 
