@@ -77,10 +77,9 @@ def test_segment_reports_bad_input_without_writing(tmp_path):
     assert not output.exists() and not (tmp_path / "out.dcm").exists()
 
 
-def test_segment_a_dicom_series_from_a_seg_support_to_a_seg(tmp_path, capsys):
+def test_segment_a_dicom_series_from_a_seg_support_to_a_seg(tmp_path):
     from conftest import ellipsoids, write_dicom_series
 
-    from napari_fewshot.cli import main
     from napari_fewshot.io import read_volume
     from napari_fewshot.io.dicom_seg import read_seg, write_seg
 
@@ -92,11 +91,11 @@ def test_segment_a_dicom_series_from_a_seg_support_to_a_seg(tmp_path, capsys):
     support_seg = write_seg(tmp_path / "support.dcm", support, scan.geometry, scan.dicom, {1: "bright", 2: "dark"})
     support_nifti = write_itk(tmp_path / "support.nii.gz", support, scan.geometry.spacing, scan.geometry.origin)
     common = ["segment", "--image", str(folder), "--encoder", "tiny", "--head", "alpnet", "--device", "cpu"]
-    # in this process (the command's main), to spare two starts of the command
-    assert main([*common, "--support-labels", str(support_seg), "--output", str(tmp_path / "mask.dcm")]) == 0
-    assert main([*common, "--support-labels", str(support_nifti), "--output", str(tmp_path / "mask.nii.gz"),
-                 "--names", "bright, dark"]) == 0
-    assert "mask.dcm: label 1:" in capsys.readouterr().out
+    result = run(*common, "--support-labels", str(support_seg), "--output", str(tmp_path / "mask.dcm"))
+    assert result.returncode == 0 and "mask.dcm: label 1:" in result.stdout, result.stderr
+    result = run(*common, "--support-labels", str(support_nifti), "--output", str(tmp_path / "mask.nii.gz"),
+                 "--names", "bright, dark")
+    assert result.returncode == 0, result.stderr
     seg, names = read_seg(tmp_path / "mask.dcm", scan.geometry, scan.dicom)
     assert names == {1: "bright", 2: "dark"}  # the SEG support's names, whether found or not
     nifti = read_volume(tmp_path / "mask.nii.gz", kind="labels")

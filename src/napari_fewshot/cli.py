@@ -205,7 +205,10 @@ def _check_labels_output(path: str, image: Any, inputs: Sequence[str] = ()) -> N
 
 
 def _write_labels(path: str, labels: Any, image: Any, names: dict[int, str], others: Sequence[Any] = ()) -> None:
-    """Write ``labels`` of ``image`` to ``path`` (a DICOM SEG of its series for ``.dcm``) with the volumes ``others``, all or none."""
+    """Write ``labels`` of ``image`` to ``path`` (a DICOM SEG of its series for ``.dcm``) and the volumes ``others``.
+
+    All or none: the labels and the probabilities of one run.
+    """
     from .io import write_volumes
     from .io.formats import is_seg_path
 

@@ -64,7 +64,7 @@ def is_seg_file(path: str | Path) -> bool:
 def check_seg_writable(
     path: str | Path, geometry: Geometry, source: DicomSource | None, inputs: Iterable[str | Path] = ()
 ) -> Path:
-    """``path`` (user-expanded) when a DICOM SEG of the scan ``geometry`` may be written there; else :class:`VolumeWriteError`.
+    """``path`` (user-expanded) when a DICOM SEG of the scan ``geometry`` may go there; else :class:`VolumeWriteError`.
 
     ``source`` is the DICOM series the scan was read from (``Volume.dicom``, or a
     layer's ``metadata["dicom"]``); None for a scan read from a file, which is
@@ -242,7 +242,8 @@ def _off_grid(
         return f"its frames have {size[0]} x {size[1]} pixels, the scan's slices {ny} x {nx}"
     direction = geometry.direction_matrix
     if not np.allclose(orientation, [*direction[:, 0], *direction[:, 1]], atol=GRID_TOLERANCE):
-        return f"its frames are oriented {list(np.round(orientation, 4))}, the scan's slices {list(np.round(direction[:, :2].T.ravel(), 4))}"
+        scan = list(np.round(direction[:, :2].T.ravel(), 4))
+        return f"its frames are oriented {list(np.round(orientation, 4))}, the scan's slices {scan}"
     if not np.allclose(pixel_spacing, geometry.spacing[1::-1], atol=GRID_TOLERANCE):
         return f"its pixels are {tuple(pixel_spacing)} mm, the scan's {geometry.spacing[1::-1]} mm"
     expected = geometry.index_to_physical(np.stack([slices, np.zeros_like(slices), np.zeros_like(slices)], axis=-1))
@@ -274,12 +275,12 @@ def find_source_series(path: str | Path) -> tuple[Path, str]:
     (a study exported as one folder per series).  Raises :class:`VolumeReadError`
     naming the series when it is in none of them.
     """
-    path = Path(path).expanduser()
+    path = Path(path).expanduser().resolve()
     wanted = seg_series_uids(path)
     folder = path.parent
-    candidates = [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]
+    candidates = [folder, *_subfolders(folder)]
     if folder.parent != folder:
-        candidates += sorted(p for p in folder.parent.iterdir() if p.is_dir() and p != folder)
+        candidates += [p for p in _subfolders(folder.parent) if p != folder]
     for candidate in candidates:
         for series in find_series(candidate):
             if series.uid in wanted:
@@ -289,6 +290,14 @@ def find_source_series(path: str | Path) -> tuple[Path, str]:
         f"beside it (looked in {folder}, the folders in it and beside it). Open that series first, then this file; "
         "or keep the file beside the series' folder."
     )
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    """The folders directly inside ``folder``, by name (none where it cannot be listed)."""
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_dir())
+    except OSError:
+        return []
 
 
 def read_seg(path: str | Path, geometry: Geometry, source: DicomSource) -> tuple[Volume, dict[int, str]]:

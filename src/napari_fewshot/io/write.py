@@ -30,8 +30,11 @@ def check_writable(path: str | Path, geometry: Geometry, inputs: Iterable[str | 
     path = Path(path).expanduser()
     ext = split_extension(path)[1]
     if ext not in WRITE_EXTENSIONS:
-        seg = " as a volume (DICOM SEG holds only label maps of a scan read from a DICOM series)" if ext == SEG_EXTENSION else ""
-        raise VolumeWriteError(f"{path}: cannot write '{ext or 'no extension'}'{seg}; use one of {', '.join(WRITE_EXTENSIONS)}")
+        seg = " as a volume (DICOM SEG holds only label maps of a scan read from a DICOM series)"
+        raise VolumeWriteError(
+            f"{path}: cannot write '{ext or 'no extension'}'{seg if ext == SEG_EXTENSION else ''}; "
+            f"use one of {', '.join(WRITE_EXTENSIONS)}"
+        )
     return check_target(path, geometry, inputs)
 
 
