@@ -7,9 +7,9 @@ checks that they fit the series:
   label value ``v`` (1 up to the largest value present or named, so a structure
   named but not found is an empty segment), named after its structure and coded
   where the name is a known organ (:mod:`napari_fewshot.io.anatomy`), made by
-  napari-fewshot <version> (SEMIAUTOMATIC).  Frame ``k`` is slice ``k`` of the series: it references that
-  slice's instance and sits at its position; the patient, study and frame of
-  reference are the series'; empty frames are left out.
+  napari-fewshot <version> (SEMIAUTOMATIC).  The frames of slice ``k`` reference
+  that slice's instance and sit at its position; the patient, study and frame
+  of reference are the series'; empty frames are left out.
 - read (:func:`read_seg`): onto the grid of the series it was made on, segment
   ``v`` as label value ``v``, with the segments' names.
 """
@@ -45,10 +45,6 @@ POSITION_TOLERANCE = 0.5
 GRID_TOLERANCE = 1e-3
 #: The most segments a DICOM SEG holds (Segment Number is a 16-bit value).
 MAX_SEGMENTS = 65535
-#: What is said of every segment's algorithm.
-ALGORITHM = hd.AlgorithmIdentificationSequence(
-    name="napari-fewshot", family=codes.cid7162.ArtificialIntelligence, version=__version__
-)
 
 
 def is_seg_file(path: str | Path) -> bool:
@@ -187,7 +183,9 @@ def _segment(number: int, name: str) -> hd.seg.SegmentDescription:
         segmented_property_category=category,
         segmented_property_type=kind,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
-        algorithm_identification=ALGORITHM,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name="napari-fewshot", family=codes.cid7162.ArtificialIntelligence, version=__version__
+        ),
     )
 
 
