@@ -218,7 +218,9 @@ def test_dicom_seg_saves_and_opens_on_its_series_grid(make_napari_viewer, tmp_pa
     [alone] = viewer.open(path, plugin=PLUGIN)  # the series found beside the file
     np.testing.assert_array_equal(alone.data, organs.data)
 
-    assert get_reader(str(next(folder.iterdir()))) is None  # a slice of the series is left to other readers
+    [series] = viewer.open(next(folder.iterdir()), plugin=PLUGIN)  # a slice opens its whole series
+    assert series._type_string == "image" and series.data.shape == image.data.shape
+    assert get_reader(str(tmp_path / "notes.dcm")) is None  # no such file
     drawn = viewer.add_labels(np.ones((2, 4, 5), np.uint8))
     with pytest.raises(VolumeWriteError, match=r"only for a scan read from a DICOM series.*\.nii\.gz"):
         drawn.save(str(tmp_path / "drawn.dcm"), plugin=PLUGIN)

@@ -47,13 +47,18 @@ GRID_TOLERANCE = 1e-3
 MAX_SEGMENTS = 65535
 
 
+def dicom_header(path: str | Path) -> pydicom.Dataset | None:
+    """The header (all but the pixel data) of the DICOM file ``path``; None when it is not one pydicom reads."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:  # anything pydicom cannot parse (not DICOM, truncated, unreadable, a folder)
+        return None
+
+
 def is_seg_file(path: str | Path) -> bool:
     """True when ``path`` is a DICOM file that holds a segmentation (read from its header only)."""
-    try:
-        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
-    except Exception:  # anything pydicom cannot parse (not DICOM, truncated, unreadable) is not a SEG
-        return False
-    return str(header.get("SOPClassUID", "")) == SEG_SOP_CLASS_UID
+    header = dicom_header(path)
+    return header is not None and str(header.get("SOPClassUID", "")) == SEG_SOP_CLASS_UID
 
 
 # -- writing -----------------------------------------------------------------------------
@@ -259,10 +264,9 @@ def _off_grid(
 # -- reading -----------------------------------------------------------------------------
 def seg_series_uids(path: str | Path) -> list[str]:
     """The Series Instance UIDs of the series a DICOM SEG file was made on (from its header)."""
-    try:
-        header = pydicom.dcmread(path, stop_before_pixels=True)
-    except Exception as error:  # anything pydicom cannot parse
-        raise VolumeReadError(f"{path}: cannot be read as DICOM: {error}") from error
+    header = dicom_header(path)
+    if header is None:
+        raise VolumeReadError(f"{path}: cannot be read as DICOM (missing, unreadable, or not a DICOM file)")
     return [str(item.SeriesInstanceUID) for item in header.get("ReferencedSeriesSequence", [])]
 
 
