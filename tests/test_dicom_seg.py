@@ -1,6 +1,7 @@
 """DICOM SEG of a scan read from a DICOM series: written with highdicom, checked with pydicom, read back."""
 
 import shutil
+from pathlib import Path
 
 import highdicom as hd
 import numpy as np
@@ -130,6 +131,16 @@ def test_refusals_name_the_problem_and_write_nothing(tmp_path):
     with pytest.raises(VolumeWriteError, match="also an input"):
         write_seg(scan.dicom.files[2], labels, scan.geometry, scan.dicom, {})
 
+    changed = pydicom.dcmread(scan.dicom.files[3])
+    changed.SOPInstanceUID = "1.2.826.0.1.3680043.2.1125.9.9"
+    changed.save_as(tmp_path / "changed.dcm")
+    original = Path(scan.dicom.files[3]).read_bytes()
+    Path(scan.dicom.files[3]).write_bytes((tmp_path / "changed.dcm").read_bytes())
+    with pytest.raises(VolumeWriteError, match="has changed since the scan was opened.*Open the series again"):
+        write_seg(tmp_path / "a.dcm", labels, scan.geometry, scan.dicom, {})
+    Path(scan.dicom.files[3]).write_bytes(original)
+    (tmp_path / "changed.dcm").unlink()
+
     moved = tmp_path / "moved"
     folder.rename(moved)
     with pytest.raises(VolumeWriteError, match=r"no longer where it was: 7 of its 7 slice files are missing"):
@@ -155,3 +166,20 @@ def test_a_seg_of_another_series_or_grid_is_refused(tmp_path):
         read_seg(path, shorter.geometry, shorter.dicom)
     with pytest.raises(VolumeReadError, match="not a DICOM SEG file"):
         read_seg(scan.dicom.files[0], scan.geometry, scan.dicom)
+
+
+def test_a_seg_with_overlapping_segments_is_refused(tmp_path):
+    from napari_fewshot.io.dicom_seg import _segment
+
+    folder = write_dicom_series(tmp_path / "ct", ramp(SHAPE))
+    scan = read_volume(folder)
+    stacked = np.zeros((*SHAPE, 2), np.uint8)  # a segmentation made elsewhere: two segments, one voxel in both
+    stacked[2, 3, 3:5, 0] = 1
+    stacked[2, 3, 4:6, 1] = 1
+    seg = hd.seg.Segmentation(
+        [pydicom.dcmread(f, stop_before_pixels=True) for f in scan.dicom.files], stacked, "BINARY",
+        [_segment(1, "liver"), _segment(2, "tumour")], hd.UID(), 1, hd.UID(), 1, "other", "other", "1", "1",
+    )
+    seg.save_as(tmp_path / "overlap.dcm")
+    with pytest.raises(VolumeReadError, match="segments overlap.*one structure per voxel"):
+        read_seg(tmp_path / "overlap.dcm", scan.geometry, scan.dicom)
