@@ -6,10 +6,15 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .core.postprocess import KEEP
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .io import Volume
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -174,7 +179,7 @@ def _names(text: str | None) -> dict[int, str]:
     return parse_names(text) if text else {}
 
 
-def _read_support(path: str, support_image: Any) -> tuple[Any, dict[int, str]]:
+def _read_support(path: str, support_image: Volume) -> tuple[Volume, dict[int, str]]:
     """The support label map, and the structure names a DICOM SEG support gives (read onto ``support_image``'s series)."""
     from .io import VolumeReadError, read_volume
     from .io.formats import is_seg_path
@@ -191,7 +196,7 @@ def _read_support(path: str, support_image: Any) -> tuple[Any, dict[int, str]]:
     return read_seg(path, support_image.geometry, support_image.dicom)
 
 
-def _check_labels_output(path: str, image: Any, inputs: Sequence[str] = ()) -> None:
+def _check_labels_output(path: str, image: Volume, inputs: Sequence[str] = ()) -> None:
     """Refuse, before the work, an output the labels of ``image`` cannot be written to (DICOM SEG for ``.dcm``)."""
     from .io import check_writable
     from .io.formats import is_seg_path
@@ -204,7 +209,9 @@ def _check_labels_output(path: str, image: Any, inputs: Sequence[str] = ()) -> N
         check_writable(path, image.geometry, inputs)
 
 
-def _write_labels(path: str, labels: Any, image: Any, names: dict[int, str], others: Sequence[Any] = ()) -> None:
+def _write_labels(
+    path: str, labels: np.ndarray, image: Volume, names: dict[int, str], others: Sequence[tuple[str, np.ndarray, Any]] = ()
+) -> None:
     """Write ``labels`` of ``image`` to ``path`` (a DICOM SEG of its series for ``.dcm``) and the volumes ``others``.
 
     All or none: the labels and the probabilities of one run.
