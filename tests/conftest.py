@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import locale
 import os
 import subprocess
 import sys
@@ -70,11 +72,14 @@ def write_dicom_series(
     description: str = "test series",
     skip: tuple[int, ...] = (),
     reverse_names: bool = True,
+    descending: bool = False,
 ) -> Path:
     """Write ``data`` (z, y, x) as a DICOM series, one file per slice.
 
     File names run against slice position when ``reverse_names`` (so a reader
     that orders by name gets it wrong); slices in ``skip`` are left out (a gap).
+    ``descending``: instance numbers (and UIDs) run against the slice position,
+    as a scanner stores a series acquired from the head down.
     """
     folder.mkdir(parents=True, exist_ok=True)
     volume = sitk.GetImageFromArray(data)
@@ -85,26 +90,39 @@ def write_dicom_series(
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     n = data.shape[0]
-    for k in range(n):
-        if k in skip:
-            continue
-        slice_image = volume[:, :, k]
-        for tag, value in {
-            "0008|0060": "CT",
-            "0008|103e": description,
-            "0020|000d": series_uid.rsplit(".", 1)[0] + ".9",
-            "0020|000e": series_uid,
-            "0020|0013": str(k + 1),
-            "0020|0032": "\\".join(f"{v:.6f}" for v in volume.TransformIndexToPhysicalPoint((0, 0, k))),
-            "0020|0037": "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
-            "0018|0050": f"{spacing[2]:.6f}",
-            "0008|0018": f"{series_uid}.{k + 1}",
-        }.items():
-            slice_image.SetMetaData(tag, value)
-        name = f"slice{(n - k if reverse_names else k):03d}.dcm"
-        writer.SetFileName(str(folder / f"{series_uid.replace('.', '')[-6:]}_{name}"))
-        writer.Execute(slice_image)
+    with _locale_kept():  # ITK's DICOM writer leaves the process in the "C" locale (ASCII text I/O)
+        for k in range(n):
+            if k in skip:
+                continue
+            instance = n - k if descending else k + 1
+            slice_image = volume[:, :, k]
+            for tag, value in {
+                "0008|0060": "CT",
+                "0008|103e": description,
+                "0020|000d": series_uid.rsplit(".", 1)[0] + ".9",
+                "0020|000e": series_uid,
+                "0020|0052": series_uid.rsplit(".", 1)[0] + ".7",
+                "0020|0013": str(instance),
+                "0020|0032": "\\".join(f"{v:.6f}" for v in volume.TransformIndexToPhysicalPoint((0, 0, k))),
+                "0020|0037": "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
+                "0018|0050": f"{spacing[2]:.6f}",
+                "0008|0018": f"{series_uid}.{instance}",
+            }.items():
+                slice_image.SetMetaData(tag, value)
+            name = f"slice{(n - k if reverse_names else k):03d}.dcm"
+            writer.SetFileName(str(folder / f"{series_uid.replace('.', '')[-6:]}_{name}"))
+            writer.Execute(slice_image)
     return folder
+
+
+@contextlib.contextmanager
+def _locale_kept():
+    """Restore the process's locale on leaving."""
+    previous = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, previous)
 
 
 @pytest.fixture

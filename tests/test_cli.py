@@ -70,4 +70,34 @@ def test_segment_reports_bad_input_without_writing(tmp_path):
     assert result.returncode == 1 and "is not on the grid of" in result.stderr
     result = run("segment", "--support-labels", str(support), *common[:2], "--output", str(image_path), *common[4:])
     assert result.returncode == 1 and "would overwrite it" in result.stderr
-    assert not output.exists()
+    result = run("segment", "--support-labels", str(support), *common[:2], "--output", str(tmp_path / "out.dcm"),
+                 *common[4:])
+    assert result.returncode == 1 and "only for a scan read from a DICOM series" in result.stderr
+    assert "segmenting" not in result.stderr  # refused before the work
+    assert not output.exists() and not (tmp_path / "out.dcm").exists()
+
+
+def test_segment_a_dicom_series_from_a_seg_support_to_a_seg(tmp_path):
+    from conftest import ellipsoids, write_dicom_series
+
+    from napari_fewshot.io import read_volume
+    from napari_fewshot.io.dicom_seg import read_seg, write_seg
+
+    image, truth = ellipsoids(shape=(12, 32, 32))
+    folder = write_dicom_series(tmp_path / "ct", image.astype(np.int16), descending=True)
+    scan = read_volume(folder)
+    support = np.zeros_like(truth)
+    support[6] = truth[6]
+    support_seg = write_seg(tmp_path / "support.dcm", support, scan.geometry, scan.dicom, {1: "bright", 2: "dark"})
+    support_nifti = write_itk(tmp_path / "support.nii.gz", support, scan.geometry.spacing, scan.geometry.origin)
+    common = ["segment", "--image", str(folder), "--encoder", "tiny", "--head", "alpnet", "--device", "cpu"]
+    result = run(*common, "--support-labels", str(support_seg), "--output", str(tmp_path / "mask.dcm"))
+    assert result.returncode == 0 and "mask.dcm: label 1:" in result.stdout, result.stderr
+    result = run(*common, "--support-labels", str(support_nifti), "--output", str(tmp_path / "mask.nii.gz"),
+                 "--names", "bright, dark")
+    assert result.returncode == 0, result.stderr
+    seg, names = read_seg(tmp_path / "mask.dcm", scan.geometry, scan.dicom)
+    assert names == {1: "bright", 2: "dark"}  # the SEG support's names, whether found or not
+    nifti = read_volume(tmp_path / "mask.nii.gz", kind="labels")
+    assert nifti.data.any() and nifti.geometry.same_grid(scan.geometry)
+    np.testing.assert_array_equal(seg.data, nifti.data)

@@ -188,3 +188,40 @@ def test_widget_without_image_says_what_to_do(make_napari_viewer):
     assert widget.add_support_layer() is None
     assert "Open a scan first" in widget.status.value
     assert len(viewer.layers) == 0
+
+
+def test_dicom_seg_saves_and_opens_on_its_series_grid(make_napari_viewer, tmp_path):
+    from conftest import write_dicom_series
+    from napari_fewshot._napari.layers import layer_attributes, support_layer_data
+    from napari_fewshot._napari.reader import get_reader
+    from napari_fewshot._napari.structures import layer_names, names_features
+
+    study = tmp_path / "study"
+    folder = write_dicom_series(study / "ct", ramp((6, 9, 11)), direction=DIRECTIONS["coronal"])  # shown transposed
+    viewer = make_napari_viewer()
+    [image] = viewer.open(folder, plugin=PLUGIN)
+    assert image.metadata["dicom"]["series_uid"] == "1.2.826.0.1.3680043.2.1125.1.1"
+    data, kwargs, _ = support_layer_data(image.data.shape, layer_attributes(image), "organs")
+    organs = viewer.add_labels(data, **kwargs)
+    organs.data[1:4, 2:5, 3] = 1
+    organs.data[2, 5, 1:4] = 2
+    organs.features = names_features({1: "liver", 2: "spleen"})
+    path = study / "organs.dcm"
+    organs.save(str(path), plugin=PLUGIN)
+
+    [opened] = viewer.open(path, plugin=PLUGIN)  # on the open series
+    assert opened._type_string == "labels" and layer_names(opened.features) == {1: "liver", 2: "spleen"}
+    np.testing.assert_array_equal(opened.data, organs.data)
+    for attribute in ("scale", "translate", "rotate"):
+        np.testing.assert_allclose(getattr(opened, attribute), getattr(image, attribute))
+    viewer.layers.clear()
+    [alone] = viewer.open(path, plugin=PLUGIN)  # the series found beside the file
+    np.testing.assert_array_equal(alone.data, organs.data)
+
+    [series] = viewer.open(next(folder.iterdir()), plugin=PLUGIN)  # a slice opens its whole series
+    assert series._type_string == "image" and series.data.shape == image.data.shape
+    assert get_reader(str(tmp_path / "notes.dcm")) is None  # no such file
+    drawn = viewer.add_labels(np.ones((2, 4, 5), np.uint8))
+    with pytest.raises(VolumeWriteError, match=r"only for a scan read from a DICOM series.*\.nii\.gz"):
+        drawn.save(str(tmp_path / "drawn.dcm"), plugin=PLUGIN)
+    assert not (tmp_path / "drawn.dcm").exists()

@@ -481,3 +481,36 @@ def test_closing_the_widget_during_a_run_calls_nothing_back(qtbot, session):
     qtbot.waitUntil(lambda: runner.closed and not runner.busy, timeout=10_000)
     qtbot.wait(300)  # the worker's last signals arrive: a deleted widget must not be touched (pytest-qt fails on it)
     assert encoded() < 24
+
+
+def test_export_to_dcm_writes_a_dicom_seg_of_the_series_and_refuses_other_scans(make_napari_viewer, tmp_path, monkeypatch):
+    from conftest import ramp, write_dicom_series
+    from napari_fewshot.io import write_volume
+    from napari_fewshot.io.dicom_seg import read_seg
+
+    monkeypatch.setattr(widget_module, "ENCODE_AHEAD", False)
+    folder = write_dicom_series(tmp_path / "ct", ramp((6, 12, 14)), direction=DIRECTIONS["coronal"])
+    scan = read_volume(folder)
+    viewer = make_napari_viewer()
+    [image] = viewer.open(folder, plugin=PLUGIN)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    widget.names.value = "liver, spleen"
+    support = widget.add_support_layer()
+    support.data_setitem((np.array([2, 2, 3]), np.array([4, 5, 5]), np.array([1, 1, 2])), np.array([1, 1, 2]))
+    widget.export_layer.value = support
+    out = tmp_path / "organs.dcm"
+    assert widget.export_mask(str(out)) == [str(out), str(tmp_path / "organs.json")]
+    assert "as DICOM SEG" in widget.status.value
+    labels, names = read_seg(out, scan.geometry, scan.dicom)
+    assert names == {1: "liver", 2: "spleen"}
+    np.testing.assert_array_equal(to_view(labels.data, closest_canonical(scan.geometry)), support.data)
+
+    # a scan read from a file: refused, naming the formats that work; nothing written
+    nifti = write_volume(tmp_path / "scan.nii.gz", scan.data, scan.geometry)
+    [other] = viewer.open(nifti, plugin=PLUGIN)
+    widget.image.value = other
+    widget.export_layer.value = widget.add_support_layer()
+    notification_manager.records.clear()
+    assert widget.export_mask(str(tmp_path / "other.dcm")) == []
+    assert "only for a scan read from a DICOM series" in _messages()[-1] and ".nii.gz, .nii, .nrrd, .mha" in _messages()[-1]
+    assert not (tmp_path / "other.dcm").exists() and not (tmp_path / "other.json").exists()

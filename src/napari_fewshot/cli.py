@@ -6,10 +6,15 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .core.postprocess import KEEP
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .io import Volume
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -93,15 +98,16 @@ def _segment(args: argparse.Namespace) -> int:
     from .core.features import FeatureCache
     from .core.options import SegmentOptions
     from .core.support import painted_structures
-    from .io import VolumeError, check_same_grid, check_writable, read_volume, write_volumes
+    from .io import VolumeError, check_same_grid, check_writable, read_volume
 
     try:
         image = read_volume(args.image, kind="image", series=args.series, index=args.index)
         support_image = read_volume(args.support_image, kind="image") if args.support_image else image
-        support = read_volume(args.support_labels, kind="labels")
+        support, names = _read_support(args.support_labels, support_image)
+        names = _names(args.names) or names
         check_same_grid(support, support_image)
         inputs = [path for path in (args.image, args.support_image, args.support_labels) if path]
-        check_writable(args.output, image.geometry, inputs)
+        _check_labels_output(args.output, image, inputs)
         probability_paths = {}
         if args.probabilities:
             probability_paths = _probability_paths(args.probabilities, list(painted_structures(support.data)))
@@ -126,10 +132,9 @@ def _segment(args: argparse.Namespace) -> int:
             cache=FeatureCache() if args.no_disk_cache else None,
             progress=ProgressBar("segmenting"),
         )
-        write_volumes([  # all or none: the labels and probabilities of one run
-            (args.output, result.labels, image.geometry.with_pixel_type(str(result.labels.dtype))),
-            *((path, result.probabilities[value], image.geometry.with_pixel_type("float32"))
-              for value, path in probability_paths.items()),
+        _write_labels(args.output, result.labels, image, names, [  # all or none: the labels and probabilities of one run
+            (path, result.probabilities[value], image.geometry.with_pixel_type("float32"))
+            for value, path in probability_paths.items()
         ])
     except (VolumeError, SegmentationError, ValueError) as error:
         print(f"\nerror: {error}", file=sys.stderr)
@@ -151,15 +156,16 @@ def _segment_with_model(args: argparse.Namespace) -> int:
 
     from .core.errors import SegmentationError
     from .core.refined import segment_with_model
-    from .io import VolumeError, check_writable, read_volume, write_volume
+    from .io import VolumeError, read_volume
 
     started = time.perf_counter()
     try:
         image = read_volume(args.image, kind="image", series=args.series, index=args.index)
-        check_writable(args.output, image.geometry)
+        names = _names(args.names)
+        _check_labels_output(args.output, image)
         labels = segment_with_model(image.data, args.model, spacing=image.geometry.spacing[::-1],
                                     modality=args.modality, device=args.device)
-        write_volume(args.output, labels, image.geometry.with_pixel_type(str(labels.dtype)))
+        _write_labels(args.output, labels, image, names)
     except (VolumeError, SegmentationError, ValueError) as error:
         print(f"\nerror: {error}", file=sys.stderr)
         return 1
@@ -167,6 +173,62 @@ def _segment_with_model(args: argparse.Namespace) -> int:
     print(f"{args.output}: {', '.join(f'label {v}: {n} voxels' for v, n in counts.items()) or 'nothing found'} "
           f"(refined model {args.model}; {time.perf_counter() - started:.1f} s)")
     return 0
+
+
+def _names(text: str | None) -> dict[int, str]:
+    """Structure names by label value from ``--names`` (none when not given); ``ValueError`` names a bad entry."""
+    from ._napari.structures import parse_names
+
+    return parse_names(text) if text else {}
+
+
+def _read_support(path: str, support_image: Volume) -> tuple[Volume, dict[int, str]]:
+    """The support label map, and the structure names a DICOM SEG support gives (read onto ``support_image``'s series)."""
+    from .io import VolumeReadError, read_volume
+    from .io.formats import is_seg_path
+
+    if not is_seg_path(path):
+        return read_volume(path, kind="labels"), {}
+    if support_image.dicom is None:
+        raise VolumeReadError(
+            f"{path}: a DICOM SEG is read onto the DICOM series it was made on; give that series' folder as "
+            "--image (or --support-image)"
+        )
+    from .io.dicom_seg import read_seg
+
+    return read_seg(path, support_image.geometry, support_image.dicom)
+
+
+def _check_labels_output(path: str, image: Volume, inputs: Sequence[str] = ()) -> None:
+    """Refuse, before the work, an output the labels of ``image`` cannot be written to (DICOM SEG for ``.dcm``)."""
+    from .io import check_writable
+    from .io.formats import is_seg_path
+
+    if is_seg_path(path):
+        from .io.dicom_seg import check_seg_writable
+
+        check_seg_writable(path, image.geometry, image.dicom, inputs)
+    else:
+        check_writable(path, image.geometry, inputs)
+
+
+def _write_labels(
+    path: str, labels: np.ndarray, image: Volume, names: dict[int, str], others: Sequence[tuple[str, np.ndarray, Any]] = ()
+) -> None:
+    """Write ``labels`` of ``image`` to ``path`` (a DICOM SEG of its series for ``.dcm``) and the volumes ``others``.
+
+    All or none: the labels and the probabilities of one run.
+    """
+    from .io import write_volumes
+    from .io.formats import is_seg_path
+
+    if is_seg_path(path):
+        from .io.dicom_seg import check_seg_writable, seg_writer
+
+        target = check_seg_writable(path, image.geometry, image.dicom)
+        write_volumes(others, writers={target: seg_writer(target, labels, image.geometry, image.dicom, names)})
+    else:
+        write_volumes([(path, labels, image.geometry.with_pixel_type(str(labels.dtype))), *others])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,12 +254,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_choice_arguments(seg, "--image")
     seg.add_argument(
         "--support-labels", metavar="PATH",
-        help="labels on the support image's grid; its non-zero slices are the support (value v = structure v)",
+        help="labels on the support image's grid; its non-zero slices are the support (value v = structure v); "
+        "or a DICOM SEG (.dcm) of the support image's DICOM series (segment v = structure v)",
     )
     seg.add_argument("--model", metavar="PATH",
                      help="instead of a support: a model from 'napari-fewshot refine' (its folder or model file)")
     seg.add_argument("--support-image", metavar="PATH", help="the volume the support was painted on (default: --image)")
-    seg.add_argument("--output", required=True, metavar="PATH", help="predicted labels (.nii.gz, .nii, .nrrd, .mha)")
+    seg.add_argument("--output", required=True, metavar="PATH",
+                     help="predicted labels (.nii.gz, .nii, .nrrd, .mha; or .dcm: a DICOM SEG of the --image series, "
+                     "for a DICOM folder)")
+    seg.add_argument("--names", metavar="TEXT",
+                     help="structure names, e.g. 'liver, spleen' (labels 1, 2) or '1: liver, 3: kidney', for the "
+                     "segments of a .dcm output (default: the segment names of a DICOM SEG support, else 'structure N')")
     seg.add_argument("--encoder", help="litemedsam (the default), resnet101-coco or tiny")
     seg.add_argument("--head", help="alpnet (the default), dspnet or panet")
     seg.add_argument(

@@ -1,4 +1,4 @@
-"""Export a Labels layer with its scan's geometry and a JSON sidecar that says how it was made."""
+"""Export a Labels layer with its scan's geometry (or as a DICOM SEG) and a JSON sidecar that says how it was made."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from typing import Any
 
 from .. import __version__
 from ..io import sidecar_path, write_volume
-from .layers import labels_for_writing
+from ..io.dicom_seg import write_seg
+from ..io.formats import is_seg_path
+from .layers import dicom_source, labels_for_writing
 
 #: ``layer.metadata`` key under which the widget records how a prediction was made.
 PROVENANCE = "napari_fewshot"
@@ -16,6 +18,10 @@ PROVENANCE = "napari_fewshot"
 
 def export_labels(path: str | Path, data: Any, attributes: dict[str, Any], names: dict[int, str]) -> tuple[Path, Path]:
     """Write a Labels layer to ``path`` (NIfTI, NRRD or MHA) on its scan's grid, and its sidecar.
+
+    A ``.dcm`` path writes a DICOM SEG of the DICOM series the scan was read from
+    (:func:`~napari_fewshot.io.dicom_seg.write_seg`; refused for a scan read from a
+    file), one segment per structure named in ``names``.
 
     ``attributes`` are the layer's ``scale``, ``translate``, ``rotate`` and
     ``metadata``; the sidecar (``mask.json`` beside ``mask.nii.gz``) holds the
@@ -34,5 +40,8 @@ def export_labels(path: str | Path, data: Any, attributes: dict[str, Any], names
         "written_by": f"napari-fewshot {__version__}",
         "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    written = write_volume(path, file_data, geometry, sidecar=record)  # both or neither; the path checked first
+    if is_seg_path(path):
+        written = write_seg(path, file_data, geometry, dicom_source(attributes), names, sidecar=record)
+    else:
+        written = write_volume(path, file_data, geometry, sidecar=record)  # both or neither; the path checked first
     return written, sidecar_path(written)

@@ -7,7 +7,9 @@ are physical coordinates and grids of all kinds overlay.  ``layer.metadata``
 keeps what is needed to write the data back exactly as the file had it:
 
 - ``"geometry"``: the file's geometry (:meth:`Geometry.to_dict`, ITK order);
-- ``"orientation"``: how the layer's array is laid out relative to the file's.
+- ``"orientation"``: how the layer's array is laid out relative to the file's;
+- ``"dicom"``: for a scan read from a DICOM series, its files and instance UIDs
+  (:meth:`DicomSource.to_dict`), which a DICOM SEG export references.
 """
 
 from __future__ import annotations
@@ -18,21 +20,29 @@ import numpy as np
 
 from ..core.intensity import display_range, guess_modality
 from ..io import Geometry, Volume, VolumeWriteError, label_dtype
+from ..io.dicom import DicomSource
 from ..io.formats import split_extension
 from ..io.orientation import Orientation, closest_canonical, from_view, to_view, view_geometry
+from .structures import names_features
 
 LayerDataTuple = tuple[np.ndarray, dict[str, Any], str]
 
 
-def volume_layer_data(volume: Volume, name: str | None = None) -> LayerDataTuple:
-    """A napari layer data tuple (Image, or Labels for a label map) for ``volume``."""
+def volume_layer_data(volume: Volume, name: str | None = None, names: dict[int, str] | None = None) -> LayerDataTuple:
+    """A napari layer data tuple (Image, or Labels for a label map) for ``volume``.
+
+    ``names``: structure names by label value, for a label map (the layer's features).
+    """
     geometry = volume.geometry
     orientation = closest_canonical(geometry)
     kwargs: dict[str, Any] = {
         "name": name or split_extension(geometry.source)[0] or "volume",
         "metadata": {"geometry": geometry.to_dict(), "orientation": orientation.to_dict()},
+        **({"features": names_features(names)} if names else {}),
         **view_geometry(geometry, orientation).napari_kwargs(),
     }
+    if volume.dicom is not None:
+        kwargs["metadata"]["dicom"] = volume.dicom.to_dict()
     data = to_view(volume.data, orientation)
     if volume.is_label_map:
         return data, kwargs, "labels"
@@ -67,6 +77,12 @@ def file_layout(
     return data, Geometry.from_napari_transform(data.shape, scale, translate, rotate, str(data.dtype))
 
 
+def dicom_source(attributes: dict[str, Any]) -> DicomSource | None:
+    """The DICOM series a layer's scan was read from (``metadata["dicom"]`` of its ``attributes``), or None."""
+    metadata = attributes.get("metadata", {})
+    return DicomSource.from_dict(metadata["dicom"]) if "dicom" in metadata else None
+
+
 def layer_attributes(layer: Any) -> dict[str, Any]:
     """A layer's ``scale``, ``translate``, ``rotate`` and ``metadata``: what its grid and file geometry need."""
     return {key: getattr(layer, key) for key in ("scale", "translate", "rotate", "metadata")}
@@ -79,7 +95,7 @@ def support_layer_data(shape: tuple[int, ...], image: dict[str, Any], name: str)
     ``metadata``; the new layer shares its transform and its file geometry, so it
     overlays voxel for voxel and exports on the scan's grid.
     """
-    metadata = {key: image["metadata"][key] for key in ("geometry", "orientation") if key in image["metadata"]}
+    metadata = {key: image["metadata"][key] for key in ("geometry", "orientation", "dicom") if key in image["metadata"]}
     kwargs = {key: image[key] for key in ("scale", "translate", "rotate")}
     return np.zeros(shape, dtype=np.uint8), {**kwargs, "name": name, "metadata": metadata}, "labels"
 

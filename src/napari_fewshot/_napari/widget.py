@@ -31,6 +31,7 @@ from ..core.postprocess import KEEP
 from ..core.refined import REFINED_FILE
 from ..core.runtime import BACKENDS, resolve_runtime
 from ..io import VolumeWriteError
+from ..io.formats import is_seg_path
 from .export import export_labels
 from .layers import layer_attributes, support_layer_data
 from .reader_preference import patterns_read_elsewhere, prefer_this_reader
@@ -155,9 +156,12 @@ class FewShotWidget(Container):
         self.apply_model = PushButton(text="Apply model to image")
         self.apply_model.tooltip = "Segment the chosen image with the refined model in 'Model folder'"
         self.export_layer = create_widget(label="Export", annotation="napari.layers.Labels")
-        self.export_path = FileEdit(label="To file", mode="w", filter="*.nii.gz *.nii *.nrrd *.mha")
+        self.export_path = FileEdit(label="To file", mode="w", filter="*.nii.gz *.nii *.nrrd *.mha *.dcm")
         self.export = PushButton(text="Export mask")
-        self.export.tooltip = "Write the layer on the scan's grid (NIfTI, NRRD, MHA) with a JSON sidecar of names and model"
+        self.export.tooltip = (
+            "Write the layer on the scan's grid (NIfTI, NRRD, MHA; or .dcm: a DICOM SEG of the DICOM series the scan "
+            "was read from, one segment per structure) with a JSON sidecar of names and model"
+        )
         for widget in (self.device_note, self.status):
             widget.native.setWordWrap(True)
         self.extend([
@@ -443,13 +447,14 @@ class FewShotWidget(Container):
         if layer is None:
             return self._refuse("Nothing to export: segment first, or choose a Labels layer.") or []
         if not target or target == ".":
-            return self._refuse("Choose a file to export to (.nii.gz, .nii, .nrrd or .mha).") or []
+            return self._refuse("Choose a file to export to (.nii.gz, .nii, .nrrd, .mha, or .dcm for DICOM SEG).") or []
         names = layer_names(layer.features) or self._names() or {}
         try:
             written = export_labels(target, layer.data, layer_attributes(layer), names)
         except VolumeWriteError as error:
             return self._refuse(str(error), error=True) or []
-        self._say(f"Exported '{layer.name}' to {written[0]} (sidecar {written[1].name}).")
+        what = " as DICOM SEG" if is_seg_path(written[0]) else ""
+        self._say(f"Exported '{layer.name}' to {written[0]}{what} (sidecar {written[1].name}).")
         return [str(p) for p in written]
 
     # -- helpers ---------------------------------------------------------------------

@@ -7,6 +7,7 @@
 >>> write_volume("mask.nrrd", mask, scan.geometry.with_pixel_type("uint8"))  # doctest: +SKIP
 """
 
+from .dicom import DicomSource
 from .errors import VolumeError, VolumeReadError, VolumeWriteError
 from .formats import READ_FORMATS, WRITE_EXTENSIONS, format_name, looks_like_label_map
 from .geometry import Geometry
@@ -17,6 +18,7 @@ from .write import check_output_folder, check_writable, sidecar_path, write_side
 __all__ = [
     "READ_FORMATS",
     "WRITE_EXTENSIONS",
+    "DicomSource",
     "Geometry",
     "Volume",
     "VolumeError",

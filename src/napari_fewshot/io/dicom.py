@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -12,6 +13,9 @@ from .errors import VolumeReadError, itk_reason
 
 #: Relative deviation of a slice step from the median step that counts as a gap.
 GAP_TOLERANCE = 0.1
+
+#: Modalities of objects that are not images (a segmentation saved beside its series is not a series to open).
+NOT_IMAGES = ("SEG",)
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,32 @@ class DicomSeries:
         return text + ")"
 
 
+@dataclass(frozen=True)
+class DicomSource:
+    """The files a volume was read from, so that a DICOM SEG can reference them.
+
+    Attributes
+    ----------
+    series_uid : Series Instance UID of the series.
+    files : the slice files in the volume's slice order: ``files[k]`` holds the
+        array's slice ``k`` (axis 0 of the (z, y, x) array).
+    instance_uids : SOP Instance UID of each of ``files``, in the same order.
+    """
+
+    series_uid: str
+    files: tuple[str, ...]
+    instance_uids: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values, for ``layer.metadata["dicom"]``."""
+        return {"series_uid": self.series_uid, "files": list(self.files), "instance_uids": list(self.instance_uids)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DicomSource:
+        """Rebuild a source from :meth:`to_dict`'s output."""
+        return cls(str(values["series_uid"]), tuple(values["files"]), tuple(values["instance_uids"]))
+
+
 def _tag(reader: sitk.ImageFileReader, key: str) -> str:
     return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
 
@@ -44,7 +74,9 @@ def find_series(folder: Path) -> list[DicomSeries]:
         header = sitk.ImageFileReader()
         header.SetFileName(files[0])
         header.ReadImageInformation()
-        series.append(DicomSeries(uid, tuple(files), _tag(header, "0008|103e"), _tag(header, "0008|0060")))
+        modality = _tag(header, "0008|0060")
+        if modality not in NOT_IMAGES:
+            series.append(DicomSeries(uid, tuple(files), _tag(header, "0008|103e"), modality))
     return series
 
 
@@ -73,10 +105,11 @@ def _check_even_spacing(folder: Path, reader: sitk.ImageSeriesReader, n_slices: 
         )
 
 
-def read_series(folder: Path, series_uid: str | None = None) -> sitk.Image:
-    """Read one DICOM series of ``folder`` as a 3D image, slices ordered by position.
+def read_series(folder: Path, series_uid: str | None = None) -> tuple[sitk.Image, DicomSource]:
+    """Read one DICOM series of ``folder`` as a 3D image, slices ordered by position, and its files.
 
     A folder with several series needs ``series_uid``; the error lists the choices.
+    Segmentations (DICOM SEG) in the folder are not series to read.
     """
     all_series = find_series(folder)
     if not all_series:
@@ -109,5 +142,9 @@ def read_series(folder: Path, series_uid: str | None = None) -> sitk.Image:
     except RuntimeError as error:
         raise VolumeReadError(f"{folder}: DICOM series {chosen.uid} cannot be read: {itk_reason(error)}") from error
     _check_even_spacing(folder, reader, len(chosen.files))
-    return image
+    uids = tuple(
+        reader.GetMetaData(index, "0008|0018").strip("\x00 ") if reader.HasMetaDataKey(index, "0008|0018") else ""
+        for index in range(len(chosen.files))
+    )
+    return image, DicomSource(chosen.uid, tuple(str(Path(f).resolve()) for f in chosen.files), uids)
 

@@ -18,6 +18,9 @@ READ_FORMATS: dict[str, str] = {
 #: Extensions written as one self-contained file (so a write can be atomic).
 WRITE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha")
 
+#: The extension of a DICOM SEG file: label maps of a scan read from a DICOM series.
+SEG_EXTENSION = ".dcm"
+
 _LABEL_NAME = re.compile(r"(seg|label|mask|annot|support)", re.IGNORECASE)
 
 
@@ -35,6 +38,11 @@ def split_extension(path: str | Path) -> tuple[str, str]:
 def format_name(path: str | Path) -> str | None:
     """The format a file name says it holds, or None when it is not one the plugin reads."""
     return READ_FORMATS.get(split_extension(path)[1])
+
+
+def is_seg_path(path: str | Path) -> bool:
+    """True when ``path`` is named as a DICOM SEG file (``.dcm``)."""
+    return split_extension(path)[1] == SEG_EXTENSION
 
 
 def looks_like_label_map(path: str | Path) -> bool:

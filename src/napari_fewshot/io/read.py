@@ -9,7 +9,7 @@ from typing import Literal
 import numpy as np
 import SimpleITK as sitk
 
-from .dicom import read_series
+from .dicom import DicomSource, read_series
 from .errors import VolumeReadError, itk_reason
 from .formats import READ_FORMATS, format_name, looks_like_label_map
 from .geometry import GRID_TOLERANCE, Geometry, check_grid
@@ -33,11 +33,14 @@ class Volume:
         units (Hounsfield units for CT) and pixel type; integers for a label map.
     geometry : where each voxel sits, see :class:`Geometry`.
     is_label_map : True when ``data`` holds label values rather than intensities.
+    dicom : the DICOM series' files, for a volume read from a DICOM folder (or a
+        DICOM SEG of one); None for a file.
     """
 
     data: np.ndarray
     geometry: Geometry
     is_label_map: bool = False
+    dicom: DicomSource | None = None
 
 
 def read_volume(
@@ -74,7 +77,10 @@ def read_volume(
     if not (path.is_dir() or path.is_file()):
         raise VolumeReadError(f"{path}: not a regular file or folder (a pipe or device?); give a volume file")
     try:
-        image, nonfinite = (read_series(path, series), 0) if path.is_dir() else _read_file(path)
+        if path.is_dir():
+            (image, dicom), nonfinite = read_series(path, series), 0
+        else:
+            (image, nonfinite), dicom = _read_file(path), None
     except PermissionError as error:
         raise VolumeReadError(
             f"{path}: permission denied reading {error.filename or path}; ask for read access or copy it somewhere readable"
@@ -105,13 +111,13 @@ def read_volume(
         except ValueError as error:  # whole numbers beyond 64-bit integers
             raise VolumeReadError(f"{path}: {error}") from error
         if labels is not None:
-            return Volume(labels, geometry, is_label_map=True)
+            return Volume(labels, geometry, is_label_map=True, dicom=dicom)
         if kind == "labels":
             raise VolumeReadError(
                 f"{path}: not a label map: it holds fractional values (e.g. probabilities); "
                 "open it as an image, or threshold it into whole label values first"
             )
-    return Volume(data, geometry)
+    return Volume(data, geometry, dicom=dicom)
 
 
 def check_same_grid(labels: Volume, image: Volume) -> None:

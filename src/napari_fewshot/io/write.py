@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import VolumeReadError, VolumeWriteError, itk_reason
-from .formats import WRITE_EXTENSIONS, split_extension
+from .formats import SEG_EXTENSION, WRITE_EXTENSIONS, split_extension
 from .geometry import Geometry
 from .headers import check_file
 
@@ -30,7 +30,23 @@ def check_writable(path: str | Path, geometry: Geometry, inputs: Iterable[str | 
     path = Path(path).expanduser()
     ext = split_extension(path)[1]
     if ext not in WRITE_EXTENSIONS:
-        raise VolumeWriteError(f"{path}: cannot write '{ext or 'no extension'}'; use one of {', '.join(WRITE_EXTENSIONS)}")
+        seg = " as a volume (DICOM SEG holds only label maps of a scan read from a DICOM series)"
+        raise VolumeWriteError(
+            f"{path}: cannot write '{ext or 'no extension'}'{seg if ext == SEG_EXTENSION else ''}; "
+            f"use one of {', '.join(WRITE_EXTENSIONS)}"
+        )
+    return check_target(path, geometry, inputs)
+
+
+def check_target(path: str | Path, geometry: Geometry, inputs: Iterable[str | Path] = ()) -> Path:
+    """``path`` (user-expanded) when a file of any format may be written there; else :class:`VolumeWriteError`.
+
+    :func:`check_writable` without the extension: the folder exists and may be
+    written, and ``path`` is neither the scan ``geometry`` was read from nor one
+    of ``inputs``.
+    """
+    path = Path(path).expanduser()
+    ext = split_extension(path)[1]
     if not path.parent.is_dir():
         raise VolumeWriteError(f"{path}: the folder {path.parent} does not exist")
     if path.is_dir():
@@ -104,11 +120,14 @@ def write_volume(path: str | Path, data: np.ndarray, geometry: Geometry, sidecar
 def write_volumes(
     volumes: Sequence[tuple[str | Path, np.ndarray, Geometry]],
     sidecars: dict[str | Path, dict[str, Any]] | None = None,
+    writers: dict[Path, Callable[[Path], None]] | None = None,
 ) -> list[Path]:
     """Write each ``(path, data, geometry)`` as :func:`write_volume` does, all of them or none.
 
     ``sidecars``: by volume path, records to write beside those volumes as JSON,
-    in the same all-or-none commit.
+    in the same all-or-none commit.  ``writers``: files of other formats to
+    commit with them, by their (checked) path, each a function that writes and
+    checks a temporary file (e.g. a DICOM SEG, :func:`~napari_fewshot.io.dicom_seg.seg_writer`).
 
     Every file is written next to its ``path`` under a temporary name, flushed to
     disk and read back (its length against its header, which also catches a full
@@ -121,7 +140,7 @@ def write_volumes(
     Returns the paths written.  Raises :class:`VolumeWriteError` naming the
     problem; nothing on disk changes then.
     """
-    writes: dict[Path, Callable[[Path], None]] = {}
+    writes: dict[Path, Callable[[Path], None]] = dict(writers or {})
     for path, data, geometry in volumes:
         path = check_writable(path, geometry, inputs=writes)
         if tuple(data.shape) != geometry.shape:
