@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from napari_fewshot.core.confidence import similarity_levels, slice_confidence, slices_to_check, structure_presence
+from napari_fewshot.core.confidence import (
+    check_reason, similarity_levels, slice_confidence, slices_to_check, structure_presence,
+)
 
 
 def test_sure_voxels_share_and_the_slices_to_check_first():
@@ -39,8 +41,18 @@ def test_slices_to_check_list_where_structures_end_then_the_weakest():
     held = {1: np.array([0, 1, 1, 1, 1, 1, 0, 0], bool), 2: np.array([1, 1, 1, 1, 0, 0, 0, 0], bool)}
     presence = {1: np.array([0, 0.9, 0.9, 0.1, 0.7, 0.6, 0, 0]), 2: np.array([0.8, 0.8, 0.8, 0.8, 0, 0, 0, 0])}
     listed = slices_to_check(sure, presence, held, painted=[2])
-    # structure 1 begins on 1 and ends on 5; structure 2 begins on the volume's first slice (not an end) and ends on 3
-    assert [(c.slice, c.ends) for c in listed[:3]] == [(1, ((1, "first"),)), (3, ((2, "last"),)), (5, ((1, "last"),))]
-    assert listed[1].weakest == (1, 0.1)  # on slice 3 structure 1 is the least present
-    assert [c.slice for c in listed[3:]] == [4, 0]  # min(sure, presence): 0.7, 0.8; slice 2 is painted
+    # structure 1 begins on 1 and ends on 5; structure 2 reaches the volume's first slice and ends on 3
+    assert [(c.slice, c.ends) for c in listed[:4]] == [
+        (0, ((2, "scan start"),)), (1, ((1, "first"),)), (3, ((2, "last"),)), (5, ((1, "last"),)),
+    ]
+    assert listed[2].weakest == (1, 0.1)  # on slice 3 structure 1 is the least present
+    assert [c.slice for c in listed[4:]] == [4]  # min(sure, presence) 0.7; slice 2 is painted
     assert len(slices_to_check(sure, presence, held, painted=[2], count=2)) == 2
+    names = {1: "liver", 2: "spleen"}
+    assert [check_reason(c, names) for c in listed] == [
+        "slice 0: spleen reaches the scan's first slice: it may go on beyond the scan",
+        "slice 1: liver begins here: is the slice before empty?",
+        "slice 3: spleen ends here: is the slice after empty?; liver looks unlike the painting (10% alike)",
+        "slice 5: liver ends here: is the slice after empty?",
+        "slice 4: least sure boundary",
+    ]

@@ -127,21 +127,30 @@ def test_segment_volume_gives_a_prediction_on_the_image_grid_and_maps(qtbot, ses
     for name in ("bright", "dark"):
         attention = viewer.layers[f"scan {name} attention"]
         assert attention.data.shape == image.data.shape and not attention.visible and attention.blending == "additive"
-    bright = viewer.layers["scan bright attention"].data
+    attention = viewer.layers["scan bright attention"]
+    bright = attention.data
     assert bright[truth == 1].mean() > bright[truth == 0].mean()
+    # the tint starts above most of the scan's similarity, so the structure stands out
+    low, high = attention.contrast_limits
+    assert np.median(bright) <= low + 1e-6 < high <= bright.max() + 1e-6 and (bright[truth == 1] > low).mean() > 0.8
     assert widget.export_layer.value is prediction
-    assert "Segmented 24 slices" in widget.status.value
+    assert "Segmented the volume" in widget.status.value
+    assert viewer.layers.selection.active == support  # painting goes on on the support, not on a new layer
+    assert viewer.dims.axis_labels[0] == "axial (I→S)"
 
-    # the slices worth a look: where each structure begins and ends, then the weakest; a click goes there
+    # the slices worth a look and why: where each structure begins and ends, then the weakest; a click goes there
     listed = list(widget.check.choices)
     assert 0 < len(listed) <= 10 and PAINTED not in listed
     text = [widget.check.native.item(i).text() for i in range(widget.check.native.count())]
     for value, name in ((1, "bright"), (2, "dark")):
         held = np.flatnonzero((prediction.data == value).any(axis=(1, 2)))
         assert 0 < held[0] and held[-1] < len(prediction.data) - 1  # both end inside the volume
-        assert any(t.startswith(f"slice {held[0]}: ") and f"{name} begins" in t for t in text)
-        assert any(t.startswith(f"slice {held[-1]}: ") and f"{name} ends" in t for t in text)
-    assert all(t.endswith(" sure") for t in text) and any(" present, " in t for t in text)
+        assert f"slice {held[0]}: {name} begins here: is the slice before empty?" in "; ".join(text)
+        assert any(t.startswith(f"slice {held[-1]}: ") and f"{name} ends here" in t for t in text)
+    # the list stays when another layer comes and goes (napari resets the widget's choices then)
+    other = viewer.add_points([[1, 2, 3]], name="unrelated")
+    viewer.layers.remove(other)
+    assert list(widget.check.choices) == listed
     widget.check.value = [listed[-1]]
     assert viewer.dims.current_step[0] == listed[-1]
 
@@ -291,7 +300,19 @@ def test_export_writes_the_mask_with_the_source_geometry_and_a_sidecar(qtbot, se
     assert sidecar["segmentation"]["support_slices"] == {"1": [PAINTED], "2": [PAINTED]}
     assert sidecar["segmentation"]["encoder"] == "tiny" and sidecar["segmentation"]["head"] == "alpnet"
     assert sidecar["segmentation"]["backend"] == "torch" and sidecar["segmentation"]["runtime"].startswith("torch f32")
+    assert sidecar["segmentation"]["earlier_runs"] == []  # the volume run replaced every slice
     assert Geometry.from_dict(sidecar["geometry"]).same_grid(source)
+
+    # a slice preview after the volume run: the sidecar lists both runs, the preview first
+    _go_to(viewer, 16)
+    _run(qtbot, widget, widget.segment_slice)
+    out = tmp_path / "new folder" / "mask.nii.gz"  # a folder that does not exist yet is made
+    assert widget.export_mask(str(out))[0] == str(out)
+    sidecar = json.loads((tmp_path / "new folder" / "mask.json").read_text())
+    assert sidecar["segmentation"]["slices"] == [16]
+    [volume_run] = sidecar["segmentation"]["earlier_runs"]
+    assert volume_run["slices"] == "all" and volume_run["keep"] == "painted"
+    assert any("Made the folder" in message for message in _messages())
 
     # over the scan itself: refused, nothing written, a notification says why
     scan_bytes = scan[0].read_bytes()
@@ -388,7 +409,7 @@ def test_the_encoders_load_in_a_viewer_drawn_by_mesa_llvm(tmp_path):
         "widget.run('volume')\n"
         "while widget._runner.busy:\n"
         "    napari.qt.get_qapp().processEvents(); time.sleep(0.01)\n"
-        "assert 'Segmented 8 slices' in widget.status.value, widget.status.value\n"
+        "assert 'Segmented the volume' in widget.status.value, widget.status.value\n"
         "import torchvision  # what the litemedsam and resnet101-coco encoders import\n"
         "print('loaded')\n"
     )
@@ -402,6 +423,10 @@ def test_refine_trains_on_the_labelled_slices_and_its_model_applies_again(qtbot,
     monkeypatch.setattr("napari_fewshot._napari.widget.REFINE_BATCH", 2)
     support.events.paint(value=[])  # the end of a brush stroke
     assert not widget.refine.enabled and "(1 of 8 slices)" in widget.refine.text  # one painted slice
+    support.paint((3, 20, 20), 1, refresh=True)
+    assert "(2 of 8 slices)" in widget.refine.text
+    support.undo()  # the count follows the data: napari's undo sends no paint event
+    assert "(1 of 8 slices)" in widget.refine.text
     slices = list(range(5, 21, 2))  # 8 slices
     for z in slices:
         support.data_setitem(np.nonzero(_slice_mask(truth, z)), truth[_slice_mask(truth, z)])

@@ -16,6 +16,16 @@ from .layers import dicom_source, labels_for_writing
 PROVENANCE = "napari_fewshot"
 
 
+def record_run(earlier: dict[str, Any] | None, run: dict[str, Any], replaces_all: bool) -> dict[str, Any]:
+    """The provenance of a layer after ``run`` wrote into it: ``run``'s record, with ``earlier_runs`` listing
+    the runs whose slices it still holds (none when ``run`` replaced every slice; otherwise ``earlier``,
+    the layer's provenance before, and the runs it listed, newest first)."""
+    if replaces_all or not earlier:
+        return {**run, "earlier_runs": []}
+    before = {key: value for key, value in earlier.items() if key != "earlier_runs"}
+    return {**run, "earlier_runs": [before, *earlier.get("earlier_runs", [])]}
+
+
 def export_labels(path: str | Path, data: Any, attributes: dict[str, Any], names: dict[int, str]) -> tuple[Path, Path]:
     """Write a Labels layer to ``path`` (NIfTI, NRRD or MHA) on its scan's grid, and its sidecar.
 

@@ -28,6 +28,10 @@ from .structures import names_features
 LayerDataTuple = tuple[np.ndarray, dict[str, Any], str]
 
 
+#: The axes of a scan as the reader lays it out (LPS: axial slices along the first axis), named for the viewer.
+AXIS_LABELS = ("axial (I→S)", "A→P", "R→L")
+
+
 def volume_layer_data(volume: Volume, name: str | None = None, names: dict[int, str] | None = None) -> LayerDataTuple:
     """A napari layer data tuple (Image, or Labels for a label map) for ``volume``.
 
@@ -38,6 +42,7 @@ def volume_layer_data(volume: Volume, name: str | None = None, names: dict[int, 
     kwargs: dict[str, Any] = {
         "name": name or split_extension(geometry.source)[0] or "volume",
         "metadata": {"geometry": geometry.to_dict(), "orientation": orientation.to_dict()},
+        "axis_labels": AXIS_LABELS,
         **({"features": names_features(names)} if names else {}),
         **view_geometry(geometry, orientation).napari_kwargs(),
     }
@@ -97,6 +102,8 @@ def support_layer_data(shape: tuple[int, ...], image: dict[str, Any], name: str)
     """
     metadata = {key: image["metadata"][key] for key in ("geometry", "orientation", "dicom") if key in image["metadata"]}
     kwargs = {key: image[key] for key in ("scale", "translate", "rotate")}
+    if "orientation" in metadata and len(shape) == len(AXIS_LABELS):
+        kwargs["axis_labels"] = AXIS_LABELS
     return np.zeros(shape, dtype=np.uint8), {**kwargs, "name": name, "metadata": metadata}, "labels"
 
 

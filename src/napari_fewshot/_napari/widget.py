@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import (
-    CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton, Select, SpinBox, create_widget,
+    CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, ProgressBar, PushButton, Select, SpinBox, create_widget,
 )
 from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..core.boundaries import BOUNDARIES
-from ..core.confidence import slice_confidence, slices_to_check
+from ..core.confidence import check_reason, slice_confidence, slices_to_check
 from ..core.device import available_devices
 from ..core.encoders import ENCODERS
 from ..core.engine import DEFAULT_ENCODER, Segmentation, encode_volume, segment
@@ -32,7 +32,7 @@ from ..core.refined import REFINED_FILE
 from ..core.runtime import BACKENDS, resolve_runtime
 from ..io import VolumeWriteError
 from ..io.formats import is_seg_path
-from .export import export_labels
+from .export import PROVENANCE, export_labels, record_run
 from .layers import layer_attributes, support_layer_data
 from .reader_preference import patterns_read_elsewhere, prefer_this_reader
 from .refining import MIN_LABELLED_SLICES, apply_job, labelled_slices, refine_job, show_refined
@@ -51,6 +51,8 @@ CPU_SECONDS_PER_SLICE = {("litemedsam", "openvino"): 0.3, ("litemedsam", "torch"
 ENCODE_AHEAD = True
 #: Keyboard shortcuts on the viewer, by action.
 SHORTCUTS = {"segment slice": "Alt-S", "segment volume": "Alt-V", "add to support": "Alt-A"}
+#: A run that encoded at least this many slices times the encoder for the widget's estimate of a first run.
+MEASURED_SLICES = 4
 #: How many slices the "Slices to check" list shows.
 SLICES_TO_CHECK = 10
 #: The Boundaries choice that leaves it to the engine (the decoder where it can draw).
@@ -124,19 +126,22 @@ class FewShotWidget(Container):
         self.maps = ComboBox(label="Maps", choices=list(MAPS), value="attention")
         self.maps.tooltip = "Per structure, an Image layer (hidden; additive) with the prototype attention or the probability"
         self.device_note = Label(value="")
-        self.segment_slice = PushButton(text="Segment slice")
+        self.segment_slice = PushButton(text=f"Segment slice ({SHORTCUTS['segment slice']})")
         self.segment_slice.tooltip = f"Preview the slice on screen ({SHORTCUTS['segment slice']})"
-        self.segment_volume = PushButton(text="Segment volume")
+        self.segment_volume = PushButton(text=f"Segment volume ({SHORTCUTS['segment volume']})")
         self.segment_volume.tooltip = f"Segment every slice in the background ({SHORTCUTS['segment volume']})"
         self.cancel = PushButton(text="Cancel", enabled=False)
         self.cancel.tooltip = "Stop the run; the slices segmented so far stay in the prediction"
+        self.progress = ProgressBar(value=0, min=0, max=1, visible=False)
+        self.progress.tooltip = "Slices of the running segmentation done, of those planned"
         self.status = Label(value="")
-        self.check = Select(label="Slices to check", choices=[])
+        self._to_check: list[tuple[str, int]] = []  # the last run's slices to check (kept when layers change)
+        self.check = Select(label="Slices to check", choices=lambda _: self._to_check)
         self.check.tooltip = (
-            "Where each structure begins and ends in the last run, then the slices least sure or least present "
-            "(how much the prediction resembles the painting, 0-1); click one to go there"
+            "Slices of the last run worth a look, and why: where each structure begins or ends (or runs off the scan), "
+            "where it looks unlike the painting, then the least sure boundaries; click one to go there"
         )
-        self.add_to_support = PushButton(text="Add slice to support")
+        self.add_to_support = PushButton(text=f"Add slice to support ({SHORTCUTS['add to support']})")
         self.add_to_support.tooltip = (
             f"Copy the prediction of the slice on screen, as corrected, into the support ({SHORTCUTS['add to support']}; "
             "undo on the support layer with Ctrl-Z)"
@@ -164,15 +169,22 @@ class FewShotWidget(Container):
         )
         for widget in (self.device_note, self.status):
             widget.native.setWordWrap(True)
+        # the expert knobs, folded away under one button
+        self.advanced = Container(labels=True, visible=False, widgets=[
+            self.encoder, self.head, self.device, self.backend, self.keep, self.boundaries, self.fill_holes,
+            self.every_slice, self.encode_ahead, self.maps, self.refine_steps, self.model_folder,
+        ])  # fmt: skip
+        self.show_advanced = PushButton(text="Advanced settings ▸")
+        self.show_advanced.tooltip = "Encoder, head, device and backend; post-processing; maps; refine settings"
         self.extend([
-            self.use_reader, self.image, self.support, self.new_support, self.names, self.encoder, self.head, self.device,
-            self.backend, self.keep, self.boundaries, self.fill_holes, self.every_slice, self.encode_ahead, self.maps,
-            self.device_note, self.segment_slice, self.segment_volume,
-            self.cancel, self.status, self.check, self.add_to_support, self.refine_steps, self.model_folder, self.refine,
-            self.apply_model, self.export_layer, self.export_path, self.export,
+            self.use_reader, self.image, self.support, self.new_support, self.names, self.show_advanced, self.advanced,
+            self.device_note, self.segment_slice, self.segment_volume, self.cancel, self.progress, self.status,
+            self.check, self.add_to_support, self.refine, self.apply_model, self.export_layer, self.export_path,
+            self.export,
         ])  # fmt: skip
 
         self.use_reader.changed.connect(self.prefer_reader)
+        self.show_advanced.changed.connect(self._toggle_advanced)
         self.new_support.changed.connect(self.add_support_layer)
         self.segment_slice.changed.connect(lambda: self.run("slice"))
         self.segment_volume.changed.connect(lambda: self.run("volume"))
@@ -186,6 +198,9 @@ class FewShotWidget(Container):
         self.check.changed.connect(self._go_to_checked)
         self.names.changed.connect(self._name_layers)
         self.support.changed.connect(self._show_support_names)
+        for widget in (self.image, self.support, self.export_layer):
+            widget.changed.connect(self._update_actions)
+        self.image.changed.connect(self._clear_stale_status)
         for widget in (self.image, self.encoder, self.device, self.backend):
             widget.changed.connect(self._update_device_note)
             widget.changed.connect(self._encode_ahead)
@@ -198,6 +213,7 @@ class FewShotWidget(Container):
         for action, key in SHORTCUTS.items():
             viewer.bind_key(key, self._shortcut(action), overwrite=True)
         self._update_device_note()
+        self._update_actions()
         self._encode_ahead()
 
     # -- actions ---------------------------------------------------------------------
@@ -335,6 +351,8 @@ class FewShotWidget(Container):
         elif job.function is segment:
             left = "" if seconds_left is None else f", about {_duration(seconds_left)} left"
             self._say(f"{job.description}: {done} of {'' if done >= total else '~'}{total} slices{left}")
+            self.progress.max, self.progress.value = total, done
+            self.progress.visible = True
 
     def _show_preview(self, context: dict[str, Any], value: int, slices: np.ndarray, mask: np.ndarray,
                       axis: int) -> None:
@@ -449,6 +467,13 @@ class FewShotWidget(Container):
         if not target or target == ".":
             return self._refuse("Choose a file to export to (.nii.gz, .nii, .nrrd, .mha, or .dcm for DICOM SEG).") or []
         names = layer_names(layer.features) or self._names() or {}
+        folder = Path(target).parent
+        if not folder.exists():
+            try:
+                folder.mkdir(parents=True)
+            except OSError as error:
+                return self._refuse(f"Could not make the folder {folder} to export into: {error}", error=True) or []
+            show_info(f"Made the folder {folder} to export into.")
         try:
             written = export_labels(target, layer.data, layer_attributes(layer), names)
         except VolumeWriteError as error:
@@ -483,13 +508,14 @@ class FewShotWidget(Container):
 
     def _watch_support(self) -> None:
         """Follow the chosen support's edits, so that 'Refine' is enabled once enough slices are labelled."""
+        events = ("paint", "labels_update", "data", "set_data")  # set_data: undo and redo write the data silently
         if self._watched is not None:
-            self._watched.events.paint.disconnect(self._update_refine)
-            self._watched.events.data.disconnect(self._update_refine)
+            for name in events:
+                getattr(self._watched.events, name).disconnect(self._update_refine)
         self._watched = self.support.value
         if self._watched is not None:
-            self._watched.events.paint.connect(self._update_refine)
-            self._watched.events.data.connect(self._update_refine)
+            for name in events:
+                getattr(self._watched.events, name).connect(self._update_refine)
         self._update_refine()
 
     def _update_refine(self, event: Any = None) -> None:
@@ -559,7 +585,7 @@ class FewShotWidget(Container):
         if image not in self._viewer.layers:
             return  # closed during the run: _layer_removed has said so
         encoded = result.encoded_slices
-        if encoded and result.device == "cpu":
+        if encoded >= MEASURED_SLICES and result.device == "cpu":  # a slice or two would time the model's loading
             self._seconds_per_slice[result.encoder, result.runtime.backend] = result.seconds["encode"] / encoded
             self._update_device_note()
         axis = options["axis"]
@@ -581,18 +607,23 @@ class FewShotWidget(Container):
             "runtime": str(result.runtime),
             "seconds": round(result.seconds["total"], 2),
         }
+        whole = len(slices) == image.data.shape[axis]
+        earlier = previous.metadata.get(PROVENANCE) if previous is not None else None
         prediction = show_segmentation(
             self._viewer, image, result, slices=slices, axis=options["axis"], names=names, maps=self.maps.value,
-            provenance=provenance,
+            provenance=record_run(earlier, provenance, replaces_all=whole),
         )
         self._written[prediction] = np.array(prediction.data, copy=True)
         self.export_layer.reset_choices()
         self.export_layer.value = prediction
-        if len(slices) > 1:
+        if context["support"] in self._viewer.layers:  # painting goes on where it was, not on the new layers
+            self._viewer.layers.selection.active = context["support"]
+        if whole:
             self._list_slices_to_check(result, options["axis"], names)
+            self.device_note.value = f"Features of '{image.name}' ready where this run went: segmenting again takes seconds."
         seconds = result.seconds
         self._say(
-            f"Segmented {len(slices)} slice{'s' if len(slices) > 1 else ''} in {seconds['total']:.1f} s "
+            f"Segmented {'the volume' if whole else f'slice {slices[0]}'} in {seconds['total']:.1f} s "
             f"(encoding {encoded} slices: {seconds['encode']:.1f} s; head and boundaries: {seconds['head']:.1f} s) "
             f"on {result.runtime}."
         )
@@ -603,15 +634,9 @@ class FewShotWidget(Container):
         predicted = {value: (labels == value).any(axis=1) for value in result.presence}
         painted = {z for slices in result.support_slices.values() for z in slices}
         listed = slices_to_check(sure, result.presence, predicted, painted, SLICES_TO_CHECK)
-        name = {value: names.get(value, f"structure {value}") for value in result.presence}
-        choices = []
-        for item in listed:
-            notes = [f"{name[value]} {'begins' if which == 'first' else 'ends'}" for value, which in item.ends]
-            if item.weakest is not None:
-                notes.append(f"{name[item.weakest[0]]} {item.weakest[1]:.2f} present")
-            choices.append((f"slice {item.slice}: {', '.join([*notes, f'{item.sure:.2f} sure'])}", item.slice))
+        self._to_check = [(check_reason(item, names), item.slice) for item in listed]
         self.check.changed.disconnect(self._go_to_checked)
-        self.check.choices = choices
+        self.check.reset_choices()
         self.check.value = []
         self.check.changed.connect(self._go_to_checked)
 
@@ -681,7 +706,25 @@ class FewShotWidget(Container):
     def _busy(self, busy: bool) -> None:
         self.cancel.enabled = busy
         if not busy:
+            self.progress.visible = False
             self._encode_ahead()
+
+    def _toggle_advanced(self) -> None:
+        self.advanced.visible = not self.advanced.visible
+        self.show_advanced.text = f"Advanced settings {'▾' if self.advanced.visible else '▸'}"
+
+    def _update_actions(self, *_: Any) -> None:
+        """Enable only what can work: segmenting needs a scan and a support, a support a scan, export a layer."""
+        image, support = self.image.value, self.support.value
+        for button in (self.segment_slice, self.segment_volume, self.add_to_support):
+            button.enabled = image is not None and support is not None
+        self.new_support.enabled = image is not None
+        self.export.enabled = self.export_layer.value is not None
+
+    def _clear_stale_status(self, *_: Any) -> None:
+        """A new scan chosen: a line about the previous one (or about there being none) no longer holds."""
+        if not self._runner.busy:
+            self._say("")
 
     def _shortcut(self, action: str):
         actions = {

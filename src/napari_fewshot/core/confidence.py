@@ -74,7 +74,9 @@ def structure_presence(attention: np.ndarray, predicted: np.ndarray, levels: np.
 class SliceToCheck:
     """A slice worth a look: its ``sure`` confidence, the least present structure predicted
     on it (``weakest``: label value and presence, None when none is), and the structures
-    whose prediction begins or ends on it (``ends``: label value and ``first`` or ``last``)."""
+    whose prediction begins or ends on it (``ends``: label value and ``first`` or ``last``;
+    on the volume's first or last slice, ``scan start`` or ``scan end``: it may go on
+    beyond the scan)."""
 
     slice: int
     sure: float
@@ -94,18 +96,18 @@ def slices_to_check(
 
     sure : ``[Z]`` from :func:`slice_confidence`; presence, predicted : per label value,
     ``[Z]`` from :func:`structure_presence` and ``[Z]`` bool (slices holding that
-    structure).  A prediction that reaches the first or last slice of the volume does
-    not end there.  Ends come first (in slice order), then the rest by
-    min(sure, weakest presence), lowest first (ties: lower slice first).
+    structure).  A prediction that reaches the first or last slice of the volume is
+    listed there as ``scan start`` or ``scan end``.  Ends come first (in slice order),
+    then the rest by min(sure, weakest presence), lowest first (ties: lower slice first).
     """
     n = len(sure)
     unpainted = ~np.isin(np.arange(n), list(painted))
     ends: dict[int, list[tuple[int, str]]] = {}
     for value, held in predicted.items():
         slices = np.flatnonzero(held)
-        for z, which in ((slices[:1], "first"), (slices[-1:], "last")):
-            if z.size and 0 < z[0] < n - 1 and unpainted[z[0]]:
-                ends.setdefault(int(z[0]), []).append((value, which))
+        for z, which, edge, at_edge in ((slices[:1], "first", 0, "scan start"), (slices[-1:], "last", n - 1, "scan end")):
+            if z.size and unpainted[z[0]]:
+                ends.setdefault(int(z[0]), []).append((value, at_edge if z[0] == edge else which))
     weakest = {}
     for z in np.flatnonzero(np.any(list(predicted.values()), axis=0) & unpainted):
         weakest[int(z)] = min(((v, float(presence[v][z])) for v, held in predicted.items() if held[z]), key=lambda p: p[1])
@@ -113,3 +115,25 @@ def slices_to_check(
     rest = sorted((z for z in score if z not in ends), key=lambda z: (score[z], z))
     chosen = (sorted(ends) + rest)[:count]
     return [SliceToCheck(z, float(sure[z]), weakest.get(z), tuple(ends.get(z, ()))) for z in chosen]
+
+
+#: Below this presence a structure's prediction on a slice is said to look unlike its painting.
+UNLIKE = 0.5
+
+
+def check_reason(item: SliceToCheck, names: dict[int, str]) -> str:
+    """Why ``item``'s slice is worth a look, in words: where a structure begins or ends (or runs off the
+    scan), where it looks unlike its painting, or else an unsure boundary.  ``names``: per label value."""
+
+    def called(value: int) -> str:
+        return names.get(value, f"structure {value}")
+
+    reasons = [{
+        "first": f"{called(value)} begins here: is the slice before empty?",
+        "last": f"{called(value)} ends here: is the slice after empty?",
+        "scan start": f"{called(value)} reaches the scan's first slice: it may go on beyond the scan",
+        "scan end": f"{called(value)} reaches the scan's last slice: it may go on beyond the scan",
+    }[which] for value, which in item.ends]
+    if item.weakest is not None and item.weakest[1] < UNLIKE:
+        reasons.append(f"{called(item.weakest[0])} looks unlike the painting ({item.weakest[1]:.0%} alike)")
+    return f"slice {item.slice}: {'; '.join(reasons) or 'least sure boundary'}"
