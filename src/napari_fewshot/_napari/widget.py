@@ -32,6 +32,7 @@ from ..core.refined import REFINED_FILE
 from ..core.runtime import BACKENDS, resolve_runtime
 from ..io import VolumeWriteError
 from ..io.formats import is_seg_path
+from .corrections import corrected_slices, kept_empty
 from .export import PROVENANCE, export_labels, record_run
 from .layers import layer_attributes, support_layer_data
 from .reader_preference import patterns_read_elsewhere, prefer_this_reader
@@ -561,11 +562,9 @@ class FewShotWidget(Container):
         written = None if prediction is None else self._written.get(prediction)
         if written is None or written.shape != prediction.data.shape:
             return
-        changed = np.moveaxis(prediction.data != written, axis, 0).reshape(written.shape[axis], -1).any(axis=1)
-        holds = np.moveaxis(prediction.data, axis, 0).reshape(written.shape[axis], -1).any(axis=1)
-        cleared = np.flatnonzero(changed & ~holds).tolist()
+        corrected, cleared = corrected_slices(np.asarray(prediction.data), written, axis)
         self._cleared.setdefault(prediction, set()).update((axis, z) for z in cleared)
-        slices = _copy_slices(prediction, support, np.flatnonzero(changed & holds).tolist(), axis)
+        slices = _copy_slices(prediction, support, corrected, axis)
         self._update_refine()
         if slices or cleared:
             added = f"Slices {', '.join(map(str, slices))} corrected in '{prediction.name}' were added to the support. " if slices else ""
@@ -591,7 +590,7 @@ class FewShotWidget(Container):
         axis = options["axis"]
         previous = find_layer(self._viewer, prediction_name(image), Labels, image.data.shape)
         painted = {z for slices in result.support_slices.values() for z in slices}
-        empty = sorted(z for a, z in self._cleared.get(previous, ()) if a == axis and z not in painted)
+        empty = kept_empty(self._cleared.get(previous, set()), axis, painted)
         if empty:
             result.labels[slice_index(empty, axis, result.labels.shape)] = 0
         provenance = {
