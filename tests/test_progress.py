@@ -21,9 +21,13 @@ def test_done_and_total_count_only_the_counted_stages_and_a_plan_may_change():
     assert told[-1][:2] == (8, 14)
 
 
-def test_seconds_left_use_each_stages_own_rate():
+def test_seconds_left_use_each_stages_own_rate_after_its_first_step():
     clock = RunProgress(None)
-    clock.plan(encode=10, head=10, draw=10)
+    clock.plan(encode=12, head=12, draw=10)
+    time.sleep(0.3)
+    clock.run("encode", 1)  # the first step warms up (a model loading): not timed
+    clock.run("head", 1)
+    assert clock.seconds_left() is None  # no stage has a rate yet
     time.sleep(0.2)
     clock.run("encode", 2)  # ~0.1 s per slice
     assert clock.seconds_left() is None  # the head and drawing have no rate yet
@@ -33,9 +37,9 @@ def test_seconds_left_use_each_stages_own_rate():
     time.sleep(0.02)
     clock.run("head", 2)  # ~0.01 s per slice
     left = clock.seconds_left()
-    # 8 slices to encode at ~0.1 s, 8 to predict at ~0.01 s, 10 to draw at 0.05 s
-    assert 0.8 + 0.08 + 0.5 <= left < 1.5 * (0.8 + 0.08 + 0.5)
-    clock.run("encode", 8), clock.run("head", 8), clock.run("draw", 10)
+    # 9 slices to encode at ~0.1 s, 9 to predict at ~0.01 s, 10 to draw at 0.05 s
+    assert 0.9 + 0.09 + 0.5 <= left < 1.5 * (0.9 + 0.09 + 0.5)
+    clock.run("encode", 9), clock.run("head", 9), clock.run("draw", 10)
     assert clock.seconds_left() == 0.0
 
 
@@ -43,18 +47,22 @@ def test_an_encoding_run_counts_its_encoded_slices():
     told = []
     clock = RunProgress(lambda *a: told.append(a), counted=("encode",))
     clock.plan(encode=3)
-    clock.run("encode", 3)
-    assert told == [(0, 3, None), (3, 3, 0.0)]
+    clock.run("encode", 1)
+    clock.run("encode", 2)
+    assert told == [(0, 3, None), (1, 3, None), (3, 3, 0.0)]
 
 
 def test_a_rate_measured_before_the_run_stands_in_until_the_run_times_its_own():
     clock = RunProgress(None)
-    clock.plan(encode=4, head=2)
+    clock.plan(encode=5, head=3)
     clock.assume("encode", 0.5)  # e.g. from an earlier run's encoding
-    assert clock.seconds_left() is None  # the head has no rate at all
+    clock.run("head", 1)  # warms up
+    assert clock.seconds_left() is None  # the head has no rate yet
     time.sleep(0.05)
     clock.run("head", 1)
-    assert 2.0 + 0.05 <= clock.seconds_left() < 2.0 + 0.5
+    assert 2.5 + 0.05 <= clock.seconds_left() < 2.5 + 0.5
+    clock.run("encode", 1)  # warms up: the assumed rate holds
+    assert clock.seconds_left() >= 4 * 0.5
     time.sleep(0.2)
     clock.run("encode", 2)  # its own rate (~0.1 s per slice) replaces the assumed one
     assert clock.seconds_left() < 0.5

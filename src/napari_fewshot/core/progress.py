@@ -28,7 +28,9 @@ class RunProgress:
     counted : the stages whose slices ``done`` and ``total`` count (the others only take time).
 
     ``run(stage, n)`` says ``n`` more slices finished ``stage``; the time since the
-    previous step is that stage's.  ``plan(stage=n, ...)`` sets how many slices each
+    previous step is that stage's.  A stage's first step is not timed: it warms the
+    runtime up, and in a segmentation it is the painted slices alone, with the
+    head's work on the painting.  ``plan(stage=n, ...)`` sets how many slices each
     stage will handle in all; ``sample(stage, seconds, n)`` gives a rate measured apart
     (such as the decoder's on the painted slices) for a stage that has not run yet;
     ``assume(stage, seconds_per_slice)`` a rate measured before the run.
@@ -40,6 +42,7 @@ class RunProgress:
         self.finished = dict.fromkeys(STAGES, 0)
         self._steps: dict[str, list[tuple[float, int]]] = {stage: [] for stage in STAGES}  # (seconds, slices)
         self._assumed: dict[str, float] = {}
+        self._warmed: set[str] = set()  # the stages whose first step has run
         self._last = time.perf_counter()
 
     @property
@@ -55,7 +58,9 @@ class RunProgress:
     def run(self, stage: str, slices: int) -> None:
         """``slices`` more slices finished ``stage``; the seconds since the previous step were spent on them."""
         now = time.perf_counter()
-        self._steps[stage].append((max(now - self._last, 0.0), slices))
+        if stage in self._warmed:
+            self._steps[stage].append((max(now - self._last, 0.0), slices))
+        self._warmed.add(stage)
         self._last = now
         self.finished[stage] += slices
         self._tell()
@@ -81,13 +86,12 @@ class RunProgress:
         return lambda slices: self.run(stage, slices)
 
     def seconds_left(self) -> float | None:
-        """The slices left in each stage times its seconds per slice; None while a stage with slices left has
-        rate yet, timed or assumed.  A stage's first step (a sample, or one that warmed the runtime up)
-        stops counting once later steps are timed."""
+        """The slices left in each stage times its seconds per slice (timed, sampled, or else assumed); None
+        while a stage with slices left has no rate."""
         left = 0.0
         for stage in STAGES:
             remaining = self.planned[stage] - self.finished[stage]
-            steps = self._steps[stage][1:] or self._steps[stage]
+            steps = self._steps[stage]
             slices = sum(n for _, n in steps)
             if remaining <= 0:
                 continue
