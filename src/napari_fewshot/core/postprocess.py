@@ -14,9 +14,10 @@ KEEP = ("all", "largest", "painted")
 GROWTH = 2.0
 
 
-def _components(mask: np.ndarray) -> np.ndarray:
-    """Connected components of ``mask`` numbered 1, 2, ... from the largest; 0 outside."""
-    return sitk.GetArrayFromImage(sitk.RelabelComponent(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)))))
+def _components(mask: np.ndarray, by_size: bool = True) -> np.ndarray:
+    """Connected components of ``mask`` numbered 1, 2, ... (from the largest when ``by_size``); 0 outside."""
+    components = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)))
+    return sitk.GetArrayFromImage(sitk.RelabelComponent(components) if by_size else components)
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -34,7 +35,7 @@ def largest_per_structure(labels: np.ndarray) -> np.ndarray:
 
 def connected_to(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     """The components of ``mask`` ``[Z, Y, X]`` bool that hold a voxel of ``seeds`` (same shape, bool)."""
-    components = _components(mask)
+    components = _components(mask, by_size=False)
     touched = np.zeros(int(components.max()) + 1, dtype=bool)
     touched[components[seeds & mask]] = True
     touched[0] = False
