@@ -413,12 +413,14 @@ def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser(
         "evaluate",
         help="benchmark methods on labelled volumes: Dice, HD95, surface Dice, time and memory, side by side",
-        description="Run this project's engine and the peers' propagation (LiteMedSAM box prompts, registration, "
-        "the copy floor) on the same tasks in one process; write OUT/results.json, OUT/results.md and plots.",
+        description="Run this project's engine and the peers (LiteMedSAM box prompts, registration, interpolation "
+        "between painted slices, the copy floor) on the same tasks in one process; write OUT/results.json, "
+        "OUT/results.md and plots.",
     )
     evaluate.add_argument(
         "--case", nargs="+", action="append", required=True, metavar=("DIR", "LABEL"),
-        help="a folder with image.* and label.* (and labels.json naming the values), then the label values to test; repeatable",
+        help="a folder with image.* and label.* (and labels.json naming the values), then the label values (or names) to "
+        "test, or 'all': every structure on at least 5 slices; repeatable. Results are also averaged per kind of structure",
     )
     evaluate.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=["one-largest"],
                           help="which slices are painted and scored (default one-largest)")

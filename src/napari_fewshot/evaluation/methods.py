@@ -12,6 +12,9 @@
 - ``litemedsam-box``: the painted mask's box prompts LiteMedSAM on the next slice,
   each predicted mask's box the one after, until the mask vanishes;
 - ``registration``: the mask warped slice to slice by demons registration;
+- ``interpolation``: 3D Slicer's "Fill between slices", ITK's morphological
+  contour interpolation between the painted slices (nothing beyond the
+  outermost ones; with one painted slice, that slice alone);
 - ``copy``: the painted mask copied to every slice of the structure's true extent
   (it knows where the structure ends: a floor, not a method).
 
@@ -39,10 +42,11 @@ from ..core.priors import DECAY_MM
 from ..core.runtime import resolve_runtime
 from ..core.sam_decoder import BoxDecoder, box_decoder
 from .cases import Task
+from .interpolation import interpolate, interpolation_missing
 from .propagation import BoxPromptStep, RegistrationStep, copy_step, propagate
 from .protocols import extent, query_thirds
 
-BASELINES = ("litemedsam-box", "registration", "copy")
+BASELINES = ("litemedsam-box", "registration", "interpolation", "copy")
 #: The flags that switch the engine's location prior off, its stop at each structure's ends off, its distance decay
 #: on, and its prediction of every slice on.
 NO_LOCATION, NO_ENDS, DECAY, EVERY = "nolocation", "noends", "decay", "every"
@@ -162,6 +166,20 @@ class RegistrationMethod(Method):
         return propagate(_seeds(task), len(case.image), RegistrationStep(volume, case.spacing[1:]))
 
 
+class InterpolationMethod(Method):
+    name = "interpolation"
+
+    def __init__(self) -> None:
+        if (missing := interpolation_missing()) is not None:
+            raise ValueError(f"method '{self.name}': {missing}")
+
+    def encoder(self, context: Context) -> str | None:
+        return None
+
+    def __call__(self, task: Task, context: Context) -> np.ndarray:
+        return interpolate(task.painting(), task.case.spacing)
+
+
 class CopyMethod(Method):
     name = "copy"
 
@@ -177,7 +195,8 @@ class CopyMethod(Method):
 
 def method(name: str) -> Method:
     """The method called ``name`` (see the module's docstring); ``ValueError`` names the choices."""
-    baselines = {"litemedsam-box": BoxPromptMethod, "registration": RegistrationMethod, "copy": CopyMethod}
+    baselines = {"litemedsam-box": BoxPromptMethod, "registration": RegistrationMethod,
+                 "interpolation": InterpolationMethod, "copy": CopyMethod}
     if name in baselines:
         return baselines[name]()
     return EngineMethod(name)
