@@ -8,7 +8,8 @@
   (``+decoder``: LiteMedSAM's decoder prompted by the prototypes, the engine's
   default with the ``litemedsam`` encoder; ``+prototype``: the head), ``+nolocation``
   (no in-plane location prior), ``+noends``, ``+decay``, ``+every`` (every slice
-  predicted, not only from the painting outward to where the structure ends);
+  predicted, not only from the painting outward to where the structure ends),
+  ``+hold`` (several painted slices: each structure held to what they imply);
 - ``litemedsam-box``: the painted mask's box prompts LiteMedSAM on the next slice,
   each predicted mask's box the one after, until the mask vanishes;
 - ``registration``: the mask warped slice to slice by demons registration;
@@ -48,10 +49,10 @@ from .protocols import extent, query_thirds
 
 BASELINES = ("litemedsam-box", "registration", "interpolation", "copy")
 #: The flags that switch the engine's location prior off, its stop at each structure's ends off, its distance decay
-#: on, and its prediction of every slice on.
-NO_LOCATION, NO_ENDS, DECAY, EVERY = "nolocation", "noends", "decay", "every"
+#: on, its prediction of every slice on, and its holding of structures to several paintings on.
+NO_LOCATION, NO_ENDS, DECAY, EVERY, HOLD = "nolocation", "noends", "decay", "every", "hold"
 #: What may follow ``+`` in an engine method's name: who draws the boundaries, or a prior switched.
-FLAGS = (*BOUNDARIES, NO_LOCATION, NO_ENDS, DECAY, EVERY)
+FLAGS = (*BOUNDARIES, NO_LOCATION, NO_ENDS, DECAY, EVERY, HOLD)
 
 
 @dataclass
@@ -109,6 +110,7 @@ class EngineMethod(Method):
                 keep=keep or "painted", boundaries=next((flag for flag in flags if flag in BOUNDARIES), None),
                 location=False if NO_LOCATION in flags else None, ends=False if NO_ENDS in flags else None,
                 decay_mm=DECAY_MM if DECAY in flags else None, every_slice=EVERY in flags,
+                hold_to_paintings=HOLD in flags,
             )
         except SegmentationError as error:
             raise ValueError(f"method '{name}': {error}") from error
@@ -128,7 +130,8 @@ class EngineMethod(Method):
         for third, slice_index in zip(query_thirds(task.truth), task.support_slices):
             if len(third):
                 masks = self._segment(
-                    task, context, task.painting((slice_index,)), replace(self.options, keep="all"),
+                    task, context, task.painting((slice_index,)),
+                    replace(self.options, keep="all", hold_to_paintings=False),
                     support_image=task.support_case.image, support_spacing=task.support_case.spacing, slices=third,
                 )
                 prediction[third] = masks[third]
