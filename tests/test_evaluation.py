@@ -194,7 +194,7 @@ def test_methods_are_named_by_head_weights_and_components_kept():
     assert (engine.name, engine.head, engine.weights, engine.options.keep) == ("dspnet@none:largest", "dspnet", "none", "largest")
     assert (method("alpnet").weights, method("alpnet").options.keep) == ("default", "painted")
     assert method("copy").name == "copy" and not method("copy").cross_volume and method("panet@none").cross_volume
-    assert method("alpnet+hold").options.hold_to_paintings and not method("alpnet").options.hold_to_paintings
+    assert method("alpnet+nohold").options.hold_to_paintings is False and method("alpnet").options.hold_to_paintings is None
     with pytest.raises(ValueError, match="keep must be one of all, largest, painted"):
         method("alpnet:biggest")
     with pytest.raises(ValueError, match="weights must be default, none or a model file"):

@@ -119,6 +119,7 @@ def _segment(args: argparse.Namespace) -> int:
             options=SegmentOptions(
                 threshold=args.threshold, keep=args.keep, location=args.location_prior, decay_mm=args.decay_mm,
                 ends=args.ends, boundaries=args.boundaries, fill_holes=args.fill_holes, every_slice=args.every_slice,
+                hold_to_paintings=args.hold_to_paintings,
             ),
             cache=FeatureCache() if args.no_disk_cache else None,
             progress=ProgressBar("segmenting"),
@@ -225,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--ends", action=argparse.BooleanOptionalAction,
         help="stop each structure past its outermost painted slices at the first empty slice, or where its area, "
         "once below the painted slice's, more than doubles beyond it (default: on, off with --support-image)",
+    )
+    seg.add_argument(
+        "--hold-to-paintings", action=argparse.BooleanOptionalAction,
+        help="with several painted slices, keep each structure near the shape interpolated between neighbouring "
+        "paintings and stop it at most one gap between paintings past the outermost (default: on, off with "
+        "--support-image; one painted slice: no change)",
     )
     seg.add_argument(
         "--boundaries", metavar="decoder|prototype",
@@ -429,7 +436,7 @@ def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
         default=["alpnet", "alpnet+prototype", "dspnet", "alpnet@none", "dspnet@none+prototype", "panet@none+prototype",
                  *BASELINES],
         help="HEAD[@WEIGHTS][:KEEP][+FLAG...] for the engine (weights: default, none or a model file; keep: "
-        "painted, largest or all; flags: +decoder or +prototype boundaries, +nolocation, +noends, +decay, +every, +hold), "
+        "painted, largest or all; flags: +decoder or +prototype boundaries, +nolocation, +noends, +decay, +every, +nohold), "
         f"or one of {', '.join(BASELINES)}; the first is compared with the others",
     )
     evaluate.add_argument("--encoder", default="litemedsam",

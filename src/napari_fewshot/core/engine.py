@@ -222,7 +222,8 @@ class FewShotSession:
             raise SegmentationError(
                 "ends=True needs the painting on the image itself and every slice predicted; use ends=False"
             )
-        if options.hold_to_paintings and not (same_volume and whole):
+        hold = same_volume and whole if options.hold_to_paintings is None else options.hold_to_paintings
+        if hold and not (same_volume and whole):
             raise SegmentationError("hold_to_paintings needs the painting on the image itself and every slice predicted")
         outward = same_volume and whole and keep == "painted" and not options.every_slice
         painting = _slices_first(_checked_labels(support_labels, support.shape, same_volume), axis)
@@ -308,7 +309,7 @@ class FewShotSession:
                     labels[drawn & (labels == 0)] = value
                     drawn_by[value] = _drawn_by(calibration.trusted, support_slices)
                 advance(len(queries) - (advance.done - done_before))  # the slices without a prediction to draw
-            if options.hold_to_paintings:
+            if hold:
                 hold_structure(labels, value, painted_value, support_slices, spacing_mm)
             _postprocess(labels, value, keep, options.fill_holes, painted_value, support_slices if ends else None)
         if painted is not None:

@@ -9,7 +9,7 @@
   default with the ``litemedsam`` encoder; ``+prototype``: the head), ``+nolocation``
   (no in-plane location prior), ``+noends``, ``+decay``, ``+every`` (every slice
   predicted, not only from the painting outward to where the structure ends),
-  ``+hold`` (several painted slices: each structure held to what they imply);
+  ``+nohold`` (several painted slices do not hold each structure to what they imply);
 - ``litemedsam-box``: the painted mask's box prompts LiteMedSAM on the next slice,
   each predicted mask's box the one after, until the mask vanishes;
 - ``registration``: the mask warped slice to slice by demons registration;
@@ -49,10 +49,10 @@ from .protocols import extent, query_thirds
 
 BASELINES = ("litemedsam-box", "registration", "interpolation", "copy")
 #: The flags that switch the engine's location prior off, its stop at each structure's ends off, its distance decay
-#: on, its prediction of every slice on, and its holding of structures to several paintings on.
-NO_LOCATION, NO_ENDS, DECAY, EVERY, HOLD = "nolocation", "noends", "decay", "every", "hold"
+#: on, its prediction of every slice on, and its holding of structures to several paintings off.
+NO_LOCATION, NO_ENDS, DECAY, EVERY, NO_HOLD = "nolocation", "noends", "decay", "every", "nohold"
 #: What may follow ``+`` in an engine method's name: who draws the boundaries, or a prior switched.
-FLAGS = (*BOUNDARIES, NO_LOCATION, NO_ENDS, DECAY, EVERY, HOLD)
+FLAGS = (*BOUNDARIES, NO_LOCATION, NO_ENDS, DECAY, EVERY, NO_HOLD)
 
 
 @dataclass
@@ -110,7 +110,7 @@ class EngineMethod(Method):
                 keep=keep or "painted", boundaries=next((flag for flag in flags if flag in BOUNDARIES), None),
                 location=False if NO_LOCATION in flags else None, ends=False if NO_ENDS in flags else None,
                 decay_mm=DECAY_MM if DECAY in flags else None, every_slice=EVERY in flags,
-                hold_to_paintings=HOLD in flags,
+                hold_to_paintings=False if NO_HOLD in flags else None,
             )
         except SegmentationError as error:
             raise ValueError(f"method '{name}': {error}") from error
@@ -131,7 +131,7 @@ class EngineMethod(Method):
             if len(third):
                 masks = self._segment(
                     task, context, task.painting((slice_index,)),
-                    replace(self.options, keep="all", hold_to_paintings=False),
+                    replace(self.options, keep="all"),
                     support_image=task.support_case.image, support_spacing=task.support_case.spacing, slices=third,
                 )
                 prediction[third] = masks[third]
