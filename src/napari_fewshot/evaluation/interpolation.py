@@ -79,9 +79,13 @@ class _Worker:
         return answer
 
     def close(self) -> None:
+        """End the worker: it exits when its stdin closes (killed if it has not within 30 s)."""
         if self._process is not None:
             self._process.stdin.close()
-            self._process.wait(timeout=30)
+            try:
+                self._process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
             self._process = None
 
 
