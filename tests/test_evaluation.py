@@ -1,4 +1,4 @@
-"""The benchmark harness: metrics against hand-computed cases, protocols, propagation, and a whole run."""
+"""The benchmark harness: metrics against hand-computed cases, protocols, propagation, interpolation, kinds, and a whole run."""
 
 import json
 
@@ -13,6 +13,9 @@ from napari_fewshot.core.engine import encode_volume
 from napari_fewshot.core.features import FeatureCache
 from napari_fewshot.core.runtime import resolve_runtime
 from napari_fewshot.core.sam_decoder import BoxDecoder, square_box
+from napari_fewshot.evaluation.cases import read_case
+from napari_fewshot.evaluation.interpolation import interpolate
+from napari_fewshot.evaluation.kinds import OTHER, kind
 from napari_fewshot.evaluation.methods import method
 from napari_fewshot.evaluation.metrics import average_surface_distance, dice, hd95, jaccard, surface, surface_dice
 from napari_fewshot.evaluation.propagation import BoxPromptStep, RegistrationStep, copy_step, propagate
@@ -102,6 +105,32 @@ def test_registration_carries_the_mask_along_a_moving_shape():
     assert dice(result[5], disks[5]) > 0.8 and dice(disks[0], disks[5]) < 0.3
 
 
+def test_interpolation_fills_between_painted_slices_and_nowhere_beyond():
+    z, y, x = np.mgrid[:20, :40, :40]
+    radius = 4 + 0.5 * (z - 2)  # a cone: its radius grows by half a pixel per slice, and its centre moves
+    cone = ((y - 20) ** 2 + (x - 14 - 0.5 * z) ** 2 < radius**2) & (z >= 2) & (z <= 18)
+    painting = np.zeros(cone.shape, np.uint8)
+    painting[[4, 16]] = cone[[4, 16]]
+    filled = interpolate(painting, (3.0, 1.0, 1.0))
+    assert all(dice(filled[k], cone[k]) > 0.85 for k in range(5, 16))  # ITK's filter: 0.89-0.97 here
+    assert dice(cone[4], cone[10]) < 0.6 and dice(cone[16], cone[10]) < 0.7  # copying either painted slice is worse
+    assert (filled[[4, 16]] == cone[[4, 16]]).all()
+    assert not filled[:4].any() and not filled[17:].any()  # the cone goes on, the interpolation does not
+    one = np.zeros_like(painting)
+    one[10] = cone[10]
+    assert (interpolate(one, (3.0, 1.0, 1.0)) == one.astype(bool)).all()  # one painted slice: that slice alone
+
+
+def test_structures_have_kinds_and_all_takes_those_on_five_slices_or_more(tmp_path):
+    assert [kind(n) for n in ("liver", "Kidney_Left", "rib_right_12", "iliac_vena_left", "gluteus_minimus_right",
+                              "colon", "adrenal_gland_left", "white matter", "tumour")] == [
+        "large organ", "large organ", "bone", "vessel", "muscle", "bowel", "small organ or gland", "brain tissue", OTHER]
+    image, truth = ellipsoids()
+    truth[10:14, :4, :4] = 3  # four slices: too few
+    case = read_case(_write_case(tmp_path / "case", image, truth, {"1": "liver", "2": "aorta", "3": "rib_left_7"}), ["all"])
+    assert case.values == (1, 2)
+
+
 def test_square_box_follows_the_padding_of_non_square_pixels():
     mask = np.zeros((32, 64), bool)
     mask[8:16, 32:48] = True  # rows twice as far apart as columns: 32 x 64 pixels is a physical square
@@ -155,6 +184,7 @@ def test_evaluate_runs_methods_side_by_side_and_writes_json_markdown_and_plots(t
     assert set(results["encode"]) == {"first", "second"}
     table = (out / "results.md").read_text()
     assert "### Protocol `one-largest`" in table and "| copy |" in table and "vs `registration`" in table
+    assert {r["kind"] for r in rows} == {"other"} and "| other (3) |" in table and "| all (2) |" in table
     assert (out / "dice-one-largest.png").stat().st_size > 1000 and (out / "seconds.png").is_file()
     assert "written:" in capsys.readouterr().out
 
@@ -164,6 +194,7 @@ def test_methods_are_named_by_head_weights_and_components_kept():
     assert (engine.name, engine.head, engine.weights, engine.options.keep) == ("dspnet@none:largest", "dspnet", "none", "largest")
     assert (method("alpnet").weights, method("alpnet").options.keep) == ("default", "painted")
     assert method("copy").name == "copy" and not method("copy").cross_volume and method("panet@none").cross_volume
+    assert method("alpnet+nohold").options.hold_to_paintings is False and method("alpnet").options.hold_to_paintings is None
     with pytest.raises(ValueError, match="keep must be one of all, largest, painted"):
         method("alpnet:biggest")
     with pytest.raises(ValueError, match="weights must be default, none or a model file"):

@@ -128,6 +128,7 @@ def _segment(args: argparse.Namespace) -> int:
             options=SegmentOptions(
                 threshold=args.threshold, keep=args.keep, location=args.location_prior, decay_mm=args.decay_mm,
                 ends=args.ends, boundaries=args.boundaries, fill_holes=args.fill_holes, every_slice=args.every_slice,
+                hold_to_paintings=args.hold_to_paintings,
             ),
             cache=FeatureCache() if args.no_disk_cache else None,
             progress=ProgressBar("segmenting"),
@@ -296,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--ends", action=argparse.BooleanOptionalAction,
         help="stop each structure past its outermost painted slices at the first empty slice, or where its area, "
         "once below the painted slice's, more than doubles beyond it (default: on, off with --support-image)",
+    )
+    seg.add_argument(
+        "--hold-to-paintings", action=argparse.BooleanOptionalAction,
+        help="with several painted slices, keep each structure near the shape interpolated between neighbouring "
+        "paintings and stop it at most one gap between paintings past the outermost (default: on, off with "
+        "--support-image; one painted slice: no change)",
     )
     seg.add_argument(
         "--boundaries", metavar="decoder|prototype",
@@ -484,12 +491,14 @@ def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser(
         "evaluate",
         help="benchmark methods on labelled volumes: Dice, HD95, surface Dice, time and memory, side by side",
-        description="Run this project's engine and the peers' propagation (LiteMedSAM box prompts, registration, "
-        "the copy floor) on the same tasks in one process; write OUT/results.json, OUT/results.md and plots.",
+        description="Run this project's engine and the peers (LiteMedSAM box prompts, registration, interpolation "
+        "between painted slices, the copy floor) on the same tasks in one process; write OUT/results.json, "
+        "OUT/results.md and plots.",
     )
     evaluate.add_argument(
         "--case", nargs="+", action="append", required=True, metavar=("DIR", "LABEL"),
-        help="a folder with image.* and label.* (and labels.json naming the values), then the label values to test; repeatable",
+        help="a folder with image.* and label.* (and labels.json naming the values), then the label values (or names) to "
+        "test, or 'all': every structure on at least 5 slices; repeatable. Results are also averaged per kind of structure",
     )
     evaluate.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=["one-largest"],
                           help="which slices are painted and scored (default one-largest)")
@@ -498,7 +507,7 @@ def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
         default=["alpnet", "alpnet+prototype", "dspnet", "alpnet@none", "dspnet@none+prototype", "panet@none+prototype",
                  *BASELINES],
         help="HEAD[@WEIGHTS][:KEEP][+FLAG...] for the engine (weights: default, none or a model file; keep: "
-        "painted, largest or all; flags: +decoder or +prototype boundaries, +nolocation, +noends, +decay, +every), "
+        "painted, largest or all; flags: +decoder or +prototype boundaries, +nolocation, +noends, +decay, +every, +nohold), "
         f"or one of {', '.join(BASELINES)}; the first is compared with the others",
     )
     evaluate.add_argument("--encoder", default="litemedsam",

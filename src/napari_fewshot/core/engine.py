@@ -28,6 +28,7 @@ from .heads import DEFAULT_HEAD, Head, build_head
 from .model import DEFAULT, FewShotModel, apply_model_file, model_source, read_model
 from .intensity import Modality
 from .options import SegmentOptions
+from .between import hold_structure
 from .outward import OUTWARD_MARGIN_MM, expected_reach, planned_range, walk_outward
 from .postprocess import KEEP, connected_to, largest_component, stop_at_ends
 from .postprocess import fill_holes as fill_slice_holes
@@ -229,6 +230,9 @@ class FewShotSession:
             raise SegmentationError(
                 "ends=True needs the painting on the image itself and every slice predicted; use ends=False"
             )
+        hold = same_volume and whole if options.hold_to_paintings is None else options.hold_to_paintings
+        if hold and not (same_volume and whole):
+            raise SegmentationError("hold_to_paintings needs the painting on the image itself and every slice predicted")
         outward = same_volume and whole and keep == "painted" and not options.every_slice
         painting = _slices_first(_checked_labels(support_labels, support.shape, same_volume), axis)
         structures = painted_structures(painting)
@@ -345,6 +349,8 @@ class FewShotSession:
                 labels[(labels == value) & ~drawn] = 0
                 labels[drawn & (labels == 0)] = value
                 drawn_by[value] = _drawn_by(calibration.trusted, support_slices)
+            if hold:
+                hold_structure(labels, value, painted_value, support_slices, spacing_mm)
             _postprocess(labels, value, keep, options.fill_holes, painted_value, support_slices if ends else None)
         clock.plan(draw=clock.finished["draw"])  # what the decoder drew, which the plan could only estimate
         if painted is not None:

@@ -38,6 +38,11 @@ class SegmentOptions:
     fill_holes : fill the holes of each structure in every slice.
     every_slice : encode and predict every slice, not only from the painted slices
         outward to where each structure ends.
+    hold_to_paintings : with several painted slices, keep each structure near the shape
+        interpolated between neighbouring paintings (an empty slice there takes that shape)
+        and past the outermost painted slice at most one gap between paintings far
+        (:mod:`~napari_fewshot.core.between`).  Needs the painting on the image and every
+        slice predicted.  None: where possible (with one painted slice it changes nothing).
     """
 
     threshold: float = DEFAULT_THRESHOLD
@@ -48,6 +53,7 @@ class SegmentOptions:
     boundaries: str | None = None
     fill_holes: bool = False
     every_slice: bool = False
+    hold_to_paintings: bool | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:  # NaN fails too

@@ -10,7 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from ..io import check_same_grid, format_name, read_volume
-from .protocols import THIRDS, at_fractions, extent, painted, support_slices
+from .protocols import THIRDS, areas, at_fractions, extent, painted, support_slices
+
+#: The label value list that stands for every structure of a label map that holds at least :data:`MIN_SLICES` slices.
+ALL = "all"
+#: The fewest slices a structure must hold to be among :data:`ALL`.
+MIN_SLICES = 5
 
 
 @dataclass
@@ -32,8 +37,9 @@ def read_case(folder: Path | str, values: list[int | str]) -> Case:
     """``folder/image.nii.gz`` and ``folder/label.nii.gz`` (any format the reader takes), ``labels.json`` for names.
 
     ``values``: the structures to test, as label values or as names that
-    ``labels.json`` gives them.  Each must occur in the label map, which must
-    lie on the image's grid.
+    ``labels.json`` gives them, or ``all`` (:data:`ALL`): every structure of
+    the label map that holds at least :data:`MIN_SLICES` slices.  Each must
+    occur in the label map, which must lie on the image's grid.
     """
     folder = Path(folder)
     image = read_volume(_one(folder, "image"), kind="image")
@@ -41,11 +47,20 @@ def read_case(folder: Path | str, values: list[int | str]) -> Case:
     check_same_grid(label, image)
     names_file = folder / "labels.json"
     names = {int(k): v for k, v in json.loads(names_file.read_text()).items()} if names_file.is_file() else {}
-    wanted = [_label_value(folder, value, names) for value in values]
+    if [str(value).lower() for value in values] == [ALL]:
+        wanted = _spanning(label.data, MIN_SLICES)
+    else:
+        wanted = [_label_value(folder, value, names) for value in values]
     missing = [v for v in wanted if not np.any(label.data == v)]
     if missing:
         raise ValueError(f"{folder}: label values {missing} do not occur in its label map")
     return Case(folder.name, image.data, label.data, tuple(image.geometry.spacing[::-1]), tuple(wanted), names)
+
+
+def _spanning(label: np.ndarray, min_slices: int) -> list[int]:
+    """The non-zero values of ``label`` ``[Z, Y, X]`` that occur on at least ``min_slices`` slices, ascending."""
+    values = np.unique(label)
+    return [int(v) for v in values[values != 0] if np.count_nonzero(areas(label == v)) >= min_slices]
 
 
 def _label_value(folder: Path, value: int | str, names: dict[int, str]) -> int:

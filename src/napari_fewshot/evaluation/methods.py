@@ -8,10 +8,14 @@
   (``+decoder``: LiteMedSAM's decoder prompted by the prototypes, the engine's
   default with the ``litemedsam`` encoder; ``+prototype``: the head), ``+nolocation``
   (no in-plane location prior), ``+noends``, ``+decay``, ``+every`` (every slice
-  predicted, not only from the painting outward to where the structure ends);
+  predicted, not only from the painting outward to where the structure ends),
+  ``+nohold`` (several painted slices do not hold each structure to what they imply);
 - ``litemedsam-box``: the painted mask's box prompts LiteMedSAM on the next slice,
   each predicted mask's box the one after, until the mask vanishes;
 - ``registration``: the mask warped slice to slice by demons registration;
+- ``interpolation``: 3D Slicer's "Fill between slices", ITK's morphological
+  contour interpolation between the painted slices (nothing beyond the
+  outermost ones; with one painted slice, that slice alone);
 - ``copy``: the painted mask copied to every slice of the structure's true extent
   (it knows where the structure ends: a floor, not a method).
 
@@ -39,15 +43,16 @@ from ..core.priors import DECAY_MM
 from ..core.runtime import resolve_runtime
 from ..core.sam_decoder import BoxDecoder, box_decoder
 from .cases import Task
+from .interpolation import interpolate, interpolation_missing
 from .propagation import BoxPromptStep, RegistrationStep, copy_step, propagate
 from .protocols import extent, query_thirds
 
-BASELINES = ("litemedsam-box", "registration", "copy")
+BASELINES = ("litemedsam-box", "registration", "interpolation", "copy")
 #: The flags that switch the engine's location prior off, its stop at each structure's ends off, its distance decay
-#: on, and its prediction of every slice on.
-NO_LOCATION, NO_ENDS, DECAY, EVERY = "nolocation", "noends", "decay", "every"
+#: on, its prediction of every slice on, and its holding of structures to several paintings off.
+NO_LOCATION, NO_ENDS, DECAY, EVERY, NO_HOLD = "nolocation", "noends", "decay", "every", "nohold"
 #: What may follow ``+`` in an engine method's name: who draws the boundaries, or a prior switched.
-FLAGS = (*BOUNDARIES, NO_LOCATION, NO_ENDS, DECAY, EVERY)
+FLAGS = (*BOUNDARIES, NO_LOCATION, NO_ENDS, DECAY, EVERY, NO_HOLD)
 
 
 @dataclass
@@ -105,6 +110,7 @@ class EngineMethod(Method):
                 keep=keep or "painted", boundaries=next((flag for flag in flags if flag in BOUNDARIES), None),
                 location=False if NO_LOCATION in flags else None, ends=False if NO_ENDS in flags else None,
                 decay_mm=DECAY_MM if DECAY in flags else None, every_slice=EVERY in flags,
+                hold_to_paintings=False if NO_HOLD in flags else None,
             )
         except SegmentationError as error:
             raise ValueError(f"method '{name}': {error}") from error
@@ -124,7 +130,8 @@ class EngineMethod(Method):
         for third, slice_index in zip(query_thirds(task.truth), task.support_slices):
             if len(third):
                 masks = self._segment(
-                    task, context, task.painting((slice_index,)), replace(self.options, keep="all"),
+                    task, context, task.painting((slice_index,)),
+                    replace(self.options, keep="all"),
                     support_image=task.support_case.image, support_spacing=task.support_case.spacing, slices=third,
                 )
                 prediction[third] = masks[third]
@@ -162,6 +169,20 @@ class RegistrationMethod(Method):
         return propagate(_seeds(task), len(case.image), RegistrationStep(volume, case.spacing[1:]))
 
 
+class InterpolationMethod(Method):
+    name = "interpolation"
+
+    def __init__(self) -> None:
+        if (missing := interpolation_missing()) is not None:
+            raise ValueError(f"method '{self.name}': {missing}")
+
+    def encoder(self, context: Context) -> str | None:
+        return None
+
+    def __call__(self, task: Task, context: Context) -> np.ndarray:
+        return interpolate(task.painting(), task.case.spacing)
+
+
 class CopyMethod(Method):
     name = "copy"
 
@@ -177,7 +198,8 @@ class CopyMethod(Method):
 
 def method(name: str) -> Method:
     """The method called ``name`` (see the module's docstring); ``ValueError`` names the choices."""
-    baselines = {"litemedsam-box": BoxPromptMethod, "registration": RegistrationMethod, "copy": CopyMethod}
+    baselines = {"litemedsam-box": BoxPromptMethod, "registration": RegistrationMethod,
+                 "interpolation": InterpolationMethod, "copy": CopyMethod}
     if name in baselines:
         return baselines[name]()
     return EngineMethod(name)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from .kinds import KINDS, OTHER
 from .protocols import PROTOCOLS
 
 
@@ -47,8 +48,28 @@ def paired(rows: list[dict], reference: str, other: str, metric: str = "dice") -
     return len(pairs), float(differences.mean()), p
 
 
+def kind_means(rows: list[dict], methods: list[str]) -> list[str]:
+    """Markdown lines: per kind of structure (and over all), each method's mean Dice, whole volume and in the extent.
+
+    ``rows``: one protocol's rows; a kind's line counts its structures and
+    averages only the methods that ran on them.
+    """
+    by_kind = _by(rows, "kind")
+    kinds = [k for k in (*KINDS, OTHER) if (k,) in by_kind]
+    lines = ["| kind (structures) | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for name, group in [(k, by_kind[(k,)]) for k in kinds] + [("all", rows)]:
+        cells = []
+        for method in methods:
+            mine = [r for r in group if r["method"] == method]
+            cells.append(f"{np.mean([r['dice'] for r in mine]):.3f} ({np.mean([r['dice_extent'] for r in mine]):.3f})"
+                         if mine else "–")
+        count = len(_by(group, "case", "value", "support"))
+        lines.append(f"| {name} ({count}) | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(results: dict) -> str:
-    """Per protocol: Dice per structure and method, a summary (Dice, HD95, NSD, time, memory), paired tests."""
+    """Per protocol: Dice per structure and method, means per kind, a summary (Dice, HD95, NSD, time, memory), paired tests."""
     rows = results["rows"]
     lines = []
     for protocol in _protocols(rows):
@@ -61,6 +82,8 @@ def markdown(results: dict) -> str:
             values = [cell[(name, c)]["dice"] if (name, c) in cell else None for c in columns]
             done = [v for v in values if v is not None]
             lines.append(f"| {name} | " + " | ".join("–" if v is None else f"{v:.3f}" for v in values) + f" | {np.mean(done):.3f} |")
+        lines += ["", "Mean Dice per kind of structure, whole volume (in the structure's extent):", ""]
+        lines += kind_means(mine, methods)
         lines += ["", "| method | mean Dice | mean Dice in extent | median HD95 mm (empty) | mean NSD | median seconds | process peak MiB |", "|---|---|---|---|---|---|---|"]
         for name in methods:
             group = [r for r in mine if r["method"] == name]

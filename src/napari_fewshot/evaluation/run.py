@@ -21,6 +21,7 @@ import torch
 from ..core.engine import encode_volume
 from ..core.runtime import resolve_runtime
 from .cases import Case, Task, tasks_for
+from .kinds import kind
 from .memory import peak_mib, reset_peak
 from .methods import Context, Method
 from .metrics import dice, hd95, surface_dice
@@ -61,7 +62,7 @@ def evaluate(
 ) -> dict:
     """Every method on every task of ``protocols`` over ``cases``; a JSON-ready dict of settings, encode times and rows.
 
-    Each row: case, structure, protocol, method, support slices, the scores of
+    Each row: case, structure, its kind (:func:`~napari_fewshot.evaluation.kinds.kind`), protocol, method, support slices, the scores of
     :func:`score`, the median seconds of ``repeats`` runs and the peak resident
     memory (MiB) while the method ran.
     """
@@ -101,6 +102,7 @@ def _measure(method: Method, task: Task, context: Context, repeats: int, toleran
         seconds.append(time.perf_counter() - started)
     return {
         "case": task.case.name, "structure": task.case.structure(task.value), "value": task.value,
+        "kind": kind(task.case.structure(task.value)),
         "protocol": task.protocol, "method": method.name,
         "support": task.support_case.name if task.support_case else task.case.name,
         "support_slices": list(task.support_slices),

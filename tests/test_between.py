@@ -1,0 +1,53 @@
+"""Several painted slices: a structure held to the shape between its paintings and stopped past the outermost."""
+
+import numpy as np
+
+from conftest import dice
+from napari_fewshot.core.between import hold_structure, hold_to_paintings, signed_distance
+
+
+def _cone(n: int = 24) -> np.ndarray:
+    """A cone along z ``[n, 64, 64]``: its radius grows half a pixel per slice and its centre moves."""
+    z, y, x = np.mgrid[:n, :64, :64]
+    return (y - 20) ** 2 + (x - 12 - 0.5 * z) ** 2 < (3 + 0.5 * z) ** 2
+
+
+def test_signed_distance_is_negative_inside_and_in_mm():
+    mask = np.zeros((5, 9), bool)
+    mask[:, :3] = True
+    distance = signed_distance(mask, (1.0, 2.0))
+    assert distance[2, 0] < 0 < distance[2, 8] and distance[2, 8] - distance[2, 4] == 8.0  # columns 2 mm apart
+    assert np.isinf(signed_distance(np.zeros((3, 3), bool), (1.0, 1.0))).all()
+
+
+def test_between_paintings_a_look_alike_goes_and_an_empty_slice_takes_the_interpolated_shape():
+    cone = _cone()
+    painted = np.zeros_like(cone)
+    painted[[4, 14]] = cone[[4, 14]]
+    predicted = cone.copy()
+    predicted[9, 50:58, 50:58] = True  # a look-alike far (over 30 mm) from the shape between the paintings
+    predicted[11] = False  # a slice the prediction lost
+    held = hold_to_paintings(predicted, painted, (4, 14), (3.0, 1.0, 1.0))
+    assert not held[9, 50:58, 50:58].any() and dice(held[9], cone[9]) == 1.0
+    assert dice(held[11], cone[11]) > 0.85
+    assert (held[:4] == cone[:4]).all()  # four slices below: within one gap (ten) of the outer painting
+
+
+def test_past_the_outermost_painting_at_most_one_gap_and_one_painting_changes_nothing():
+    cone = _cone()
+    painted = np.zeros_like(cone)
+    painted[[4, 8]] = cone[[4, 8]]
+    held = hold_to_paintings(cone, painted, (4, 8), (3.0, 1.0, 1.0))
+    assert held[:13].sum() == cone[:13].sum() and not held[13:].any() and held[0].any()
+    assert (hold_to_paintings(cone, painted, (8,), (3.0, 1.0, 1.0)) == cone).all()
+
+
+def test_held_structure_claims_only_background():
+    cone = _cone()
+    painted = np.zeros_like(cone)
+    painted[[4, 14]] = cone[[4, 14]]
+    labels = cone.astype(np.uint8)
+    labels[11] = 0
+    labels[11, 20:, :] = 2  # another structure holds the lower half of the lost slice
+    hold_structure(labels, 1, painted, (4, 14), (3.0, 1.0, 1.0))
+    assert (labels[11, 20:] == 2).all() and (labels[11, :20][cone[11, :20]] == 1).mean() > 0.9
