@@ -93,8 +93,11 @@ def main() -> None:
               f"{r['first_left']:.1f} / {r['first_actual_left']:.1f} s |")
     for state in ("cold", "warm"):
         chosen = [r for r in rows if r["state"] == state]
-        print(f"{state}: median share within 30 %: {statistics.median(r['within_30'] for r in chosen):.0%}, "
-              f"within 30 % or 1 s: {statistics.median(r['within_30_or_1s'] for r in chosen):.0%}")
+        first = [abs(r["first_left"] / r["first_actual_left"] - 1) <= 0.3 or abs(r["first_left"] - r["first_actual_left"]) <= 1
+                 for r in chosen if r["first_left"] is not None]
+        print(f"{state}: median share of reports within 30 %: {statistics.median(r['within_30'] for r in chosen):.0%}, "
+              f"within 30 % or 1 s: {statistics.median(r['within_30_or_1s'] for r in chosen):.0%}; "
+              f"time left told at the first batch within 30 % or 1 s: {sum(first)} of {len(first)} runs")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 
