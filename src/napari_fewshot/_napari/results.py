@@ -114,14 +114,20 @@ def _show_map(
         )
     layer.data[where] = volume[where]
     if kind == "attention":
-        layer.contrast_limits = attention_limits(layer.data)
+        layer.contrast_limits = attention_limits(layer.data, np.asarray(prediction.data) == value)
     layer.refresh()
 
 
-def attention_limits(attention: np.ndarray) -> tuple[float, float]:
-    """Contrast limits that make a structure stand out of its attention map ``[Z, Y, X]`` (cosine similarity):
-    most voxels of a scan resemble the structure's prototypes somewhat, so the tint starts at the median (of a
-    subsample: every other voxel along each axis) and is full at the 99.9th percentile."""
-    sample = np.asarray(attention[::2, ::2, ::2], dtype=np.float32)
-    low, high = np.percentile(sample, [50, 99.9])
-    return float(low), float(max(high, low + 1e-3))
+def attention_limits(attention: np.ndarray, structure: np.ndarray) -> tuple[float, float]:
+    """Contrast limits that make a structure stand out of its attention map ``[Z, Y, X]`` (cosine similarity).
+
+    Much of a scan resembles a structure's prototypes somewhat (soft tissue, for an
+    organ), so the tint starts above 95 % of the voxels outside the predicted
+    ``structure`` (bool, same shape) and is full at the 99th percentile inside it;
+    percentiles of every other voxel along each axis.
+    """
+    sample, inside = (np.asarray(a[::2, ::2, ::2]) for a in (attention, structure))
+    outside = sample[~inside] if (~inside).any() else sample
+    low = float(np.percentile(outside, 95))
+    high = float(np.percentile(sample[inside], 99)) if inside.any() else float(sample.max())
+    return low, max(high, low + 1e-3)
