@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .boundaries import BOUNDARIES, calibrate, draw_boundaries
+from .boundaries import BOUNDARIES, BoxCalibration, calibrate, draw_boundaries
 from .cancel import CancelCheck, check_cancel
 from .confidence import similarity_levels, structure_presence
 from .encoders import Encoder, EncoderUnavailable, build_encoder
@@ -38,7 +38,7 @@ from .preprocess import (
 from .priors import apply_distance_decay, apply_location_prior
 from .progress import Progress, RunProgress
 from .runtime import Runtime, Trunk, resolve_runtime, trunk_runner
-from .sam_decoder import box_decoder
+from .sam_decoder import BoxDecoder, box_decoder
 from .support import SupportWarning, assign_supports, painted_slices, painted_structures
 from .user_cache import user_cache_folder
 
@@ -255,43 +255,21 @@ class FewShotSession:
         margin, batch_size = math.ceil(OUTWARD_MARGIN_MM / spacing_mm[0]), self.batch_size or trunk.batch_size()
         reach = {v: expected_reach(_largest_painting_mm2(painting == v, slices, spacing_mm), spacing_mm[0])
                  for v, slices in structures.items()}
-        # the slices each structure is expected to be predicted on, refined as the outward walk goes
-        planned = {v: np.arange(*planned_range(n_query, slices, reach[v], margin)) if outward else queries
-                   for v, slices in structures.items()}
         clock = RunProgress(progress)
-        decoder = box_decoder(trunk.runtime) if boundaries == "decoder" else None
-        drawing: set[int] = set()  # the structures whose boundaries the decoder will draw
-        present: dict[int, int] = {}  # per structure predicted, the slices it is on (those the decoder draws)
-
-        def replan() -> None:
-            """Tell the clock the slices left to encode, predict and draw, from ``planned``."""
-            ahead = np.unique(np.concatenate([*planned.values(), support_needed if same_volume else queries[:0]]))
-            to_draw = [present.get(v, max(len(planned[v]) - (2 * margin if outward else 0), 1)) for v in drawing]
-            clock.plan(encode=clock.finished["encode"] + len(features[0].missing(ahead)),
-                       head=sum(len(p) for p in planned.values()), draw=sum(to_draw))
-
         if _encoded.get(trunk, (0, 0))[1]:
             clock.assume("encode", _encoded[trunk][0] / _encoded[trunk][1])
-        replan()
+        plan = _Plan(clock, features[0], support_needed if same_volume else support_needed[:0],
+                     {v: np.arange(*planned_range(n_query, slices, reach[v], margin)) if outward else queries
+                      for v, slices in structures.items()},
+                     spare=2 * margin if outward else 0)
+        decoder = box_decoder(trunk.runtime) if boundaries == "decoder" else None
         encoding = _Encoding(trunk, self.batch_size, clock.advance("encode"), cancel)
         encoding(support, features[-1], support_needed)  # the painted slices first: they calibrate the decoder
         probabilities = {v: np.zeros(query_volume.shape, dtype=np.float32) for v in structures}
         attention = {v: np.zeros(query_volume.shape, dtype=np.float32) for v in structures}
-        levels, calibrations = {}, {}
-        for value, support_slices in structures.items():
-            painted_value = painting == value
-            masks = painted_value[list(support_slices)]
-            own = _own_maps(model, features[-1].tensor, painted_value, support_slices, support_aspect, torch_device)
-            levels[value] = _per_query(similarity_levels(own[:, 1], masks), n_query, n_support, support_slices)
-            if decoder is not None:
-                started_decoder = time.perf_counter()
-                calibrations[value] = calibrate(masks, own[:, 0] > threshold,
-                                                features[-1].tensor[list(support_slices)], decoder, support_aspect)
-                # the decoder's rate on the painted slices stands for drawing's until drawing has run
-                clock.sample("draw", time.perf_counter() - started_decoder, len(support_slices))
-                if calibrations[value].trusted.any():
-                    drawing.add(value)
-        replan()
+        levels, calibrations = _painted_maps(model, features[-1].tensor, painting, structures, n_query, support_aspect,
+                                             torch_device, threshold, decoder, clock)
+        plan.draw({v for v, calibration in calibrations.items() if calibration.trusted.any()})
 
         def predict(value: int, batch: np.ndarray) -> None:
             """Encode the slices ``batch`` (those not cached) and predict structure ``value`` there, priors applied."""
@@ -309,24 +287,18 @@ class FewShotSession:
             if preview is not None:
                 preview(value, batch, np.moveaxis(probabilities[value][batch] > threshold, 0, axis))
 
-        def plan(value: int, first: int, last: int) -> None:
-            planned[value] = np.arange(max(first, 0), min(last, n_query - 1) + 1)
-            replan()
-
         examined = {}
         try:
             for value, slices in structures.items():
                 if outward:
                     examined[value] = walk_outward(lambda batch, v=value: predict(v, batch), probabilities[value],
                                                    painting == value, slices, threshold, ends, margin, batch_size,
-                                                   reach=reach[value], plan=lambda a, b, v=value: plan(v, a, b))
+                                                   reach=reach[value], plan=lambda a, b, v=value: plan.expect(v, a, b))
                 else:
                     for start in range(0, len(queries), batch_size):
                         predict(value, queries[start : start + batch_size])
                     examined[value] = _on(queries, n_query)
-                planned[value] = np.flatnonzero(examined[value])
-                present[value] = int(np.count_nonzero((probabilities[value][planned[value]] > threshold).any(axis=(1, 2))))
-                replan()
+                plan.walked(value, examined[value], probabilities[value], threshold)
         finally:
             encoding.save()  # what was encoded, even when cancelled
         labels = _merge(probabilities, threshold, painting.dtype)
@@ -336,7 +308,7 @@ class FewShotSession:
         drawn_by = dict.fromkeys(structures, "prototype")
         for value, support_slices in structures.items():
             painted_value = painting == value
-            if value in drawing:
+            if value in plan.drawing:
                 calibration = calibrations[value]
                 # the decoder draws only the slices the prototypes keep; painted slices stay as painted
                 _postprocess(labels, value, keep, False, painted_value, support_slices if ends else None)
@@ -494,6 +466,78 @@ def encode_volume(
 def _cached(cache: FeatureCache, key: str, n_slices: int) -> VolumeFeatures:
     """The features ``cache`` holds under ``key``, or a new empty entry for ``n_slices`` slices."""
     return cache.get(key) or VolumeFeatures(n_slices)
+
+
+class _Plan:
+    """The slices a segmentation expects to encode, predict and have the decoder draw, told to its ``clock``.
+
+    planned : per structure, the slices it is expected to be predicted on (from the outward
+        walk's estimate until the walk has ended: :meth:`expect`, :meth:`walked`).
+    features : the image's features (what is encoded); painted : slices encoded first.
+    spare : of a structure's planned slices, how many are expected empty (the walk's margins),
+        so not drawn by the decoder.
+    """
+
+    def __init__(self, clock: RunProgress, features: VolumeFeatures, painted: np.ndarray,
+                 planned: dict[int, np.ndarray], spare: int) -> None:
+        self.clock, self.features, self.painted, self.planned, self.spare = clock, features, painted, planned, spare
+        self.drawing: set[int] = set()  # the structures whose boundaries the decoder draws
+        self.present: dict[int, int] = {}  # per structure walked, the slices it is on (those the decoder draws)
+        self._tell()
+
+    def draw(self, structures: set[int]) -> None:
+        """The decoder will draw these structures' boundaries."""
+        self.drawing = structures
+        self._tell()
+
+    def expect(self, value: int, first: int, last: int) -> None:
+        """Structure ``value`` is now expected on the slices ``first`` to ``last`` (clipped to the scan)."""
+        self.planned[value] = np.arange(max(first, 0), min(last, len(self.features.encoded) - 1) + 1)
+        self._tell()
+
+    def walked(self, value: int, examined: np.ndarray, probability: np.ndarray, threshold: float) -> None:
+        """Structure ``value`` was predicted on the ``examined`` slices (``[Z]`` bool), with ``probability``
+        ``[Z, Y, X]``: found where it exceeds ``threshold``."""
+        self.planned[value] = np.flatnonzero(examined)
+        found = probability[self.planned[value]] > threshold
+        self.present[value] = int(np.count_nonzero(found.reshape(len(found), -1).any(axis=1)))
+        self._tell()
+
+    def _tell(self) -> None:
+        ahead = np.unique(np.concatenate([*self.planned.values(), self.painted]))
+        to_draw = [self.present.get(v, max(len(self.planned[v]) - self.spare, 1)) for v in self.drawing]
+        self.clock.plan(encode=self.clock.finished["encode"] + len(self.features.missing(ahead)),
+                        head=sum(len(p) for p in self.planned.values()), draw=sum(to_draw))
+
+
+def _painted_maps(
+    model: FewShotModel,
+    support_features: torch.Tensor,
+    painting: np.ndarray,
+    structures: dict[int, tuple[int, ...]],
+    n_query: int,
+    aspect: float,
+    device: torch.device,
+    threshold: float,
+    decoder: BoxDecoder | None,
+    clock: RunProgress,
+) -> tuple[dict[int, np.ndarray], dict[int, BoxCalibration]]:
+    """What each structure's painted slices tell before any other slice is predicted: per query slice, the
+    similarity levels presence is measured on (:func:`similarity_levels`), and, with a ``decoder``, its
+    calibration (:func:`calibrate`: whether and how to trust it), whose time tells ``clock`` drawing's rate."""
+    levels, calibrations = {}, {}
+    n_support = len(support_features)
+    for value, support_slices in structures.items():
+        painted_value = painting == value
+        masks = painted_value[list(support_slices)]
+        own = _own_maps(model, support_features, painted_value, support_slices, aspect, device)
+        levels[value] = _per_query(similarity_levels(own[:, 1], masks), n_query, n_support, support_slices)
+        if decoder is not None:
+            started = time.perf_counter()
+            calibrations[value] = calibrate(masks, own[:, 0] > threshold, support_features[list(support_slices)],
+                                            decoder, aspect)
+            clock.sample("draw", time.perf_counter() - started, len(support_slices))
+    return levels, calibrations
 
 
 class _Encoding:
