@@ -372,7 +372,7 @@ class FewShotWidget(Container):
         if prediction is not before:
             context["made"] = prediction
         previewed = context["previewed"]
-        if not previewed:
+        if not previewed or prediction not in self._written:  # the run's first batch, or a layer made anew
             prediction.data[...] = 0
             self._written[prediction] = np.zeros_like(prediction.data)
         cleared = {z for a, z in self._cleared.get(prediction, ()) if a == axis}
