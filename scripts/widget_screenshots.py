@@ -102,7 +102,7 @@ def main() -> None:
     shot(viewer, "4-corrected")
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "liver.nii.gz")
-        timed("Export mask (NIfTI + sidecar)", lambda: widget.export_mask(path))
+        timed("Export mask (NIfTI + sidecar)", lambda: widget.exporting.export_mask(path))
     print("\n| step | seconds |\n| --- | --- |")
     for label, seconds in steps:
         print(f"| {label} | {seconds:.1f} |")

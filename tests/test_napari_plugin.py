@@ -189,7 +189,7 @@ def test_widget_without_image_says_what_to_do(make_napari_viewer):
     assert "Open a scan first" in widget.status.value
     assert len(viewer.layers) == 0
     # with nothing loaded only what can work is enabled; the expert knobs are folded away
-    assert not any(b.enabled for b in (widget.new_support, widget.segment_slice, widget.segment_volume, widget.export))
+    assert not any(b.enabled for b in (widget.new_support, widget.segment_slice, widget.segment_volume, widget.exporting.button))
     assert widget.advanced.native.isHidden()
     widget.show_advanced.native.click()
     assert not widget.advanced.native.isHidden() and widget.encoder in widget.advanced

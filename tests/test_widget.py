@@ -134,7 +134,7 @@ def test_segment_volume_gives_a_prediction_on_the_image_grid_and_maps(qtbot, ses
     low, high = attention.contrast_limits
     assert (bright[prediction.data != 1] < low).mean() > 0.9 and low < high <= bright.max() + 1e-6
     assert (bright[truth == 1] > low).mean() > 0.8
-    assert widget.export_layer.value is prediction
+    assert widget.exporting.layer.value is prediction
     assert "Segmented the volume" in widget.status.value
     assert viewer.layers.selection.active == support  # painting goes on on the support, not on a new layer
     assert viewer.dims.axis_labels[0] == "axial (I→S)"
@@ -290,7 +290,7 @@ def test_export_writes_the_mask_with_the_source_geometry_and_a_sidecar(qtbot, se
     assert "on torch f32 on cpu" in widget.status.value
     prediction = viewer.layers["scan prediction"]
     out = tmp_path / "mask.nrrd"
-    written = widget.export_mask(str(out))
+    written = widget.exporting.export_mask(str(out))
     assert written == [str(out), str(tmp_path / "mask.json")]
     exported = read_volume(out)
     source = read_volume(scan[0]).geometry
@@ -308,7 +308,7 @@ def test_export_writes_the_mask_with_the_source_geometry_and_a_sidecar(qtbot, se
     _go_to(viewer, 16)
     _run(qtbot, widget, widget.segment_slice)
     out = tmp_path / "new folder" / "mask.nii.gz"  # a folder that does not exist yet is made
-    assert widget.export_mask(str(out))[0] == str(out)
+    assert widget.exporting.export_mask(str(out))[0] == str(out)
     sidecar = json.loads((tmp_path / "new folder" / "mask.json").read_text())
     assert sidecar["segmentation"]["slices"] == [16]
     [volume_run] = sidecar["segmentation"]["earlier_runs"]
@@ -317,7 +317,7 @@ def test_export_writes_the_mask_with_the_source_geometry_and_a_sidecar(qtbot, se
 
     # over the scan itself: refused, nothing written, a notification says why
     scan_bytes = scan[0].read_bytes()
-    assert widget.export_mask(str(scan[0])) == []
+    assert widget.exporting.export_mask(str(scan[0])) == []
     assert scan[0].read_bytes() == scan_bytes
     assert any("would overwrite it" in message for message in _messages())
 
@@ -420,23 +420,23 @@ def test_the_encoders_load_in_a_viewer_drawn_by_mesa_llvm(tmp_path):
 
 def test_refine_trains_on_the_labelled_slices_and_its_model_applies_again(qtbot, session, tmp_path, monkeypatch):
     viewer, widget, image, support, truth = session
-    monkeypatch.setattr("napari_fewshot._napari.widget.REFINE_SIZE", 32)  # small slices and batches: a quick run
-    monkeypatch.setattr("napari_fewshot._napari.widget.REFINE_BATCH", 2)
+    monkeypatch.setattr("napari_fewshot._napari.refine_part.REFINE_SIZE", 32)  # small slices and batches: a quick run
+    monkeypatch.setattr("napari_fewshot._napari.refine_part.REFINE_BATCH", 2)
     support.events.paint(value=[])  # the end of a brush stroke
-    assert not widget.refine.enabled and "(1 of 8 slices)" in widget.refine.text  # one painted slice
+    assert not widget.refining.refine.enabled and "(1 of 8 slices)" in widget.refining.refine.text  # one painted slice
     support.paint((3, 20, 20), 1, refresh=True)
-    assert "(2 of 8 slices)" in widget.refine.text
+    assert "(2 of 8 slices)" in widget.refining.refine.text
     support.undo()  # the count follows the data: napari's undo sends no paint event
-    assert "(1 of 8 slices)" in widget.refine.text
+    assert "(1 of 8 slices)" in widget.refining.refine.text
     slices = list(range(5, 21, 2))  # 8 slices
     for z in slices:
         support.data_setitem(np.nonzero(_slice_mask(truth, z)), truth[_slice_mask(truth, z)])
     support.events.paint(value=[])
-    assert widget.refine.enabled and widget.refine.text == "Refine with my annotations"
-    widget.refine_steps.value = 4
-    widget.model_folder.value = str(tmp_path / "model")
+    assert widget.refining.refine.enabled and widget.refining.refine.text == "Refine with my annotations"
+    widget.refining.steps.value = 4
+    widget.refining.folder.value = str(tmp_path / "model")
     painted = np.array(support.data, copy=True)
-    _run(qtbot, widget, widget.refine, timeout=300_000)
+    _run(qtbot, widget, widget.refining.refine, timeout=300_000)
     refined = viewer.layers["scan refined"]
     assert refined._type_string == "labels" and refined.data.shape == image.data.shape
     np.testing.assert_allclose(refined.scale, image.scale)
@@ -444,16 +444,16 @@ def test_refine_trains_on_the_labelled_slices_and_its_model_applies_again(qtbot,
     record = refined.metadata["napari_fewshot"]
     model = Path(record["model"])  # a folder of its own inside the chosen one
     assert record["labelled_slices"] == 9 and model.parent.parent == tmp_path / "model" and model.is_file()
-    assert model.with_suffix(".json").is_file() and str(widget.model_folder.value) == str(model.parent)
+    assert model.with_suffix(".json").is_file() and str(widget.refining.folder.value) == str(model.parent)
     assert "refined" in widget.status.value
     assert set(np.unique(refined.data)) <= {0, 1, 2}
 
     refined.data[...] = 0
-    _run(qtbot, widget, widget.apply_model, timeout=300_000)  # the kept model, applied again to the chosen image
+    _run(qtbot, widget, widget.refining.apply, timeout=300_000)  # the kept model, applied again to the chosen image
     assert viewer.layers["scan refined"] is refined and "Applying the refined model" in widget.status.value
     np.testing.assert_array_equal(support.data, painted)  # the support is never written to
 
-    _run(qtbot, widget, widget.refine, timeout=300_000)  # again: a new folder beside the first, which stays
+    _run(qtbot, widget, widget.refining.refine, timeout=300_000)  # again: a new folder beside the first, which stays
     second = Path(viewer.layers["scan refined"].metadata["napari_fewshot"]["model"])
     assert second.parent != model.parent and second.parent.parent == tmp_path / "model" and model.is_file()
 
@@ -523,9 +523,9 @@ def test_export_to_dcm_writes_a_dicom_seg_of_the_series_and_refuses_other_scans(
     widget.names.value = "liver, spleen"
     support = widget.add_support_layer()
     support.data_setitem((np.array([2, 2, 3]), np.array([4, 5, 5]), np.array([1, 1, 2])), np.array([1, 1, 2]))
-    widget.export_layer.value = support
+    widget.exporting.layer.value = support
     out = tmp_path / "organs.dcm"
-    assert widget.export_mask(str(out)) == [str(out), str(tmp_path / "organs.json")]
+    assert widget.exporting.export_mask(str(out)) == [str(out), str(tmp_path / "organs.json")]
     assert "as DICOM SEG" in widget.status.value
     labels, names = read_seg(out, scan.geometry, scan.dicom)
     assert names == {1: "liver", 2: "spleen"}
@@ -535,8 +535,8 @@ def test_export_to_dcm_writes_a_dicom_seg_of_the_series_and_refuses_other_scans(
     nifti = write_volume(tmp_path / "scan.nii.gz", scan.data, scan.geometry)
     [other] = viewer.open(nifti, plugin=PLUGIN)
     widget.image.value = other
-    widget.export_layer.value = widget.add_support_layer()
+    widget.exporting.layer.value = widget.add_support_layer()
     notification_manager.records.clear()
-    assert widget.export_mask(str(tmp_path / "other.dcm")) == []
+    assert widget.exporting.export_mask(str(tmp_path / "other.dcm")) == []
     assert "only for a scan read from a DICOM series" in _messages()[-1] and ".nii.gz, .nii, .nrrd, .mha" in _messages()[-1]
     assert not (tmp_path / "other.dcm").exists() and not (tmp_path / "other.json").exists()

@@ -3,19 +3,19 @@
 Thin by design: it gathers the layers and options, runs
 :func:`napari_fewshot.segment` through :class:`SegmentationRunner` (a thread
 worker, one run at a time), and turns results into layers with
-:func:`show_segmentation`.  Model work never runs on the GUI thread.
+:func:`show_segmentation`.  Model work never runs on the GUI thread.  Refining
+and exporting are parts of their own (:class:`RefinePart`, :class:`ExportPart`)
+that the widget lays out; finding hand corrections is Qt-free (:mod:`.corrections`).
 """
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import asdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import (
-    CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, ProgressBar, PushButton, Select, SpinBox, create_widget,
+    CheckBox, ComboBox, Container, Label, LineEdit, ProgressBar, PushButton, Select, create_widget,
 )
 from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info, show_warning
@@ -28,15 +28,13 @@ from ..core.engine import DEFAULT_ENCODER, Segmentation, encode_volume, segment
 from ..core.heads import DEFAULT_HEAD, HEADS
 from ..core.options import SegmentOptions
 from ..core.postprocess import KEEP
-from ..core.refined import REFINED_FILE
 from ..core.runtime import BACKENDS, resolve_runtime
-from ..io import VolumeWriteError
-from ..io.formats import is_seg_path
 from .corrections import corrected_slices, kept_empty
-from .export import PROVENANCE, export_labels, record_run
+from .export import PROVENANCE, record_run
+from .export_part import ExportPart
 from .layers import layer_attributes, support_layer_data
 from .reader_preference import patterns_read_elsewhere, prefer_this_reader
-from .refining import MIN_LABELLED_SLICES, apply_job, labelled_slices, refine_job, show_refined
+from .refine_part import RefinePart
 from .results import MAPS, find_layer, prediction_layer, prediction_name, show_segmentation, slice_index
 from .runner import Job, SegmentationRunner
 from .structures import format_names, layer_names, names_features, parse_names
@@ -58,8 +56,6 @@ MEASURED_SLICES = 4
 SLICES_TO_CHECK = 10
 #: The Boundaries choice that leaves it to the engine (the decoder where it can draw).
 AUTO = "auto"
-#: The refine step's defaults in the widget: steps, slice size (px), labelled slices per step.
-REFINE_STEPS, REFINE_SIZE, REFINE_BATCH = 600, 128, 8
 
 
 class FewShotWidget(Container):
@@ -90,6 +86,7 @@ class FewShotWidget(Container):
             "asking which plugin to use (kept in napari's preferences; change it under Preferences > Plugins)"
         )
         self.image = create_widget(label="Image", annotation="napari.layers.Image")
+        self.image.tooltip = "The scan to segment (File > Open a NIfTI, NRRD or MetaImage file, or a DICOM folder)"
         self.support = create_widget(label="Support", annotation="napari.layers.Labels")
         self.support.tooltip = "The Labels layer you paint on (value v = structure v); never overwritten by a prediction"
         self.new_support = PushButton(text="New support layer")
@@ -97,8 +94,11 @@ class FewShotWidget(Container):
         self.names = LineEdit(label="Structure names")
         self.names.tooltip = "Names of the painted label values, e.g. 'liver, spleen' (labels 1, 2) or '1: liver, 3: kidney'"
         self.encoder = ComboBox(label="Encoder", choices=list(ENCODERS), value=DEFAULT_ENCODER)
+        self.encoder.tooltip = "The network that turns each slice into features (litemedsam: the default and fastest)"
         self.head = ComboBox(label="Head", choices=list(HEADS), value=DEFAULT_HEAD)
+        self.head.tooltip = "How the painted slices' prototypes are matched to every other slice (alpnet: the default)"
         self.device = ComboBox(label="Device", choices=available_devices(), value="auto")
+        self.device.tooltip = "Where the model runs: auto (a GPU when there is one), cpu, cuda or mps"
         self.backend = ComboBox(label="Backend", choices=list(BACKENDS), value="auto")
         self.backend.tooltip = (
             "What runs the encoder and decoder: auto (OpenVINO on the CPU, converted once per model and kept in "
@@ -113,6 +113,7 @@ class FewShotWidget(Container):
             f"(faster, coarser). {AUTO}: the decoder where it can"
         )
         self.fill_holes = CheckBox(text="Fill holes", value=False)
+        self.fill_holes.tooltip = "Fill holes inside each structure on every slice (off: a ring-shaped structure keeps its hole)"
         self.encode_ahead = CheckBox(text="Encode ahead", value=ENCODE_AHEAD)
         self.encode_ahead.tooltip = (
             "Encode the chosen scan in the background, from the slice on screen outward, while you paint, so that "
@@ -147,41 +148,21 @@ class FewShotWidget(Container):
             f"Copy the prediction of the slice on screen, as corrected, into the support ({SHORTCUTS['add to support']}; "
             "undo on the support layer with Ctrl-Z)"
         )
-        self.refine_steps = SpinBox(label="Refine steps", min=1, max=100_000, value=REFINE_STEPS)
-        self.refine_steps.tooltip = "Training steps of the refine run (docs/benchmarks.md: 600 steps take 25 s on a GPU)"
-        self.model_folder = FileEdit(label="Model folder", mode="d")
-        self.model_folder.tooltip = (
-            "Where refined models are kept, each run in a new folder inside it (empty: a temporary folder); "
-            "after a run it shows that run's folder, which 'Apply model' reads"
-        )
-        self.refine = PushButton(text="Refine with my annotations", enabled=False)
-        self.refine.tooltip = (
-            f"Train a network on the labelled slices of the support ({MIN_LABELLED_SLICES} or more) and the rest of "
-            "the scan (PCCS), in the background; the result is the Labels layer '<image> refined'"
-        )
-        self.apply_model = PushButton(text="Apply model to image")
-        self.apply_model.tooltip = "Segment the chosen image with the refined model in 'Model folder'"
-        self.export_layer = create_widget(label="Export", annotation="napari.layers.Labels")
-        self.export_path = FileEdit(label="To file", mode="w", filter="*.nii.gz *.nii *.nrrd *.mha *.dcm")
-        self.export = PushButton(text="Export mask")
-        self.export.tooltip = (
-            "Write the layer on the scan's grid (NIfTI, NRRD, MHA; or .dcm: a DICOM SEG of the DICOM series the scan "
-            "was read from, one segment per structure) with a JSON sidecar of names and model"
-        )
+        self.refining = RefinePart(self)
+        self.exporting = ExportPart(self)
         for widget in (self.device_note, self.status):
             widget.native.setWordWrap(True)
         # the expert knobs, folded away under one button
         self.advanced = Container(labels=True, visible=False, widgets=[
             self.encoder, self.head, self.device, self.backend, self.keep, self.boundaries, self.fill_holes,
-            self.every_slice, self.encode_ahead, self.maps, self.refine_steps, self.model_folder,
+            self.every_slice, self.encode_ahead, self.maps, self.refining.steps, self.refining.folder,
         ])  # fmt: skip
         self.show_advanced = PushButton(text="Advanced settings ▸")
         self.show_advanced.tooltip = "Encoder, head, device and backend; post-processing; maps; refine settings"
         self.extend([
             self.use_reader, self.image, self.support, self.new_support, self.names, self.show_advanced, self.advanced,
             self.device_note, self.segment_slice, self.segment_volume, self.cancel, self.progress, self.status,
-            self.check, self.add_to_support, self.refine, self.apply_model, self.export_layer, self.export_path,
-            self.export,
+            self.check, self.add_to_support, self.refining.refine, self.refining.apply, *self.exporting.widgets,
         ])  # fmt: skip
 
         self.use_reader.changed.connect(self.prefer_reader)
@@ -191,15 +172,11 @@ class FewShotWidget(Container):
         self.segment_volume.changed.connect(lambda: self.run("volume"))
         self.cancel.changed.connect(self.cancel_run)
         self.add_to_support.changed.connect(self.add_slice_to_support)
-        self.refine.changed.connect(self.refine_with_annotations)
-        self.apply_model.changed.connect(self.apply_refined_model)
-        self.support.changed.connect(self._watch_support)
-        self._watched: Any = None
-        self.export.changed.connect(lambda: self.export_mask())
+        self.support.changed.connect(lambda: self.refining.watch(self.support.value))
         self.check.changed.connect(self._go_to_checked)
         self.names.changed.connect(self._name_layers)
         self.support.changed.connect(self._show_support_names)
-        for widget in (self.image, self.support, self.export_layer):
+        for widget in (self.image, self.support, self.exporting.layer):
             widget.changed.connect(self._update_actions)
         self.image.changed.connect(self._clear_stale_status)
         for widget in (self.image, self.encoder, self.device, self.backend):
@@ -210,26 +187,35 @@ class FewShotWidget(Container):
         self._runner.busy_changed.connect(self._busy)
         self.native.destroyed.connect(lambda *_: self._runner.close())  # a run ending after the widget calls nothing back
         viewer.layers.events.removed.connect(self._layer_removed)
-        self._watch_support()
+        self.refining.watch(self.support.value)
         for action, key in SHORTCUTS.items():
             viewer.bind_key(key, self._shortcut(action), overwrite=True)
         self._update_device_note()
         self._update_actions()
         self._encode_ahead()
 
+    @property
+    def viewer(self) -> napari.viewer.Viewer:
+        return self._viewer
+
+    @property
+    def runner(self) -> SegmentationRunner:
+        """The one runner of the widget's engine jobs (segment, encode ahead, refine, apply)."""
+        return self._runner
+
     # -- actions ---------------------------------------------------------------------
     def prefer_reader(self) -> None:
         """Make this plugin napari's reader for scans (napari's preferences), so File > Open asks no more."""
         patterns = prefer_this_reader()
         self.use_reader.visible = False
-        self._say(f"File > Open now reads {', '.join(patterns) or 'scans'} with napari-fewshot without asking "
+        self.say(f"File > Open now reads {', '.join(patterns) or 'scans'} with napari-fewshot without asking "
                   "(napari's Preferences > Plugins > File extension readers to change it).")
 
     def add_support_layer(self) -> napari.layers.Labels | None:
         """Add an empty support Labels layer on the chosen image's grid and select it for painting."""
         image = self.image.value
         if image is None:
-            return self._refuse("Open a scan first (File > Open, or File > Open Sample > napari-fewshot).")
+            return self.refuse("Open a scan first (File > Open, or File > Open Sample > napari-fewshot).")
         data, kwargs, _ = support_layer_data(image.data.shape, layer_attributes(image), f"{image.name} support")
         layer = self._viewer.add_labels(data, **kwargs)
         layer.selected_label = 1
@@ -237,18 +223,18 @@ class FewShotWidget(Container):
         self._viewer.layers.selection.active = layer
         self.support.value = layer
         self._name_layers()
-        self._say(f"Paint the structure on '{layer.name}' (label 1; more labels for more structures).")
+        self.say(f"Paint the structure on '{layer.name}' (label 1; more labels for more structures).")
         return layer
 
     def run(self, kind: str) -> None:
         """Segment the slice on screen (``kind="slice"``) or every slice (``"volume"``) in the background."""
-        checked = self._checked_layers()
+        checked = self.checked_layers()
         if checked is None:
             return
         image, support, names = checked
-        axis, current = self._slice_axis(image), self._current_slice(image)
+        axis, current = self.slice_axis(image), self._current_slice(image)
         if kind == "volume":
-            self._take_corrections(image, support, axis)
+            self.take_corrections(image, support, axis)
         n = image.data.shape[axis]
         slices = np.arange(n) if kind == "volume" else np.array([current])
         segment_options = SegmentOptions(
@@ -275,9 +261,9 @@ class FewShotWidget(Container):
         job = Job(
             description=f"Segmenting {what}",
             kwargs=kwargs,
-            started=lambda: self._say(f"Segmenting {what}..."),
+            started=lambda: self.say(f"Segmenting {what}..."),
             done=lambda result: self._show(result, context, slices, names, options, support.name),
-            failed=self._failed,
+            failed=self.failed,
             cancelled=lambda: self._cancelled(what, context),
             context=context,
             preview=(lambda value, done, mask: self._show_preview(context, value, done, mask, axis))
@@ -285,7 +271,7 @@ class FewShotWidget(Container):
         )
         self._runner.start(job)
         if self._runner.job is not job:
-            self._say(f"Segmenting {what} once the current run has stopped...")
+            self.say(f"Segmenting {what} once the current run has stopped...")
 
     def cancel_run(self) -> None:
         """Stop the running segmentation (and drop one waiting to start); the slices it showed stay."""
@@ -293,12 +279,12 @@ class FewShotWidget(Container):
             self._ahead_done = self._runner.job.context["ahead"]  # stopped by the user: not again for this scan
         if self._runner.busy:
             self._runner.cancel_all()
-            self._say("Cancelling...")
+            self.say("Cancelling...")
 
     def _encoding_options(self, image: napari.layers.Image) -> dict[str, Any]:
         """What decides the features of ``image``: the encoder, where it runs, the slice axis."""
         return dict(encoder=self.encoder.value, device=self.device.value, backend=self.backend.value,
-                    axis=self._slice_axis(image))
+                    axis=self.slice_axis(image))
 
     def _encode_ahead(self) -> None:
         """Encode the chosen scan in the background, from the slice on screen outward, when no run is going.
@@ -330,7 +316,7 @@ class FewShotWidget(Container):
 
         def failed(error: Exception) -> None:
             self._ahead_done = wanted  # not tried again until the scan or the settings change
-            self._say(f"Encoding ahead stopped: {error}")
+            self.say(f"Encoding ahead stopped: {error}")
 
         self._runner.start(Job(
             description=f"Encoding {image.name} ahead", kwargs=kwargs, function=encode_volume,
@@ -351,7 +337,7 @@ class FewShotWidget(Container):
             self.device_note.value = f"Encoding '{job.context['image'].name}' ahead: {done} of {total} slices."
         elif job.function is segment:
             left = "" if seconds_left is None else f", about {_duration(seconds_left)} left"
-            self._say(f"{job.description}: {done} of {'' if done >= total else '~'}{total} slices{left}")
+            self.say(f"{job.description}: {done} of {'' if done >= total else '~'}{total} slices{left}")
             self.progress.max, self.progress.value = total, done
             self.progress.visible = True
 
@@ -390,173 +376,59 @@ class FewShotWidget(Container):
     def _cancelled(self, what: str, context: dict[str, Any]) -> None:
         shown = len(context["previewed"])
         if shown:
-            self._say(f"Cancelled ({what}); the prediction shows the {shown} slices segmented so far, before the "
+            self.say(f"Cancelled ({what}); the prediction shows the {shown} slices segmented so far, before the "
                       "3D clean-up and the boundaries.")
         else:
-            self._say(f"Cancelled ({what}); the previous prediction is unchanged.")
+            self.say(f"Cancelled ({what}); the previous prediction is unchanged.")
 
     def add_slice_to_support(self) -> None:
         """Copy the prediction of the slice on screen into the support layer (undoable there with Ctrl-Z)."""
         image, support = self.image.value, self.support.value
         prediction = None if image is None else find_layer(self._viewer, prediction_name(image), Labels, image.data.shape)
         if prediction is None or support is None:
-            return self._refuse("Segment first: there is no prediction to add to the support.")
+            return self.refuse("Segment first: there is no prediction to add to the support.")
         if not _same_grid(image, support):
-            return self._refuse(_grid_message(image, support))
-        axis, current = self._slice_axis(image), self._current_slice(image)
+            return self.refuse(_grid_message(image, support))
+        axis, current = self.slice_axis(image), self._current_slice(image)
         if not np.take(prediction.data, current, axis=axis).any():
             self._cleared.setdefault(prediction, set()).add((axis, current))
-            self._say(f"Slice {current} is empty: later runs keep it empty. Press Segment volume (features are cached).")
+            self.say(f"Slice {current} is empty: later runs keep it empty. Press Segment volume (features are cached).")
             return
         _copy_slices(prediction, support, [current], axis)
-        self._update_refine()
-        self._say(f"Slice {current} is now part of the support; press Segment volume (features are cached).")
-
-    def refine_with_annotations(self) -> None:
-        """Train a network on the support's labelled slices and the rest of the scan (PCCS) in the background."""
-        checked = self._checked_layers()
-        if checked is None:
-            return
-        image, support, names = checked
-        axis = self._slice_axis(image)
-        self._take_corrections(image, support, axis)
-        labelled = labelled_slices(support.data, axis)
-        if labelled < MIN_LABELLED_SLICES:
-            return self._refuse(
-                f"'{support.name}' has {labelled} labelled slices; paint or correct at least {MIN_LABELLED_SLICES} "
-                "(Add slice to support) before refining."
-            )
-        # every run gets a folder of its own (inside the chosen one): no model kept there before is overwritten
-        chosen = str(self.model_folder.value or "")
-        base = Path(chosen) if chosen and chosen != "." else None
-        if base is not None and (base / REFINED_FILE).is_file():
-            base = base.parent  # the folder of an earlier run: its new sibling
-        if base is not None:
-            base.mkdir(parents=True, exist_ok=True)
-        out = Path(tempfile.mkdtemp(prefix="refined-", dir=base))
-        kwargs = dict(
-            image=np.asarray(image.data), labels=np.array(support.data, copy=True), out=out,
-            spacing=tuple(float(s) for s in image.scale), axis=axis, modality=image.metadata.get("modality"),
-            steps=self.refine_steps.value, size=REFINE_SIZE, batch=REFINE_BATCH, device=self.device.value,
-            describe=self._runner.described.emit,
-        )
-        provenance = dict(method="pccs", steps=self.refine_steps.value, size=REFINE_SIZE, support_layer=support.name,
-                          labelled_slices=labelled, axis=axis)
-        self._start_refined_job(image, names, f"Refining on {labelled} labelled slices of '{support.name}'",
-                                refine_job, kwargs, provenance)
-
-    def apply_refined_model(self) -> None:
-        """Segment the chosen image with the refined model in the model folder, in the background."""
-        image, folder = self.image.value, str(self.model_folder.value or "")
-        if image is None:
-            return self._refuse("Open a scan first (File > Open, or File > Open Sample > napari-fewshot).")
-        if not folder or folder == "." or not (Path(folder) / REFINED_FILE).is_file():
-            return self._refuse("Choose a model folder holding a refined model (Refine with my annotations writes one).")
-        axis = self._slice_axis(image)
-        kwargs = dict(image=np.asarray(image.data), model=Path(folder) / REFINED_FILE, axis=axis,
-                      spacing=tuple(float(s) for s in image.scale), modality=image.metadata.get("modality"),
-                      device=self.device.value)
-        self._start_refined_job(image, self._names() or {}, f"Applying the refined model to '{image.name}'",
-                                apply_job, kwargs, dict(axis=axis))
-
-    def export_mask(self, path: str | None = None) -> list[str]:
-        """Write the chosen Labels layer (default: the prediction) to ``path`` (default: the file field)."""
-        layer = self.export_layer.value
-        target = str(path or self.export_path.value or "")
-        if layer is None:
-            return self._refuse("Nothing to export: segment first, or choose a Labels layer.") or []
-        if not target or target == ".":
-            return self._refuse("Choose a file to export to (.nii.gz, .nii, .nrrd, .mha, or .dcm for DICOM SEG).") or []
-        names = layer_names(layer.features) or self._names() or {}
-        folder = Path(target).parent
-        if not folder.exists():
-            try:
-                folder.mkdir(parents=True)
-            except OSError as error:
-                return self._refuse(f"Could not make the folder {folder} to export into: {error}", error=True) or []
-            show_info(f"Made the folder {folder} to export into.")
-        try:
-            written = export_labels(target, layer.data, layer_attributes(layer), names)
-        except VolumeWriteError as error:
-            return self._refuse(str(error), error=True) or []
-        what = " as DICOM SEG" if is_seg_path(written[0]) else ""
-        self._say(f"Exported '{layer.name}' to {written[0]}{what} (sidecar {written[1].name}).")
-        return [str(p) for p in written]
+        self.refining.count()
+        self.say(f"Slice {current} is now part of the support; press Segment volume (features are cached).")
 
     # -- helpers ---------------------------------------------------------------------
-    def _start_refined_job(self, image: Any, names: dict[int, str], what: str, function: Any, kwargs: dict[str, Any],
-                           provenance: dict[str, Any]) -> None:
-        """Run a refine or apply job; its labels go to '<image> refined' and its model to the model folder."""
-
-        def done(outcome: tuple[np.ndarray, Path]) -> None:
-            labels, model = outcome
-            if image not in self._viewer.layers:
-                return
-            self.model_folder.value = str(model.parent)
-            layer = show_refined(self._viewer, image, labels, names, {**provenance, "model": str(model)})
-            self.export_layer.reset_choices()
-            self._say(f"{what}: done. The result is '{layer.name}'; the model is in {model.parent}.")
-
-        job = Job(
-            description=what, kwargs=kwargs, function=function,
-            started=lambda: self._say(f"{what}..."),
-            done=done,
-            failed=self._failed,
-            cancelled=lambda: self._say(f"Cancelled ({what})."),
-            context=dict(image=image, support=self.support.value),
-        )
-        self._runner.start(job)
-
-    def _watch_support(self) -> None:
-        """Follow the chosen support's edits, so that 'Refine' is enabled once enough slices are labelled."""
-        events = ("paint", "labels_update", "data", "set_data")  # set_data: undo and redo write the data silently
-        if self._watched is not None:
-            for name in events:
-                getattr(self._watched.events, name).disconnect(self._update_refine)
-        self._watched = self.support.value
-        if self._watched is not None:
-            for name in events:
-                getattr(self._watched.events, name).connect(self._update_refine)
-        self._update_refine()
-
-    def _update_refine(self, event: Any = None) -> None:
-        support, image = self.support.value, self.image.value
-        axis = self._slice_axis(image) if image is not None else 0
-        count = 0 if support is None else labelled_slices(support.data, min(axis, support.data.ndim - 1))
-        self.refine.enabled = count >= MIN_LABELLED_SLICES
-        missing = f" ({count} of {MIN_LABELLED_SLICES} slices)" if count < MIN_LABELLED_SLICES else ""
-        self.refine.text = f"Refine with my annotations{missing}"
-
-    def _checked_layers(self) -> tuple[Any, Any, dict[int, str]] | None:
+    def checked_layers(self) -> tuple[Any, Any, dict[int, str]] | None:
         image, support = self.image.value, self.support.value
         if image is None:
-            return self._refuse("Open a scan first (File > Open, or File > Open Sample > napari-fewshot).")
+            return self.refuse("Open a scan first (File > Open, or File > Open Sample > napari-fewshot).")
         if image.ndim != 3 or image.rgb:
-            return self._refuse(f"'{image.name}' is not a 3D grey-value volume; choose a scan (z, y, x).")
+            return self.refuse(f"'{image.name}' is not a 3D grey-value volume; choose a scan (z, y, x).")
         if support is None:
-            return self._refuse("Make a support layer ('New support layer') and paint the structure on one slice.")
+            return self.refuse("Make a support layer ('New support layer') and paint the structure on one slice.")
         if not _same_grid(image, support):
-            return self._refuse(_grid_message(image, support))
-        names = self._names()
+            return self.refuse(_grid_message(image, support))
+        names = self.structure_names()
         return None if names is None else (image, support, names)
 
-    def _names(self) -> dict[int, str] | None:
+    def structure_names(self) -> dict[int, str] | None:
         try:
             return parse_names(self.names.value)
         except ValueError as error:
-            return self._refuse(f"Structure names: {error}")
+            return self.refuse(f"Structure names: {error}")
 
-    def _slice_axis(self, image: napari.layers.Image) -> int:
+    def slice_axis(self, image: napari.layers.Image) -> int:
         """The axis the viewer slices along (the one not displayed in 2D; the first in 3D)."""
         hidden = self._viewer.dims.not_displayed
         return hidden[-1] - (self._viewer.dims.ndim - image.ndim) if len(hidden) and self._viewer.dims.ndisplay == 2 else 0
 
     def _current_slice(self, image: napari.layers.Image) -> int:
-        axis = self._slice_axis(image)
+        axis = self.slice_axis(image)
         index = image.world_to_data(self._viewer.dims.point)[axis]
         return int(np.clip(round(index), 0, image.data.shape[axis] - 1))
 
-    def _take_corrections(self, image: napari.layers.Image, support: napari.layers.Labels, axis: int) -> None:
+    def take_corrections(self, image: napari.layers.Image, support: napari.layers.Labels, axis: int) -> None:
         """Slices of the prediction changed by hand since the last run join the support, so no correction is lost."""
         prediction = find_layer(self._viewer, prediction_name(image), Labels, image.data.shape)
         written = None if prediction is None else self._written.get(prediction)
@@ -565,7 +437,7 @@ class FewShotWidget(Container):
         corrected, cleared = corrected_slices(np.asarray(prediction.data), written, axis)
         self._cleared.setdefault(prediction, set()).update((axis, z) for z in cleared)
         slices = _copy_slices(prediction, support, corrected, axis)
-        self._update_refine()
+        self.refining.count()
         if slices or cleared:
             added = f"Slices {', '.join(map(str, slices))} corrected in '{prediction.name}' were added to the support. " if slices else ""
             empty = f"Slices {', '.join(map(str, cleared))}, cleared by hand, stay empty." if cleared else ""
@@ -613,15 +485,15 @@ class FewShotWidget(Container):
             provenance=record_run(earlier, provenance, replaces_all=whole),
         )
         self._written[prediction] = np.array(prediction.data, copy=True)
-        self.export_layer.reset_choices()
-        self.export_layer.value = prediction
+        self.exporting.layer.reset_choices()
+        self.exporting.layer.value = prediction
         if context["support"] in self._viewer.layers:  # painting goes on where it was, not on the new layers
             self._viewer.layers.selection.active = context["support"]
         if whole:
             self._list_slices_to_check(result, options["axis"], names)
             self.device_note.value = f"Features of '{image.name}' ready where this run went: segmenting again takes seconds."
         seconds = result.seconds
-        self._say(
+        self.say(
             f"Segmented {'the volume' if whole else f'slice {slices[0]}'} in {seconds['total']:.1f} s "
             f"(encoding {encoded} slices: {seconds['encode']:.1f} s; head and boundaries: {seconds['head']:.1f} s) "
             f"on {result.runtime}."
@@ -643,15 +515,15 @@ class FewShotWidget(Container):
         image = self.image.value
         if not value or image is None:
             return
-        axis = self._slice_axis(image)
+        axis = self.slice_axis(image)
         point = list(image.world_to_data(self._viewer.dims.point))
         point[axis] = value[-1]
         world = image.data_to_world(point)
         self._viewer.dims.set_point(range(len(world)), world)
 
-    def _failed(self, error: Exception) -> None:
+    def failed(self, error: Exception) -> None:
         message = str(error) if error.__class__.__module__.startswith("napari_fewshot") else f"{type(error).__name__}: {error}"
-        self._refuse(f"Segmentation failed: {message}", error=True)
+        self.refuse(f"Segmentation failed: {message}", error=True)
 
     def _layer_removed(self, event: Any) -> None:
         self._written.pop(event.value, None)
@@ -669,7 +541,7 @@ class FewShotWidget(Container):
         try:
             names = parse_names(self.names.value)
         except ValueError as error:
-            self._say(f"Structure names: {error}")
+            self.say(f"Structure names: {error}")
             return
         image = self.image.value
         layers = [self.support.value]
@@ -698,7 +570,7 @@ class FewShotWidget(Container):
         if image is None or rate is None:
             estimate = "the first run on a scan encodes every slice once"
         else:
-            n = image.data.shape[self._slice_axis(image)] if image.ndim == 3 else 0
+            n = image.data.shape[self.slice_axis(image)] if image.ndim == 3 else 0
             estimate = f"first run on '{image.name}': about {_duration(n * rate)} ({n} slices x {rate:.1f} s)"
         self.device_note.value = f"Running on the CPU ({runtime.backend}); {estimate}. Re-runs reuse the features: seconds."
 
@@ -718,12 +590,12 @@ class FewShotWidget(Container):
         for button in (self.segment_slice, self.segment_volume, self.add_to_support):
             button.enabled = image is not None and support is not None
         self.new_support.enabled = image is not None
-        self.export.enabled = self.export_layer.value is not None
+        self.exporting.button.enabled = self.exporting.layer.value is not None
 
     def _clear_stale_status(self, *_: Any) -> None:
         """A new scan chosen: a line about the previous one (or about there being none) no longer holds."""
         if not self._runner.busy:
-            self._say("")
+            self.say("")
 
     def _shortcut(self, action: str):
         actions = {
@@ -738,12 +610,12 @@ class FewShotWidget(Container):
         press.__doc__ = f"napari-fewshot: {action}"
         return press
 
-    def _say(self, message: str) -> None:
+    def say(self, message: str) -> None:
         self.status.value = message
 
-    def _refuse(self, message: str, error: bool = False) -> None:
+    def refuse(self, message: str, error: bool = False) -> None:
         """Tell the user why nothing happened (status line and a napari notification); returns None."""
-        self._say(message)
+        self.say(message)
         (show_error if error else show_warning)(message)
 
 
