@@ -91,12 +91,12 @@ def main() -> None:
     viewer.layers["abdomen CT liver attention"].visible = False
     prediction = viewer.layers["abdomen CT prediction"]
     print(f"liver Dice, whole crop: {dice(prediction.data == 1, truth):.3f}")
-    worst = list(widget.check.choices)[0]
-    widget.check.value = [worst]
+    worst = list(widget.correcting.check.choices)[0]
+    widget.correcting.check.value = [worst]
     fix = np.zeros(truth.shape, bool)
     fix[worst] = True
     prediction.data_setitem(np.nonzero(fix), truth[fix].astype(prediction.data.dtype))
-    timed(f"Add slice {worst} (corrected) to support", widget.add_to_support.native.click)
+    timed(f"Add slice {worst} (corrected) to support", widget.correcting.add.native.click)
     timed("Segment volume again (cached features)", widget.segment_volume.native.click)
     print(f"liver Dice, whole crop, after the correction: {dice(prediction.data == 1, truth):.3f}")
     shot(viewer, "4-corrected")

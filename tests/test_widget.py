@@ -140,9 +140,9 @@ def test_segment_volume_gives_a_prediction_on_the_image_grid_and_maps(qtbot, ses
     assert viewer.dims.axis_labels[0] == "axial (I→S)"
 
     # the slices worth a look and why: where each structure begins and ends, then the weakest; a click goes there
-    listed = list(widget.check.choices)
+    listed = list(widget.correcting.check.choices)
     assert 0 < len(listed) <= 10 and PAINTED not in listed
-    text = [widget.check.native.item(i).text() for i in range(widget.check.native.count())]
+    text = [widget.correcting.check.native.item(i).text() for i in range(widget.correcting.check.native.count())]
     for value, name in ((1, "bright"), (2, "dark")):
         held = np.flatnonzero((prediction.data == value).any(axis=(1, 2)))
         assert 0 < held[0] and held[-1] < len(prediction.data) - 1  # both end inside the volume
@@ -151,8 +151,8 @@ def test_segment_volume_gives_a_prediction_on_the_image_grid_and_maps(qtbot, ses
     # the list stays when another layer comes and goes (napari resets the widget's choices then)
     other = viewer.add_points([[1, 2, 3]], name="unrelated")
     viewer.layers.remove(other)
-    assert list(widget.check.choices) == listed
-    widget.check.value = [listed[-1]]
+    assert list(widget.correcting.check.choices) == listed
+    widget.correcting.check.value = [listed[-1]]
     assert viewer.dims.current_step[0] == listed[-1]
 
 
@@ -180,7 +180,7 @@ def test_correction_loop_reuses_the_features_and_keeps_every_correction(qtbot, s
     # fix slice 6 by hand and add it to the support; undo takes it back, redo brings it again
     prediction.data_setitem(np.nonzero(_slice_mask(truth, 6)), truth[_slice_mask(truth, 6)])
     _go_to(viewer, 6)
-    widget.add_to_support.native.click()
+    widget.correcting.add.native.click()
     np.testing.assert_array_equal(support.data[6], prediction.data[6])
     support.undo()
     assert not support.data[6].any()
@@ -204,7 +204,7 @@ def test_correction_loop_reuses_the_features_and_keeps_every_correction(qtbot, s
     prediction.data_setitem(np.nonzero(np.arange(24)[:, None, None] == np.full((1, 48, 48), 19)), 0)
     _go_to(viewer, 4)
     prediction.data_setitem(np.nonzero(np.arange(24)[:, None, None] == np.full((1, 48, 48), 4)), 0)
-    widget.add_to_support.native.click()
+    widget.correcting.add.native.click()
     assert "Slice 4 is empty: later runs keep it empty" in widget.status.value
     _run(qtbot, widget, widget.segment_volume)
     assert not prediction.data[19].any() and not prediction.data[4].any() and prediction.data[10].any()
@@ -278,7 +278,7 @@ def test_shortcuts_run_the_actions(qtbot, session):
     assert "Alt-V" in widget.segment_volume.tooltip and "Alt-S" in widget.segment_slice.tooltip
     _go_to(viewer, 8)
     qtbot.keyClick(canvas, Qt.Key.Key_A, Qt.KeyboardModifier.AltModifier)
-    assert support.data[8].any() and "Alt-A" in widget.add_to_support.tooltip
+    assert support.data[8].any() and "Alt-A" in widget.correcting.add.tooltip
 
 
 def test_export_writes_the_mask_with_the_source_geometry_and_a_sidecar(qtbot, session, scan, tmp_path):

@@ -115,3 +115,22 @@ def labels_for_writing(data: np.ndarray, attributes: dict[str, Any]) -> tuple[np
     dtype = label_dtype(file_data)
     return file_data.astype(dtype, copy=False), geometry.with_pixel_type(str(dtype))
 
+
+
+def same_grid(image: Any, labels: Any) -> bool:
+    """Whether Labels layer ``labels`` lies voxel for voxel on image layer ``image``'s grid."""
+    return (
+        image.data.shape == labels.data.shape
+        and np.allclose(image.scale, labels.scale)
+        and np.allclose(image.translate, labels.translate)
+        and np.allclose(image.rotate, labels.rotate)
+    )
+
+
+def grid_message(image: Any, labels: Any) -> str:
+    """Why ``labels`` cannot be used with ``image`` (not on its grid), and what to do instead."""
+    return (
+        f"'{labels.name}' (shape {labels.data.shape}, spacing {tuple(np.round(labels.scale, 3))}) is not on the grid of "
+        f"'{image.name}' (shape {image.data.shape}, spacing {tuple(np.round(image.scale, 3))}); "
+        "press 'New support layer' to paint on the image's grid."
+    )

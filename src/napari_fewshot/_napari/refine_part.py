@@ -24,7 +24,8 @@ class RefinePart:
     """The refine and apply buttons (``refine``, ``apply``) and their settings (``steps``, ``folder``).
 
     ``host`` is the widget holding the part: it has the scan, the support, the
-    device and the runner, takes corrections into the support, and says what happened.
+    device, the runner and the correcting part (corrections join the support
+    before a run), and says what happened.
     """
 
     def __init__(self, host: FewShotWidget) -> None:
@@ -55,7 +56,7 @@ class RefinePart:
             return
         image, support, names = checked
         axis = host.slice_axis(image)
-        host.take_corrections(image, support, axis)
+        host.correcting.take_corrections(image, support, axis)
         labelled = labelled_slices(support.data, axis)
         if labelled < MIN_LABELLED_SLICES:
             return host.refuse(

@@ -4,8 +4,9 @@ Thin by design: it gathers the layers and options, runs
 :func:`napari_fewshot.segment` through :class:`SegmentationRunner` (a thread
 worker, one run at a time), and turns results into layers with
 :func:`show_segmentation`.  Model work never runs on the GUI thread.  Refining
-and exporting are parts of their own (:class:`RefinePart`, :class:`ExportPart`)
-that the widget lays out; finding hand corrections is Qt-free (:mod:`.corrections`).
+checking and correcting, refining and exporting are parts of their own
+(:class:`CorrectPart`, :class:`RefinePart`, :class:`ExportPart`) that the widget
+lays out; finding hand corrections is Qt-free (:mod:`.corrections`).
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import (
-    CheckBox, ComboBox, Container, Label, LineEdit, ProgressBar, PushButton, Select, create_widget,
+    CheckBox, ComboBox, Container, Label, LineEdit, ProgressBar, PushButton, create_widget,
 )
 from napari.layers import Labels
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_warning
 
 from ..core.boundaries import BOUNDARIES
-from ..core.confidence import check_reason, slice_confidence, slices_to_check
 from ..core.device import available_devices
 from ..core.encoders import ENCODERS
 from ..core.engine import DEFAULT_ENCODER, Segmentation, encode_volume, segment
@@ -29,10 +29,11 @@ from ..core.heads import DEFAULT_HEAD, HEADS
 from ..core.options import SegmentOptions
 from ..core.postprocess import KEEP
 from ..core.runtime import BACKENDS, resolve_runtime
-from .corrections import corrected_slices, kept_empty
+from .corrections import kept_empty
 from .export import PROVENANCE, record_run
+from .correct_part import CorrectPart
 from .export_part import ExportPart
-from .layers import layer_attributes, support_layer_data
+from .layers import grid_message, layer_attributes, same_grid, support_layer_data
 from .reader_preference import patterns_read_elsewhere, prefer_this_reader
 from .refine_part import RefinePart
 from .results import MAPS, find_layer, prediction_layer, prediction_name, show_segmentation, slice_index
@@ -52,8 +53,6 @@ ENCODE_AHEAD = True
 SHORTCUTS = {"segment slice": "Alt-S", "segment volume": "Alt-V", "add to support": "Alt-A"}
 #: A run that encoded at least this many slices times the encoder for the widget's estimate of a first run.
 MEASURED_SLICES = 4
-#: How many slices the "Slices to check" list shows.
-SLICES_TO_CHECK = 10
 #: The Boundaries choice that leaves it to the engine (the decoder where it can draw).
 AUTO = "auto"
 
@@ -72,12 +71,6 @@ class FewShotWidget(Container):
         super().__init__(labels=True)
         self._viewer = viewer
         self._runner = SegmentationRunner()
-        #: what the widget last wrote into each prediction layer, to find hand corrections
-        #: (layers compare equal through napari's plugin proxies; identity does not hold)
-        self._written: dict[Any, np.ndarray] = {}
-        #: per prediction layer, (axis, slice) the user cleared: the structure is absent there,
-        #: which a label volume cannot say as a support, so later runs keep those slices empty
-        self._cleared: dict[Any, set[tuple[int, int]]] = {}
         self._seconds_per_slice = dict(CPU_SECONDS_PER_SLICE)
 
         self.use_reader = PushButton(text="Open scans with napari-fewshot", visible=bool(patterns_read_elsewhere()))
@@ -137,17 +130,7 @@ class FewShotWidget(Container):
         self.progress = ProgressBar(value=0, min=0, max=1, visible=False)
         self.progress.tooltip = "Slices of the running segmentation done, of those planned"
         self.status = Label(value="")
-        self._to_check: list[tuple[str, int]] = []  # the last run's slices to check (kept when layers change)
-        self.check = Select(label="Slices to check", choices=lambda _: self._to_check)
-        self.check.tooltip = (
-            "Slices of the last run worth a look, and why: where each structure begins or ends (or runs off the scan), "
-            "where it looks unlike the painting, then the least sure boundaries; click one to go there"
-        )
-        self.add_to_support = PushButton(text=f"Add slice to support ({SHORTCUTS['add to support']})")
-        self.add_to_support.tooltip = (
-            f"Copy the prediction of the slice on screen, as corrected, into the support ({SHORTCUTS['add to support']}; "
-            "undo on the support layer with Ctrl-Z)"
-        )
+        self.correcting = CorrectPart(self, SHORTCUTS["add to support"])
         self.refining = RefinePart(self)
         self.exporting = ExportPart(self)
         for widget in (self.device_note, self.status):
@@ -162,7 +145,7 @@ class FewShotWidget(Container):
         self.extend([
             self.use_reader, self.image, self.support, self.new_support, self.names, self.show_advanced, self.advanced,
             self.device_note, self.segment_slice, self.segment_volume, self.cancel, self.progress, self.status,
-            self.check, self.add_to_support, self.refining.refine, self.refining.apply, *self.exporting.widgets,
+            self.correcting.check, self.correcting.add, self.refining.refine, self.refining.apply, *self.exporting.widgets,
         ])  # fmt: skip
 
         self.use_reader.changed.connect(self.prefer_reader)
@@ -171,9 +154,7 @@ class FewShotWidget(Container):
         self.segment_slice.changed.connect(lambda: self.run("slice"))
         self.segment_volume.changed.connect(lambda: self.run("volume"))
         self.cancel.changed.connect(self.cancel_run)
-        self.add_to_support.changed.connect(self.add_slice_to_support)
         self.support.changed.connect(lambda: self.refining.watch(self.support.value))
-        self.check.changed.connect(self._go_to_checked)
         self.names.changed.connect(self._name_layers)
         self.support.changed.connect(self._show_support_names)
         for widget in (self.image, self.support, self.exporting.layer):
@@ -232,9 +213,9 @@ class FewShotWidget(Container):
         if checked is None:
             return
         image, support, names = checked
-        axis, current = self.slice_axis(image), self._current_slice(image)
+        axis, current = self.slice_axis(image), self.current_slice(image)
         if kind == "volume":
-            self.take_corrections(image, support, axis)
+            self.correcting.take_corrections(image, support, axis)
         n = image.data.shape[axis]
         slices = np.arange(n) if kind == "volume" else np.array([current])
         segment_options = SegmentOptions(
@@ -305,7 +286,7 @@ class FewShotWidget(Container):
             return
         if job is not None or wanted is None or wanted == self._ahead_done:
             return
-        n, current = image.data.shape[options["axis"]], self._current_slice(image)
+        n, current = image.data.shape[options["axis"]], self.current_slice(image)
         order = sorted(range(n), key=lambda z: (abs(z - current), z))  # the slice on screen first, then outward
         kwargs = dict(options, image=np.asarray(image.data), spacing=tuple(float(s) for s in image.scale),
                       modality=image.metadata.get("modality"), slices=order)
@@ -358,14 +339,14 @@ class FewShotWidget(Container):
         if prediction is not before:
             context["made"] = prediction
         previewed = context["previewed"]
-        if not previewed or prediction not in self._written:  # the run's first batch, or a layer made anew
+        if not previewed or prediction not in self.correcting.written:  # the run's first batch, or a layer made anew
             prediction.data[...] = 0
-            self._written[prediction] = np.zeros_like(prediction.data)
-        cleared = {z for a, z in self._cleared.get(prediction, ()) if a == axis}
+            self.correcting.written[prediction] = np.zeros_like(prediction.data)
+        cleared = {z for a, z in self.correcting.cleared.get(prediction, ()) if a == axis}
         shown = [i for i, z in enumerate(slices) if z not in cleared]
         where = slice_index([slices[i] for i in shown], axis, image.data.shape)
         mask = np.take(mask, shown, axis=axis)
-        for data in (prediction.data, self._written[prediction]):
+        for data in (prediction.data, self.correcting.written[prediction]):
             part = data[where]
             part[part == value] = 0
             part[mask] = value
@@ -381,23 +362,6 @@ class FewShotWidget(Container):
         else:
             self.say(f"Cancelled ({what}); the previous prediction is unchanged.")
 
-    def add_slice_to_support(self) -> None:
-        """Copy the prediction of the slice on screen into the support layer (undoable there with Ctrl-Z)."""
-        image, support = self.image.value, self.support.value
-        prediction = None if image is None else find_layer(self._viewer, prediction_name(image), Labels, image.data.shape)
-        if prediction is None or support is None:
-            return self.refuse("Segment first: there is no prediction to add to the support.")
-        if not _same_grid(image, support):
-            return self.refuse(_grid_message(image, support))
-        axis, current = self.slice_axis(image), self._current_slice(image)
-        if not np.take(prediction.data, current, axis=axis).any():
-            self._cleared.setdefault(prediction, set()).add((axis, current))
-            self.say(f"Slice {current} is empty: later runs keep it empty. Press Segment volume (features are cached).")
-            return
-        _copy_slices(prediction, support, [current], axis)
-        self.refining.count()
-        self.say(f"Slice {current} is now part of the support; press Segment volume (features are cached).")
-
     # -- helpers ---------------------------------------------------------------------
     def checked_layers(self) -> tuple[Any, Any, dict[int, str]] | None:
         image, support = self.image.value, self.support.value
@@ -407,8 +371,8 @@ class FewShotWidget(Container):
             return self.refuse(f"'{image.name}' is not a 3D grey-value volume; choose a scan (z, y, x).")
         if support is None:
             return self.refuse("Make a support layer ('New support layer') and paint the structure on one slice.")
-        if not _same_grid(image, support):
-            return self.refuse(_grid_message(image, support))
+        if not same_grid(image, support):
+            return self.refuse(grid_message(image, support))
         names = self.structure_names()
         return None if names is None else (image, support, names)
 
@@ -423,25 +387,11 @@ class FewShotWidget(Container):
         hidden = self._viewer.dims.not_displayed
         return hidden[-1] - (self._viewer.dims.ndim - image.ndim) if len(hidden) and self._viewer.dims.ndisplay == 2 else 0
 
-    def _current_slice(self, image: napari.layers.Image) -> int:
+    def current_slice(self, image: napari.layers.Image) -> int:
+        """The index (along :meth:`slice_axis`) of the slice on screen."""
         axis = self.slice_axis(image)
         index = image.world_to_data(self._viewer.dims.point)[axis]
         return int(np.clip(round(index), 0, image.data.shape[axis] - 1))
-
-    def take_corrections(self, image: napari.layers.Image, support: napari.layers.Labels, axis: int) -> None:
-        """Slices of the prediction changed by hand since the last run join the support, so no correction is lost."""
-        prediction = find_layer(self._viewer, prediction_name(image), Labels, image.data.shape)
-        written = None if prediction is None else self._written.get(prediction)
-        if written is None or written.shape != prediction.data.shape:
-            return
-        corrected, cleared = corrected_slices(np.asarray(prediction.data), written, axis)
-        self._cleared.setdefault(prediction, set()).update((axis, z) for z in cleared)
-        slices = _copy_slices(prediction, support, corrected, axis)
-        self.refining.count()
-        if slices or cleared:
-            added = f"Slices {', '.join(map(str, slices))} corrected in '{prediction.name}' were added to the support. " if slices else ""
-            empty = f"Slices {', '.join(map(str, cleared))}, cleared by hand, stay empty." if cleared else ""
-            show_info((added + empty).strip())
 
     def _show(
         self,
@@ -462,7 +412,7 @@ class FewShotWidget(Container):
         axis = options["axis"]
         previous = find_layer(self._viewer, prediction_name(image), Labels, image.data.shape)
         painted = {z for slices in result.support_slices.values() for z in slices}
-        empty = kept_empty(self._cleared.get(previous, set()), axis, painted)
+        empty = kept_empty(self.correcting.cleared.get(previous, set()), axis, painted)
         if empty:
             result.labels[slice_index(empty, axis, result.labels.shape)] = 0
         provenance = {
@@ -484,13 +434,13 @@ class FewShotWidget(Container):
             self._viewer, image, result, slices=slices, axis=options["axis"], names=names, maps=self.maps.value,
             provenance=record_run(earlier, provenance, replaces_all=whole),
         )
-        self._written[prediction] = np.array(prediction.data, copy=True)
+        self.correcting.written[prediction] = np.array(prediction.data, copy=True)
         self.exporting.layer.reset_choices()
         self.exporting.layer.value = prediction
         if context["support"] in self._viewer.layers:  # painting goes on where it was, not on the new layers
             self._viewer.layers.selection.active = context["support"]
         if whole:
-            self._list_slices_to_check(result, options["axis"], names)
+            self.correcting.list(result, options["axis"], names)
             self.device_note.value = f"Features of '{image.name}' ready where this run went: segmenting again takes seconds."
         seconds = result.seconds
         self.say(
@@ -499,35 +449,12 @@ class FewShotWidget(Container):
             f"on {result.runtime}."
         )
 
-    def _list_slices_to_check(self, result: Segmentation, axis: int, names: dict[int, str]) -> None:
-        sure = slice_confidence(result.probabilities.values(), axis)
-        labels = np.moveaxis(result.labels, axis, 0).reshape(result.labels.shape[axis], -1)
-        predicted = {value: (labels == value).any(axis=1) for value in result.presence}
-        painted = {z for slices in result.support_slices.values() for z in slices}
-        listed = slices_to_check(sure, result.presence, predicted, painted, SLICES_TO_CHECK)
-        self._to_check = [(check_reason(item, names), item.slice) for item in listed]
-        self.check.changed.disconnect(self._go_to_checked)
-        self.check.reset_choices()
-        self.check.value = []
-        self.check.changed.connect(self._go_to_checked)
-
-    def _go_to_checked(self, value: list[int]) -> None:
-        image = self.image.value
-        if not value or image is None:
-            return
-        axis = self.slice_axis(image)
-        point = list(image.world_to_data(self._viewer.dims.point))
-        point[axis] = value[-1]
-        world = image.data_to_world(point)
-        self._viewer.dims.set_point(range(len(world)), world)
-
     def failed(self, error: Exception) -> None:
         message = str(error) if error.__class__.__module__.startswith("napari_fewshot") else f"{type(error).__name__}: {error}"
         self.refuse(f"Segmentation failed: {message}", error=True)
 
     def _layer_removed(self, event: Any) -> None:
-        self._written.pop(event.value, None)
-        self._cleared.pop(event.value, None)
+        self.correcting.forget(event.value)
         job = self._runner.job
         if job is not None and any(event.value == job.context[k] for k in ("image", "support")):
             self._runner.cancel_all()
@@ -587,7 +514,7 @@ class FewShotWidget(Container):
     def _update_actions(self, *_: Any) -> None:
         """Enable only what can work: segmenting needs a scan and a support, a support a scan, export a layer."""
         image, support = self.image.value, self.support.value
-        for button in (self.segment_slice, self.segment_volume, self.add_to_support):
+        for button in (self.segment_slice, self.segment_volume, self.correcting.add):
             button.enabled = image is not None and support is not None
         self.new_support.enabled = image is not None
         self.exporting.button.enabled = self.exporting.layer.value is not None
@@ -601,7 +528,7 @@ class FewShotWidget(Container):
         actions = {
             "segment slice": lambda: self.run("slice"),
             "segment volume": lambda: self.run("volume"),
-            "add to support": self.add_slice_to_support,
+            "add to support": self.correcting.add_slice_to_support,
         }
 
         def press(viewer: napari.viewer.Viewer) -> None:
@@ -617,36 +544,6 @@ class FewShotWidget(Container):
         """Tell the user why nothing happened (status line and a napari notification); returns None."""
         self.say(message)
         (show_error if error else show_warning)(message)
-
-
-def _same_grid(image: Any, labels: Any) -> bool:
-    return (
-        image.data.shape == labels.data.shape
-        and np.allclose(image.scale, labels.scale)
-        and np.allclose(image.translate, labels.translate)
-        and np.allclose(image.rotate, labels.rotate)
-    )
-
-
-def _grid_message(image: Any, labels: Any) -> str:
-    return (
-        f"'{labels.name}' (shape {labels.data.shape}, spacing {tuple(np.round(labels.scale, 3))}) is not on the grid of "
-        f"'{image.name}' (shape {image.data.shape}, spacing {tuple(np.round(image.scale, 3))}); "
-        "press 'New support layer' to paint on the image's grid."
-    )
-
-
-def _copy_slices(source: Any, target: Any, slices: list[int], axis: int) -> list[int]:
-    """Copy ``slices`` (along ``axis``) of Labels layer ``source`` into ``target`` as one undoable edit.
-
-    Returns the slices that changed ``target`` (those it already held are left out).
-    """
-    region = np.zeros(source.data.shape, dtype=bool)
-    region[slice_index(slices, axis, source.data.shape)] = True
-    where = np.nonzero(region & (source.data != target.data))
-    if len(where[0]):
-        target.data_setitem(where, np.asarray(source.data)[where])
-    return np.unique(where[axis]).tolist()
 
 
 def _duration(seconds: float) -> str:
