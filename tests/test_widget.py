@@ -502,11 +502,14 @@ def test_closing_the_widget_during_a_run_calls_nothing_back(qtbot, session):
     encoded = _ahead(widget)
     qtbot.waitUntil(lambda: encoded() >= 4, timeout=30_000)
     runner = widget._runner
+    bound = [key for key in viewer.keymap if str(key) in {"Alt+S", "Alt+V", "Alt+A"}]
+    assert len(bound) == len(widget_module.SHORTCUTS)
     viewer.window.remove_dock_widget(widget.native)
     widget.native.deleteLater()
     qtbot.waitUntil(lambda: runner.closed and not runner.busy, timeout=10_000)
     qtbot.wait(300)  # the worker's last signals arrive: a deleted widget must not be touched (pytest-qt fails on it)
     assert encoded() < 24
+    assert not any(key in viewer.keymap for key in bound)  # the keys are released
 
 
 def test_export_to_dcm_writes_a_dicom_seg_of_the_series_and_refuses_other_scans(make_napari_viewer, tmp_path, monkeypatch):

@@ -166,7 +166,7 @@ class FewShotWidget(Container):
         self.encode_ahead.changed.connect(self._encode_ahead)
         self._runner.progressed.connect(self._show_progress)
         self._runner.busy_changed.connect(self._busy)
-        self.native.destroyed.connect(lambda *_: self._runner.close())  # a run ending after the widget calls nothing back
+        self.native.destroyed.connect(self._close)
         viewer.layers.events.removed.connect(self._layer_removed)
         self.refining.watch(self.support.value)
         for action, key in SHORTCUTS.items():
@@ -500,6 +500,12 @@ class FewShotWidget(Container):
             n = image.data.shape[self.slice_axis(image)] if image.ndim == 3 else 0
             estimate = f"first run on '{image.name}': about {_duration(n * rate)} ({n} slices x {rate:.1f} s)"
         self.device_note.value = f"Running on the CPU ({runtime.backend}); {estimate}. Re-runs reuse the features: seconds."
+
+    def _close(self, *_: Any) -> None:
+        """The widget is going away: a run ending later calls nothing back, and its keys are the viewer's again."""
+        self._runner.close()
+        for key in SHORTCUTS.values():
+            self._viewer.bind_key(key, None)
 
     def _busy(self, busy: bool) -> None:
         self.cancel.enabled = busy
