@@ -40,7 +40,7 @@ def measure(viewer: napari.Viewer, widget, backend: str) -> dict:
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
     timer.start()
     started = time.perf_counter()
-    widget.run("volume")
+    widget.segmenting.run("volume")
     while widget._runner.busy:
         QApplication.processEvents()
         time.sleep(0.001)

@@ -83,9 +83,9 @@ def main() -> None:
         print(f"{label}: {steps[-1][1]:.1f} s  ({widget.status.value})", flush=True)
 
     viewer.dims.set_current_step(0, painted - 8)
-    timed("Segment slice (first preview: encodes 2 slices)", widget.segment_slice.native.click)
+    timed("Segment slice (first preview: encodes 2 slices)", widget.segmenting.slice_button.native.click)
     shot(viewer, "2-slice")
-    timed("Segment volume (first run: encodes the other slices)", widget.segment_volume.native.click)
+    timed("Segment volume (first run: encodes the other slices)", widget.segmenting.volume_button.native.click)
     viewer.layers["abdomen CT liver attention"].visible = True
     shot(viewer, "3-volume")
     viewer.layers["abdomen CT liver attention"].visible = False
@@ -97,7 +97,7 @@ def main() -> None:
     fix[worst] = True
     prediction.data_setitem(np.nonzero(fix), truth[fix].astype(prediction.data.dtype))
     timed(f"Add slice {worst} (corrected) to support", widget.correcting.add.native.click)
-    timed("Segment volume again (cached features)", widget.segment_volume.native.click)
+    timed("Segment volume again (cached features)", widget.segmenting.volume_button.native.click)
     print(f"liver Dice, whole crop, after the correction: {dice(prediction.data == 1, truth):.3f}")
     shot(viewer, "4-corrected")
     with tempfile.TemporaryDirectory() as folder:

@@ -189,15 +189,15 @@ def test_widget_without_image_says_what_to_do(make_napari_viewer):
     assert "Open a scan first" in widget.status.value
     assert len(viewer.layers) == 0
     # with nothing loaded only what can work is enabled; the expert knobs are folded away
-    assert not any(b.enabled for b in (widget.new_support, widget.segment_slice, widget.segment_volume, widget.exporting.button))
+    assert not any(b.enabled for b in (widget.new_support, widget.segmenting.slice_button, widget.segmenting.volume_button, widget.exporting.button))
     assert widget.advanced.native.isHidden()
     widget.show_advanced.native.click()
     assert not widget.advanced.native.isHidden() and widget.encoder in widget.advanced
     # a scan opened: the line about there being none goes, a support can be made, then segmenting
     viewer.add_image(ramp((6, 9, 11)).astype(np.float32), name="scan")
-    assert widget.status.value == "" and widget.new_support.enabled and not widget.segment_volume.enabled
+    assert widget.status.value == "" and widget.new_support.enabled and not widget.segmenting.volume_button.enabled
     widget.add_support_layer()
-    assert widget.segment_volume.enabled and widget.segment_slice.enabled
+    assert widget.segmenting.volume_button.enabled and widget.segmenting.slice_button.enabled
 
 
 def test_dicom_seg_saves_and_opens_on_its_series_grid(make_napari_viewer, tmp_path):

@@ -110,7 +110,7 @@ def _messages() -> list[str]:
 def test_segment_volume_gives_a_prediction_on_the_image_grid_and_maps(qtbot, session):
     viewer, widget, image, support, truth = session
     painted = np.array(support.data, copy=True)
-    _run(qtbot, widget, widget.segment_volume)
+    _run(qtbot, widget, widget.segmenting.volume_button)
 
     prediction = viewer.layers["scan prediction"]
     assert prediction._type_string == "labels" and prediction is not support
@@ -160,20 +160,20 @@ def test_segment_slice_previews_the_slice_on_screen_and_encodes_little(qtbot, se
     viewer, widget, image, support, truth = session
     _go_to(viewer, 16)
     before = DEFAULT_CACHE.stats.encoded_slices
-    _run(qtbot, widget, widget.segment_slice)
+    _run(qtbot, widget, widget.segmenting.slice_button)
     assert DEFAULT_CACHE.stats.encoded_slices - before == 2  # the slice on screen and the painted one
     prediction = viewer.layers["scan prediction"]
     assert np.flatnonzero(prediction.data.any(axis=(1, 2))).tolist() == [16]
     assert dice(prediction.data[16] == 1, truth[16] == 1) > 0.8
 
-    _run(qtbot, widget, widget.segment_volume)  # the volume encodes only the 22 slices left
+    _run(qtbot, widget, widget.segmenting.volume_button)  # the volume encodes only the 22 slices left
     assert DEFAULT_CACHE.stats.encoded_slices - before == 24
 
 
 def test_correction_loop_reuses_the_features_and_keeps_every_correction(qtbot, session):
     viewer, widget, image, support, truth = session
     before = DEFAULT_CACHE.stats.encoded_slices
-    _run(qtbot, widget, widget.segment_volume)
+    _run(qtbot, widget, widget.segmenting.volume_button)
     assert DEFAULT_CACHE.stats.encoded_slices - before == 24
     prediction = viewer.layers["scan prediction"]
 
@@ -191,7 +191,7 @@ def test_correction_loop_reuses_the_features_and_keeps_every_correction(qtbot, s
     corrected = prediction.data[18].copy()
     corrected[:5, :5] = 2
     prediction.data_setitem(np.nonzero(np.ones_like(corrected, bool)[None] & (np.arange(24) == 18)[:, None, None]), corrected.ravel())
-    _run(qtbot, widget, widget.segment_volume)
+    _run(qtbot, widget, widget.segmenting.volume_button)
     assert DEFAULT_CACHE.stats.encoded_slices - before == 24  # head only
     np.testing.assert_array_equal(support.data[18], corrected)
     np.testing.assert_array_equal(prediction.data[18], corrected)  # painted slices keep what was painted
@@ -206,7 +206,7 @@ def test_correction_loop_reuses_the_features_and_keeps_every_correction(qtbot, s
     prediction.data_setitem(np.nonzero(np.arange(24)[:, None, None] == np.full((1, 48, 48), 4)), 0)
     widget.correcting.add.native.click()
     assert "Slice 4 is empty: later runs keep it empty" in widget.status.value
-    _run(qtbot, widget, widget.segment_volume)
+    _run(qtbot, widget, widget.segmenting.volume_button)
     assert not prediction.data[19].any() and not prediction.data[4].any() and prediction.data[10].any()
     assert prediction.metadata["napari_fewshot"]["empty_slices"] == [4, 19]
     assert any("Slices 4, 19, cleared by hand, stay empty" in message for message in _messages())
@@ -214,7 +214,7 @@ def test_correction_loop_reuses_the_features_and_keeps_every_correction(qtbot, s
 
 def test_the_prediction_fills_in_as_batches_finish_and_cancel_keeps_them(qtbot, session):
     viewer, widget, image, support, truth = session
-    _run(qtbot, widget, widget.segment_volume)
+    _run(qtbot, widget, widget.segmenting.volume_button)
     before = np.array(viewer.layers["scan prediction"].data, copy=True)
 
     ticks = []
@@ -222,7 +222,7 @@ def test_the_prediction_fills_in_as_batches_finish_and_cancel_keeps_them(qtbot, 
     timer.timeout.connect(lambda: ticks.append(1))
     timer.start(20)
     widget.encoder.value = "slow"
-    widget.segment_volume.native.click()
+    widget.segmenting.volume_button.native.click()
     prediction = viewer.layers["scan prediction"]
 
     def filled() -> set[int]:
@@ -249,7 +249,7 @@ def test_the_prediction_fills_in_as_batches_finish_and_cancel_keeps_them(qtbot, 
     # what the run showed is the widget's own: the next run takes no correction from it
     notification_manager.records.clear()
     widget.encoder.value = "tiny"
-    _run(qtbot, widget, widget.segment_volume)
+    _run(qtbot, widget, widget.segmenting.volume_button)
     assert not any("were added to the support" in m for m in _messages())
 
 
@@ -258,11 +258,11 @@ def test_a_new_run_while_one_is_going_replaces_it_never_runs_beside_it(qtbot, se
     widget.encoder.value = "slow"
     started = []
     widget._runner.busy_changed.connect(started.append)
-    widget.segment_volume.native.click()
+    widget.segmenting.volume_button.native.click()
     qtbot.waitUntil(lambda: widget._runner._bar is not None and widget._runner._bar.n >= 1, timeout=30_000)
     first = widget._runner.job
     widget.encoder.value = "tiny"
-    widget.segment_volume.native.click()  # cancels the slow run, then starts
+    widget.segmenting.volume_button.native.click()  # cancels the slow run, then starts
     assert widget._runner.job is first and "once the current run has stopped" in widget.status.value
     qtbot.waitUntil(lambda: not widget._runner.busy, timeout=10_000)
     assert started == [True, True, False]  # one run, then the next: never two at once
@@ -275,7 +275,7 @@ def test_shortcuts_run_the_actions(qtbot, session):
     canvas.setFocus()
     qtbot.keyClick(canvas, Qt.Key.Key_V, Qt.KeyboardModifier.AltModifier)
     qtbot.waitUntil(lambda: "scan prediction" in viewer.layers and not widget._runner.busy, timeout=60_000)
-    assert "Alt-V" in widget.segment_volume.tooltip and "Alt-S" in widget.segment_slice.tooltip
+    assert "Alt-V" in widget.segmenting.volume_button.tooltip and "Alt-S" in widget.segmenting.slice_button.tooltip
     _go_to(viewer, 8)
     qtbot.keyClick(canvas, Qt.Key.Key_A, Qt.KeyboardModifier.AltModifier)
     assert support.data[8].any() and "Alt-A" in widget.correcting.add.tooltip
@@ -286,7 +286,7 @@ def test_export_writes_the_mask_with_the_source_geometry_and_a_sidecar(qtbot, se
     assert widget.backend.value == "auto" and "(openvino)" in widget.device_note.value
     widget.backend.value = "torch"  # the advanced choice reaches the engine and the record
     assert "(torch)" in widget.device_note.value
-    _run(qtbot, widget, widget.segment_volume)
+    _run(qtbot, widget, widget.segmenting.volume_button)
     assert "on torch f32 on cpu" in widget.status.value
     prediction = viewer.layers["scan prediction"]
     out = tmp_path / "mask.nrrd"
@@ -306,7 +306,7 @@ def test_export_writes_the_mask_with_the_source_geometry_and_a_sidecar(qtbot, se
 
     # a slice preview after the volume run: the sidecar lists both runs, the preview first
     _go_to(viewer, 16)
-    _run(qtbot, widget, widget.segment_slice)
+    _run(qtbot, widget, widget.segmenting.slice_button)
     out = tmp_path / "new folder" / "mask.nii.gz"  # a folder that does not exist yet is made
     assert widget.exporting.export_mask(str(out))[0] == str(out)
     sidecar = json.loads((tmp_path / "new folder" / "mask.json").read_text())
@@ -328,32 +328,32 @@ def test_bad_states_notify_and_leave_the_layers_intact(qtbot, session, tmp_path)
     painted = np.array(support.data, copy=True)
 
     widget.names.value = "bright, 1: dark"
-    _run(qtbot, widget, widget.segment_volume)
+    _run(qtbot, widget, widget.segmenting.volume_button)
     assert "label 1 is named twice" in _messages()[-1]
     widget.names.value = "bright, dark"
 
     other = viewer.add_labels(np.zeros((10, 48, 48), np.uint8), name="elsewhere")
     widget.support.value = other
-    _run(qtbot, widget, widget.segment_volume)
+    _run(qtbot, widget, widget.segmenting.volume_button)
     assert "'elsewhere' (shape (10, 48, 48)" in _messages()[-1] and "not on the grid of 'scan'" in _messages()[-1]
     viewer.layers.remove(other)
 
     empty = widget.add_support_layer()
-    _run(qtbot, widget, widget.segment_volume)
+    _run(qtbot, widget, widget.segmenting.volume_button)
     assert "no painted voxel" in _messages()[-1] and "Segmentation failed" in widget.status.value
     viewer.layers.remove(empty)
     widget.support.value = support
 
     noisy = viewer.add_image(np.where(truth > 0, np.nan, 1.0), name="broken", scale=image.scale, translate=image.translate)
     widget.image.value = noisy
-    _run(qtbot, widget, widget.segment_volume)
+    _run(qtbot, widget, widget.segmenting.volume_button)
     assert "NaN or infinite voxels" in _messages()[-1]
     viewer.layers.remove(noisy)
     widget.image.value = image
 
     # the image closed during a run: the run stops, nothing is added
     widget.encoder.value = "slow"
-    widget.segment_volume.native.click()
+    widget.segmenting.volume_button.native.click()
     qtbot.waitUntil(lambda: widget._runner._bar is not None and widget._runner._bar.n >= 1, timeout=30_000)
     viewer.layers.remove(image)
     qtbot.waitUntil(lambda: not widget._runner.busy, timeout=5_000)
@@ -363,13 +363,13 @@ def test_bad_states_notify_and_leave_the_layers_intact(qtbot, session, tmp_path)
     np.testing.assert_array_equal(support.data, painted)
 
     assert widget.image.value is None  # no image left to choose
-    _run(qtbot, widget, widget.segment_volume)
+    _run(qtbot, widget, widget.segmenting.volume_button)
     assert "Open a scan first" in _messages()[-1]
 
 
 def test_the_canvas_shows_the_prediction(qtbot, session):
     viewer, widget, image, support, truth = session
-    _run(qtbot, widget, widget.segment_volume)
+    _run(qtbot, widget, widget.segmenting.volume_button)
     prediction = viewer.layers["scan prediction"]
     _go_to(viewer, PAINTED + 3)
     assert viewer.screenshot(canvas_only=True).any()  # scan and prediction on screen
@@ -407,7 +407,7 @@ def test_the_encoders_load_in_a_viewer_drawn_by_mesa_llvm(tmp_path):
         "support.data[4, 4:9, 4:9] = 1\n"
         "_, widget = viewer.window.add_plugin_dock_widget('napari-fewshot', 'Few-shot segmentation')\n"
         "widget.encoder.value = 'tiny'\n"
-        "widget.run('volume')\n"
+        "widget.segmenting.run('volume')\n"
         "while widget._runner.busy:\n"
         "    napari.qt.get_qapp().processEvents(); time.sleep(0.01)\n"
         "assert 'Segmented the volume' in widget.status.value, widget.status.value\n"
@@ -473,7 +473,7 @@ def test_encoding_ahead_yields_to_a_segment_run_and_then_finishes(qtbot, session
     encoded = _ahead(widget)
     assert widget._runner.job is not None and widget._runner.job.context["ahead"]
     qtbot.waitUntil(lambda: encoded() >= 4, timeout=30_000)
-    widget.run("volume")  # goes first: the ahead job stops within a batch
+    widget.segmenting.run("volume")  # goes first: the ahead job stops within a batch
     qtbot.waitUntil(lambda: widget.status.value.startswith("Segmented "), timeout=60_000)
     segmented = widget.status.value
     encoded_by_the_run = int(segmented.split("encoding ")[1].split(" slices")[0])

@@ -1,43 +1,37 @@
 """The plugin's dock widget: paint a support, segment, check the least sure slices, correct, refine, export.
 
-Thin by design: it gathers the layers and options, runs
-:func:`napari_fewshot.segment` through :class:`SegmentationRunner` (a thread
-worker, one run at a time), and turns results into layers with
-:func:`show_segmentation`.  Model work never runs on the GUI thread.  Refining
-checking and correcting, refining and exporting are parts of their own
-(:class:`CorrectPart`, :class:`RefinePart`, :class:`ExportPart`) that the widget
-lays out; finding hand corrections is Qt-free (:mod:`.corrections`).
+Thin by design: the widget holds the scan, the support, the structure names
+and the model settings, the one :class:`SegmentationRunner` (a thread worker,
+one run at a time; model work never runs on the GUI thread) and the encoding
+ahead, and lays out its parts, each with its controls and actions:
+segmenting (:class:`SegmentPart`), checking and correcting
+(:class:`CorrectPart`), refining (:class:`RefinePart`) and exporting
+(:class:`ExportPart`).  What the parts decide without Qt lives in plain
+functions (:mod:`.corrections`, :func:`~.export.record_run`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import (
-    CheckBox, ComboBox, Container, Label, LineEdit, ProgressBar, PushButton, create_widget,
-)
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, LineEdit, PushButton, create_widget
 from napari.layers import Labels
 from napari.utils.notifications import show_error, show_warning
 
-from ..core.boundaries import BOUNDARIES
 from ..core.device import available_devices
 from ..core.encoders import ENCODERS
 from ..core.engine import DEFAULT_ENCODER, Segmentation, encode_volume, segment
 from ..core.heads import DEFAULT_HEAD, HEADS
-from ..core.options import SegmentOptions
-from ..core.postprocess import KEEP
 from ..core.runtime import BACKENDS, resolve_runtime
-from .corrections import kept_empty
-from .export import PROVENANCE, record_run
 from .correct_part import CorrectPart
 from .export_part import ExportPart
 from .layers import grid_message, layer_attributes, same_grid, support_layer_data
 from .reader_preference import patterns_read_elsewhere, prefer_this_reader
 from .refine_part import RefinePart
-from .results import MAPS, find_layer, prediction_layer, prediction_name, show_segmentation, slice_index
+from .results import find_layer, prediction_name
 from .runner import Job, SegmentationRunner
+from .segment_part import SegmentPart, duration
 from .structures import format_names, layer_names, names_features, parse_names
 
 if TYPE_CHECKING:
@@ -53,8 +47,6 @@ ENCODE_AHEAD = True
 SHORTCUTS = {"segment slice": "Alt-S", "segment volume": "Alt-V", "add to support": "Alt-A"}
 #: A run that encoded at least this many slices times the encoder for the widget's estimate of a first run.
 MEASURED_SLICES = 4
-#: The Boundaries choice that leaves it to the engine (the decoder where it can draw).
-AUTO = "auto"
 
 
 class FewShotWidget(Container):
@@ -97,39 +89,17 @@ class FewShotWidget(Container):
             "What runs the encoder and decoder: auto (OpenVINO on the CPU, converted once per model and kept in "
             "your cache folder; torch on a GPU), torch, or openvino"
         )
-        self.keep = ComboBox(label="Keep", choices=list(KEEP), value="painted")
-        self.keep.tooltip = "Which 3D parts of each structure stay: those touching the painting, the largest, or all"
-        self.boundaries = ComboBox(label="Boundaries", choices=[AUTO, *BOUNDARIES], value=AUTO)
-        self.boundaries.tooltip = (
-            "Who draws each slice's boundary: LiteMedSAM's decoder where the prototypes found the structure "
-            "(sharper; about 0.15 s more per slice on a CPU; needs the litemedsam encoder), or the prototype head "
-            f"(faster, coarser). {AUTO}: the decoder where it can"
-        )
-        self.fill_holes = CheckBox(text="Fill holes", value=False)
-        self.fill_holes.tooltip = "Fill holes inside each structure on every slice (off: a ring-shaped structure keeps its hole)"
         self.encode_ahead = CheckBox(text="Encode ahead", value=ENCODE_AHEAD)
         self.encode_ahead.tooltip = (
             "Encode the chosen scan in the background, from the slice on screen outward, while you paint, so that "
             "Segment finds the features ready; a segment run always goes first"
         )
         self._ahead_done: tuple | None = None  # the scan and settings encoded ahead (or stopped by the user)
-        self.every_slice = CheckBox(text="Every slice", value=False)
-        self.every_slice.tooltip = (
-            "Segment volume encodes and predicts every slice. Unticked (faster), each structure is followed from its "
-            "painted slices outward until it ends, and 10 mm beyond; slices never reached stay empty"
-        )
-        self.maps = ComboBox(label="Maps", choices=list(MAPS), value="attention")
-        self.maps.tooltip = "Per structure, an Image layer (hidden; additive) with the prototype attention or the probability"
         self.device_note = Label(value="")
-        self.segment_slice = PushButton(text=f"Segment slice ({SHORTCUTS['segment slice']})")
-        self.segment_slice.tooltip = f"Preview the slice on screen ({SHORTCUTS['segment slice']})"
-        self.segment_volume = PushButton(text=f"Segment volume ({SHORTCUTS['segment volume']})")
-        self.segment_volume.tooltip = f"Segment every slice in the background ({SHORTCUTS['segment volume']})"
         self.cancel = PushButton(text="Cancel", enabled=False)
         self.cancel.tooltip = "Stop the run; the slices segmented so far stay in the prediction"
-        self.progress = ProgressBar(value=0, min=0, max=1, visible=False)
-        self.progress.tooltip = "Slices of the running segmentation done, of those planned"
         self.status = Label(value="")
+        self.segmenting = SegmentPart(self, SHORTCUTS)
         self.correcting = CorrectPart(self, SHORTCUTS["add to support"])
         self.refining = RefinePart(self)
         self.exporting = ExportPart(self)
@@ -137,22 +107,21 @@ class FewShotWidget(Container):
             widget.native.setWordWrap(True)
         # the expert knobs, folded away under one button
         self.advanced = Container(labels=True, visible=False, widgets=[
-            self.encoder, self.head, self.device, self.backend, self.keep, self.boundaries, self.fill_holes,
-            self.every_slice, self.encode_ahead, self.maps, self.refining.steps, self.refining.folder,
+            self.encoder, self.head, self.device, self.backend, self.encode_ahead, *self.segmenting.settings,
+            self.refining.steps, self.refining.folder,
         ])  # fmt: skip
         self.show_advanced = PushButton(text="Advanced settings ▸")
         self.show_advanced.tooltip = "Encoder, head, device and backend; post-processing; maps; refine settings"
         self.extend([
             self.use_reader, self.image, self.support, self.new_support, self.names, self.show_advanced, self.advanced,
-            self.device_note, self.segment_slice, self.segment_volume, self.cancel, self.progress, self.status,
+            self.device_note, self.segmenting.slice_button, self.segmenting.volume_button, self.cancel,
+            self.segmenting.progress, self.status,
             self.correcting.check, self.correcting.add, self.refining.refine, self.refining.apply, *self.exporting.widgets,
         ])  # fmt: skip
 
         self.use_reader.changed.connect(self.prefer_reader)
         self.show_advanced.changed.connect(self._toggle_advanced)
         self.new_support.changed.connect(self.add_support_layer)
-        self.segment_slice.changed.connect(lambda: self.run("slice"))
-        self.segment_volume.changed.connect(lambda: self.run("volume"))
         self.cancel.changed.connect(self.cancel_run)
         self.support.changed.connect(lambda: self.refining.watch(self.support.value))
         self.names.changed.connect(self._name_layers)
@@ -207,53 +176,6 @@ class FewShotWidget(Container):
         self.say(f"Paint the structure on '{layer.name}' (label 1; more labels for more structures).")
         return layer
 
-    def run(self, kind: str) -> None:
-        """Segment the slice on screen (``kind="slice"``) or every slice (``"volume"``) in the background."""
-        checked = self.checked_layers()
-        if checked is None:
-            return
-        image, support, names = checked
-        axis, current = self.slice_axis(image), self.current_slice(image)
-        if kind == "volume":
-            self.correcting.take_corrections(image, support, axis)
-        n = image.data.shape[axis]
-        slices = np.arange(n) if kind == "volume" else np.array([current])
-        segment_options = SegmentOptions(
-            keep=self.keep.value if kind == "volume" else "all",
-            boundaries=None if self.boundaries.value == AUTO else self.boundaries.value,
-            fill_holes=self.fill_holes.value,
-            every_slice=self.every_slice.value,
-        )
-        model = dict(self._encoding_options(image), head=self.head.value)
-        options = dict(model, **asdict(segment_options))  # what the export's sidecar records
-        kwargs = dict(
-            model,
-            options=segment_options,
-            image=np.asarray(image.data),
-            support_labels=np.array(support.data, copy=True),  # painting goes on during the run
-            spacing=tuple(float(s) for s in image.scale),
-            modality=image.metadata.get("modality"),
-            slices=None if kind == "volume" else slices,
-        )
-        if self._is_ahead(self._runner.job):
-            self._ahead_done = None  # encoding ahead yields to this run and goes on after it
-        context = dict(image=image, support=support, previewed=set())
-        what = f"{image.name}: {'every slice' if kind == 'volume' else f'slice {current}'}"
-        job = Job(
-            description=f"Segmenting {what}",
-            kwargs=kwargs,
-            started=lambda: self.say(f"Segmenting {what}..."),
-            done=lambda result: self._show(result, context, slices, names, options, support.name),
-            failed=self.failed,
-            cancelled=lambda: self._cancelled(what, context),
-            context=context,
-            preview=(lambda value, done, mask: self._show_preview(context, value, done, mask, axis))
-            if kind == "volume" else None,
-        )
-        self._runner.start(job)
-        if self._runner.job is not job:
-            self.say(f"Segmenting {what} once the current run has stopped...")
-
     def cancel_run(self) -> None:
         """Stop the running segmentation (and drop one waiting to start); the slices it showed stay."""
         if self._is_ahead(self._runner.job):
@@ -262,10 +184,27 @@ class FewShotWidget(Container):
             self._runner.cancel_all()
             self.say("Cancelling...")
 
-    def _encoding_options(self, image: napari.layers.Image) -> dict[str, Any]:
+    def encoding_options(self, image: napari.layers.Image) -> dict[str, Any]:
         """What decides the features of ``image``: the encoder, where it runs, the slice axis."""
         return dict(encoder=self.encoder.value, device=self.device.value, backend=self.backend.value,
                     axis=self.slice_axis(image))
+
+    def model_options(self, image: napari.layers.Image) -> dict[str, Any]:
+        """The model a run on ``image`` uses: :meth:`encoding_options` and the head."""
+        return dict(self.encoding_options(image), head=self.head.value)
+
+    def yield_ahead(self) -> None:
+        """A segment run is starting: encoding ahead yields to it and goes on after it."""
+        if self._is_ahead(self._runner.job):
+            self._ahead_done = None
+
+    def measured(self, result: Segmentation) -> None:
+        """A run ended: one that encoded enough slices on the CPU times the encoder for the first-run estimate
+        (a slice or two would time the model's loading)."""
+        encoded = result.encoded_slices
+        if encoded >= MEASURED_SLICES and result.device == "cpu":
+            self._seconds_per_slice[result.encoder, result.runtime.backend] = result.seconds["encode"] / encoded
+            self._update_device_note()
 
     def _encode_ahead(self) -> None:
         """Encode the chosen scan in the background, from the slice on screen outward, when no run is going.
@@ -278,7 +217,7 @@ class FewShotWidget(Container):
         image = self.image.value
         wanted = None
         if self.encode_ahead.value and image is not None and image.ndim == 3 and not image.rgb:
-            options = self._encoding_options(image)
+            options = self.encoding_options(image)
             wanted = (id(image), *options.values())
         if self._is_ahead(job):
             if job.context["ahead"] != wanted:
@@ -317,50 +256,7 @@ class FewShotWidget(Container):
         if self._is_ahead(job):
             self.device_note.value = f"Encoding '{job.context['image'].name}' ahead: {done} of {total} slices."
         elif job.function is segment:
-            left = "" if seconds_left is None else f", about {_duration(seconds_left)} left"
-            self.say(f"{job.description}: {done} of {'' if done >= total else '~'}{total} slices{left}")
-            self.progress.max, self.progress.value = total, done
-            self.progress.visible = True
-
-    def _show_preview(self, context: dict[str, Any], value: int, slices: np.ndarray, mask: np.ndarray,
-                      axis: int) -> None:
-        """Write structure ``value`` as predicted so far on ``slices`` into the prediction layer.
-
-        The first preview of a run empties the layer (the run replaces all of it);
-        slices the user cleared by hand stay empty, and what is written counts as
-        the widget's own, not as a correction.  A layer the run made is removed
-        again if the scan is closed during the run.
-        """
-        image = context["image"]
-        if image not in self._viewer.layers:
-            return
-        before = find_layer(self._viewer, prediction_name(image), Labels, image.data.shape)
-        prediction = prediction_layer(self._viewer, image, context["support"].data.dtype)
-        if prediction is not before:
-            context["made"] = prediction
-        previewed = context["previewed"]
-        if not previewed or prediction not in self.correcting.written:  # the run's first batch, or a layer made anew
-            prediction.data[...] = 0
-            self.correcting.written[prediction] = np.zeros_like(prediction.data)
-        cleared = {z for a, z in self.correcting.cleared.get(prediction, ()) if a == axis}
-        shown = [i for i, z in enumerate(slices) if z not in cleared]
-        where = slice_index([slices[i] for i in shown], axis, image.data.shape)
-        mask = np.take(mask, shown, axis=axis)
-        for data in (prediction.data, self.correcting.written[prediction]):
-            part = data[where]
-            part[part == value] = 0
-            part[mask] = value
-            data[where] = part
-        previewed.update(int(slices[i]) for i in shown)
-        prediction.refresh()
-
-    def _cancelled(self, what: str, context: dict[str, Any]) -> None:
-        shown = len(context["previewed"])
-        if shown:
-            self.say(f"Cancelled ({what}); the prediction shows the {shown} slices segmented so far, before the "
-                      "3D clean-up and the boundaries.")
-        else:
-            self.say(f"Cancelled ({what}); the previous prediction is unchanged.")
+            self.segmenting.show_progress(job, done, total, seconds_left)
 
     # -- helpers ---------------------------------------------------------------------
     def checked_layers(self) -> tuple[Any, Any, dict[int, str]] | None:
@@ -392,62 +288,6 @@ class FewShotWidget(Container):
         axis = self.slice_axis(image)
         index = image.world_to_data(self._viewer.dims.point)[axis]
         return int(np.clip(round(index), 0, image.data.shape[axis] - 1))
-
-    def _show(
-        self,
-        result: Segmentation,
-        context: dict[str, Any],
-        slices: np.ndarray,
-        names: dict[int, str],
-        options: dict[str, Any],
-        support_name: str,
-    ) -> None:
-        image = context["image"]
-        if image not in self._viewer.layers:
-            return  # closed during the run: _layer_removed has said so
-        encoded = result.encoded_slices
-        if encoded >= MEASURED_SLICES and result.device == "cpu":  # a slice or two would time the model's loading
-            self._seconds_per_slice[result.encoder, result.runtime.backend] = result.seconds["encode"] / encoded
-            self._update_device_note()
-        axis = options["axis"]
-        previous = find_layer(self._viewer, prediction_name(image), Labels, image.data.shape)
-        painted = {z for slices in result.support_slices.values() for z in slices}
-        empty = kept_empty(self.correcting.cleared.get(previous, set()), axis, painted)
-        if empty:
-            result.labels[slice_index(empty, axis, result.labels.shape)] = 0
-        provenance = {
-            "image": image.metadata.get("geometry", {}).get("source") or image.name,
-            "support_layer": support_name,
-            "support_slices": {str(v): list(s) for v, s in result.support_slices.items()},
-            "slices": "all" if len(slices) == image.data.shape[axis] else slices.tolist(),
-            "empty_slices": empty,
-            **options,
-            "weights": result.weights,
-            "boundaries": {str(v): drawn_by for v, drawn_by in result.boundaries.items()},
-            "device": result.device,
-            "runtime": str(result.runtime),
-            "seconds": round(result.seconds["total"], 2),
-        }
-        whole = len(slices) == image.data.shape[axis]
-        earlier = previous.metadata.get(PROVENANCE) if previous is not None else None
-        prediction = show_segmentation(
-            self._viewer, image, result, slices=slices, axis=options["axis"], names=names, maps=self.maps.value,
-            provenance=record_run(earlier, provenance, replaces_all=whole),
-        )
-        self.correcting.written[prediction] = np.array(prediction.data, copy=True)
-        self.exporting.layer.reset_choices()
-        self.exporting.layer.value = prediction
-        if context["support"] in self._viewer.layers:  # painting goes on where it was, not on the new layers
-            self._viewer.layers.selection.active = context["support"]
-        if whole:
-            self.correcting.list(result, options["axis"], names)
-            self.device_note.value = f"Features of '{image.name}' ready where this run went: segmenting again takes seconds."
-        seconds = result.seconds
-        self.say(
-            f"Segmented {'the volume' if whole else f'slice {slices[0]}'} in {seconds['total']:.1f} s "
-            f"(encoding {encoded} slices: {seconds['encode']:.1f} s; head and boundaries: {seconds['head']:.1f} s) "
-            f"on {result.runtime}."
-        )
 
     def failed(self, error: Exception) -> None:
         message = str(error) if error.__class__.__module__.startswith("napari_fewshot") else f"{type(error).__name__}: {error}"
@@ -498,7 +338,7 @@ class FewShotWidget(Container):
             estimate = "the first run on a scan encodes every slice once"
         else:
             n = image.data.shape[self.slice_axis(image)] if image.ndim == 3 else 0
-            estimate = f"first run on '{image.name}': about {_duration(n * rate)} ({n} slices x {rate:.1f} s)"
+            estimate = f"first run on '{image.name}': about {duration(n * rate)} ({n} slices x {rate:.1f} s)"
         self.device_note.value = f"Running on the CPU ({runtime.backend}); {estimate}. Re-runs reuse the features: seconds."
 
     def _close(self, *_: Any) -> None:
@@ -510,7 +350,7 @@ class FewShotWidget(Container):
     def _busy(self, busy: bool) -> None:
         self.cancel.enabled = busy
         if not busy:
-            self.progress.visible = False
+            self.segmenting.progress.visible = False
             self._encode_ahead()
 
     def _toggle_advanced(self) -> None:
@@ -520,7 +360,7 @@ class FewShotWidget(Container):
     def _update_actions(self, *_: Any) -> None:
         """Enable only what can work: segmenting needs a scan and a support, a support a scan, export a layer."""
         image, support = self.image.value, self.support.value
-        for button in (self.segment_slice, self.segment_volume, self.correcting.add):
+        for button in (self.segmenting.slice_button, self.segmenting.volume_button, self.correcting.add):
             button.enabled = image is not None and support is not None
         self.new_support.enabled = image is not None
         self.exporting.button.enabled = self.exporting.layer.value is not None
@@ -532,8 +372,8 @@ class FewShotWidget(Container):
 
     def _shortcut(self, action: str):
         actions = {
-            "segment slice": lambda: self.run("slice"),
-            "segment volume": lambda: self.run("volume"),
+            "segment slice": lambda: self.segmenting.run("slice"),
+            "segment volume": lambda: self.segmenting.run("volume"),
             "add to support": self.correcting.add_slice_to_support,
         }
 
@@ -550,7 +390,3 @@ class FewShotWidget(Container):
         """Tell the user why nothing happened (status line and a napari notification); returns None."""
         self.say(message)
         (show_error if error else show_warning)(message)
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"

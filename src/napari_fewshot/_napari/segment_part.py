@@ -1,0 +1,218 @@
+"""The widget's segmenting part: Segment slice and Segment volume, their progress, the prediction filling in."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, ProgressBar, PushButton
+from napari.layers import Labels
+
+from ..core.boundaries import BOUNDARIES
+from ..core.engine import Segmentation
+from ..core.options import SegmentOptions
+from ..core.postprocess import KEEP
+from .corrections import kept_empty
+from .export import PROVENANCE, record_run
+from .results import MAPS, find_layer, prediction_layer, prediction_name, show_segmentation, slice_index
+from .runner import Job
+
+if TYPE_CHECKING:
+    from .widget import FewShotWidget
+
+#: The Boundaries choice that leaves it to the engine (the decoder where it can draw).
+AUTO = "auto"
+
+
+class SegmentPart:
+    """The Segment buttons (``slice_button``, ``volume_button``, their shortcuts shown on them), the ``progress``
+    bar, and the settings of how the head's maps become labels and layers (``keep``, ``boundaries``,
+    ``fill_holes``, ``every_slice``, ``maps``).
+
+    ``host`` is the widget holding the part: it has the scan, the support and the
+    model settings, the runner and the other parts, and says what happened.
+    """
+
+    def __init__(self, host: FewShotWidget, shortcuts: dict[str, str]) -> None:
+        self.host = host
+        self.keep = ComboBox(label="Keep", choices=list(KEEP), value="painted")
+        self.keep.tooltip = "Which 3D parts of each structure stay: those touching the painting, the largest, or all"
+        self.boundaries = ComboBox(label="Boundaries", choices=[AUTO, *BOUNDARIES], value=AUTO)
+        self.boundaries.tooltip = (
+            "Who draws each slice's boundary: LiteMedSAM's decoder where the prototypes found the structure "
+            "(sharper; about 0.15 s more per slice on a CPU; needs the litemedsam encoder), or the prototype head "
+            f"(faster, coarser). {AUTO}: the decoder where it can"
+        )
+        self.fill_holes = CheckBox(text="Fill holes", value=False)
+        self.fill_holes.tooltip = "Fill holes inside each structure on every slice (off: a ring-shaped structure keeps its hole)"
+        self.every_slice = CheckBox(text="Every slice", value=False)
+        self.every_slice.tooltip = (
+            "Segment volume encodes and predicts every slice. Unticked (faster), each structure is followed from its "
+            "painted slices outward until it ends, and 10 mm beyond; slices never reached stay empty"
+        )
+        self.maps = ComboBox(label="Maps", choices=list(MAPS), value="attention")
+        self.maps.tooltip = "Per structure, an Image layer (hidden; additive) with the prototype attention or the probability"
+        self.slice_button = PushButton(text=f"Segment slice ({shortcuts['segment slice']})")
+        self.slice_button.tooltip = f"Preview the slice on screen ({shortcuts['segment slice']})"
+        self.volume_button = PushButton(text=f"Segment volume ({shortcuts['segment volume']})")
+        self.volume_button.tooltip = f"Segment every slice in the background ({shortcuts['segment volume']})"
+        self.progress = ProgressBar(value=0, min=0, max=1, visible=False)
+        self.progress.tooltip = "Slices of the running segmentation done, of those planned"
+        self.slice_button.changed.connect(lambda: self.run("slice"))
+        self.volume_button.changed.connect(lambda: self.run("volume"))
+        self.settings = (self.keep, self.boundaries, self.fill_holes, self.every_slice, self.maps)
+
+    def run(self, kind: str) -> None:
+        """Segment the slice on screen (``kind="slice"``) or the volume (``"volume"``) in the background."""
+        host = self.host
+        checked = host.checked_layers()
+        if checked is None:
+            return
+        image, support, names = checked
+        axis, current = host.slice_axis(image), host.current_slice(image)
+        if kind == "volume":
+            host.correcting.take_corrections(image, support, axis)
+        n = image.data.shape[axis]
+        slices = np.arange(n) if kind == "volume" else np.array([current])
+        segment_options = SegmentOptions(
+            keep=self.keep.value if kind == "volume" else "all",
+            boundaries=None if self.boundaries.value == AUTO else self.boundaries.value,
+            fill_holes=self.fill_holes.value,
+            every_slice=self.every_slice.value,
+        )
+        model = host.model_options(image)
+        options = dict(model, **asdict(segment_options))  # what the export's sidecar records
+        kwargs = dict(
+            model,
+            options=segment_options,
+            image=np.asarray(image.data),
+            support_labels=np.array(support.data, copy=True),  # painting goes on during the run
+            spacing=tuple(float(s) for s in image.scale),
+            modality=image.metadata.get("modality"),
+            slices=None if kind == "volume" else slices,
+        )
+        host.yield_ahead()
+        context = dict(image=image, support=support, previewed=set())
+        what = f"{image.name}: {'every slice' if kind == 'volume' else f'slice {current}'}"
+        job = Job(
+            description=f"Segmenting {what}",
+            kwargs=kwargs,
+            started=lambda: host.say(f"Segmenting {what}..."),
+            done=lambda result: self._show(result, context, slices, names, options, support.name),
+            failed=host.failed,
+            cancelled=lambda: self._cancelled(what, context),
+            context=context,
+            preview=(lambda value, done, mask: self._show_preview(context, value, done, mask, axis))
+            if kind == "volume" else None,
+        )
+        host.runner.start(job)
+        if host.runner.job is not job:
+            host.say(f"Segmenting {what} once the current run has stopped...")
+
+    def show_progress(self, job: Job, done: int, total: int, seconds_left: float | None) -> None:
+        """``job``'s slices done of those planned, and the time left, on the bar and the status line."""
+        left = "" if seconds_left is None else f", about {duration(seconds_left)} left"
+        self.host.say(f"{job.description}: {done} of {'' if done >= total else '~'}{total} slices{left}")
+        self.progress.max, self.progress.value = total, done
+        self.progress.visible = True
+
+    def _show_preview(self, context: dict[str, Any], value: int, slices: np.ndarray, mask: np.ndarray,
+                      axis: int) -> None:
+        """Write structure ``value`` as predicted so far on ``slices`` into the prediction layer.
+
+        The first preview of a run empties the layer (the run replaces all of it);
+        slices the user cleared by hand stay empty, and what is written counts as
+        the widget's own, not as a correction.  A layer the run made is removed
+        again if the scan is closed during the run.
+        """
+        viewer, correcting = self.host.viewer, self.host.correcting
+        image = context["image"]
+        if image not in viewer.layers:
+            return
+        before = find_layer(viewer, prediction_name(image), Labels, image.data.shape)
+        prediction = prediction_layer(viewer, image, context["support"].data.dtype)
+        if prediction is not before:
+            context["made"] = prediction
+        previewed = context["previewed"]
+        if not previewed or prediction not in correcting.written:  # the run's first batch, or a layer made anew
+            prediction.data[...] = 0
+            correcting.written[prediction] = np.zeros_like(prediction.data)
+        cleared = {z for a, z in correcting.cleared.get(prediction, ()) if a == axis}
+        shown = [i for i, z in enumerate(slices) if z not in cleared]
+        where = slice_index([slices[i] for i in shown], axis, image.data.shape)
+        mask = np.take(mask, shown, axis=axis)
+        for data in (prediction.data, correcting.written[prediction]):
+            part = data[where]
+            part[part == value] = 0
+            part[mask] = value
+            data[where] = part
+        previewed.update(int(slices[i]) for i in shown)
+        prediction.refresh()
+
+    def _cancelled(self, what: str, context: dict[str, Any]) -> None:
+        shown = len(context["previewed"])
+        if shown:
+            self.host.say(f"Cancelled ({what}); the prediction shows the {shown} slices segmented so far, before the "
+                          "3D clean-up and the boundaries.")
+        else:
+            self.host.say(f"Cancelled ({what}); the previous prediction is unchanged.")
+
+    def _show(
+        self,
+        result: Segmentation,
+        context: dict[str, Any],
+        slices: np.ndarray,
+        names: dict[int, str],
+        options: dict[str, Any],
+        support_name: str,
+    ) -> None:
+        host = self.host
+        viewer, correcting, image = host.viewer, host.correcting, context["image"]
+        if image not in viewer.layers:
+            return  # closed during the run: the widget has said so
+        host.measured(result)
+        axis = options["axis"]
+        previous = find_layer(viewer, prediction_name(image), Labels, image.data.shape)
+        painted = {z for slices in result.support_slices.values() for z in slices}
+        empty = kept_empty(correcting.cleared.get(previous, set()), axis, painted)
+        if empty:
+            result.labels[slice_index(empty, axis, result.labels.shape)] = 0
+        provenance = {
+            "image": image.metadata.get("geometry", {}).get("source") or image.name,
+            "support_layer": support_name,
+            "support_slices": {str(v): list(s) for v, s in result.support_slices.items()},
+            "slices": "all" if len(slices) == image.data.shape[axis] else slices.tolist(),
+            "empty_slices": empty,
+            **options,
+            "weights": result.weights,
+            "boundaries": {str(v): drawn_by for v, drawn_by in result.boundaries.items()},
+            "device": result.device,
+            "runtime": str(result.runtime),
+            "seconds": round(result.seconds["total"], 2),
+        }
+        whole = len(slices) == image.data.shape[axis]
+        earlier = previous.metadata.get(PROVENANCE) if previous is not None else None
+        prediction = show_segmentation(
+            viewer, image, result, slices=slices, axis=axis, names=names, maps=self.maps.value,
+            provenance=record_run(earlier, provenance, replaces_all=whole),
+        )
+        correcting.written[prediction] = np.array(prediction.data, copy=True)
+        host.exporting.layer.reset_choices()
+        host.exporting.layer.value = prediction
+        if context["support"] in viewer.layers:  # painting goes on where it was, not on the new layers
+            viewer.layers.selection.active = context["support"]
+        if whole:
+            correcting.list(result, axis, names)
+            host.device_note.value = f"Features of '{image.name}' ready where this run went: segmenting again takes seconds."
+        seconds = result.seconds
+        host.say(
+            f"Segmented {'the volume' if whole else f'slice {slices[0]}'} in {seconds['total']:.1f} s "
+            f"(encoding {result.encoded_slices} slices: {seconds['encode']:.1f} s; head and boundaries: "
+            f"{seconds['head']:.1f} s) on {result.runtime}."
+        )
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` in words: whole seconds up to 90, then minutes."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
