@@ -54,8 +54,9 @@ class ProgressBar:
             return
         self.shown = percent, left
         filled = self.width * done // max(total, 1)
+        clear = "\033[K" if sys.stderr.isatty() else ""  # what a shorter line leaves of a longer one
         sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {percent:3d}% "
-                         f"({done}/{total} slices{left})\033[K")
+                         f"({done}/{total} slices{left}){clear}")
         if done >= total:
             sys.stderr.write("\n")
         sys.stderr.flush()
