@@ -207,3 +207,17 @@ def test_evaluate_refuses_unknown_methods_and_missing_labels(tmp_path, capsys):
     assert "unknown method 'sam2'" in capsys.readouterr().err
     assert main(["evaluate", "--case", str(case), "7", "--methods", "copy", "--out", str(tmp_path / "o")]) == 1
     assert "label values [7] do not occur" in capsys.readouterr().err
+
+
+def test_registered_draws_the_slices_the_engine_predicts_where_it_has_a_mask():
+    from napari_fewshot.evaluation.methods import registered_inside
+
+    prediction = np.zeros((4, 5, 5), bool)
+    prediction[1:3, 1:4, 1:4] = True  # the engine: slices 1 and 2
+    registered = np.zeros_like(prediction)
+    registered[0:2, 2:5, 2:5] = True  # registration: slices 0 and 1
+    fused = registered_inside(prediction, registered)
+    np.testing.assert_array_equal(fused[1], registered[1])  # both: registration's boundary
+    np.testing.assert_array_equal(fused[2], prediction[2])  # registration has nothing there: the engine's
+    assert not fused[0].any() and not fused[3].any()  # the engine says the structure is absent
+    assert method("alpnet+registered").registered and not method("alpnet").registered

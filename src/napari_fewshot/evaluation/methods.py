@@ -9,7 +9,10 @@
   default with the ``litemedsam`` encoder; ``+prototype``: the head), ``+nolocation``
   (no in-plane location prior), ``+noends``, ``+decay``, ``+every`` (every slice
   predicted, not only from the painting outward to where the structure ends),
-  ``+nohold`` (several painted slices do not hold each structure to what they imply);
+  ``+nohold`` (several painted slices do not hold each structure to what they imply),
+  ``+registered`` (on every slice where the engine predicts the structure, the
+  registration peer's mask instead, where it has one: the engine says where and
+  whether, registration draws the boundary; measured, not a product option yet);
 - ``litemedsam-box``: the painted mask's box prompts LiteMedSAM on the next slice,
   each predicted mask's box the one after, until the mask vanishes;
 - ``registration``: the mask warped slice to slice by demons registration;
@@ -51,8 +54,10 @@ BASELINES = ("litemedsam-box", "registration", "interpolation", "copy")
 #: The flags that switch the engine's location prior off, its stop at each structure's ends off, its distance decay
 #: on, its prediction of every slice on, and its holding of structures to several paintings off.
 NO_LOCATION, NO_ENDS, DECAY, EVERY, NO_HOLD = "nolocation", "noends", "decay", "every", "nohold"
+#: The flag that draws the engine's slices with the registration peer's masks.
+REGISTERED = "registered"
 #: What may follow ``+`` in an engine method's name: who draws the boundaries, or a prior switched.
-FLAGS = (*BOUNDARIES, NO_LOCATION, NO_ENDS, DECAY, EVERY, NO_HOLD)
+FLAGS = (*BOUNDARIES, NO_LOCATION, NO_ENDS, DECAY, EVERY, NO_HOLD, REGISTERED)
 
 
 @dataclass
@@ -105,6 +110,7 @@ class EngineMethod(Method):
         if unknown:
             raise ValueError(f"method '{name}': {', '.join(unknown)} is not one of the flags {', '.join(FLAGS)}")
         self.name, self.head, self.weights = name, head, weights or DEFAULT
+        self.registered = REGISTERED in flags
         try:
             self.options = SegmentOptions(
                 keep=keep or "painted", boundaries=next((flag for flag in flags if flag in BOUNDARIES), None),
@@ -125,7 +131,8 @@ class EngineMethod(Method):
 
     def __call__(self, task: Task, context: Context) -> np.ndarray:
         if task.support_case is None:
-            return self._segment(task, context, task.painting(), self.options)
+            prediction = self._segment(task, context, task.painting(), self.options)
+            return registered_inside(prediction, RegistrationMethod()(task, context)) if self.registered else prediction
         prediction = np.zeros(task.truth.shape, dtype=bool)
         for third, slice_index in zip(query_thirds(task.truth), task.support_slices):
             if len(third):
@@ -136,6 +143,15 @@ class EngineMethod(Method):
                 )
                 prediction[third] = masks[third]
         return prediction
+
+
+def registered_inside(prediction: np.ndarray, registered: np.ndarray) -> np.ndarray:
+    """``prediction`` ``[Z, Y, X]`` bool with each slice that holds it replaced by ``registered``'s (same shape)
+    where that slice of ``registered`` is not empty: where and whether from one, the boundary from the other."""
+    fused = prediction.copy()
+    use = prediction.any(axis=(1, 2)) & registered.any(axis=(1, 2))
+    fused[use] = registered[use]
+    return fused
 
 
 def _seeds(task: Task) -> dict[int, np.ndarray]:
