@@ -30,7 +30,7 @@ SLICES_TO_CHECK = 10
 
 
 class CorrectPart:
-    """"Slices to check" (``check``) and "Add slice to support" (``add``, its keyboard ``shortcut`` shown on it).
+    """The list "Slices to check" (``check``) and the button "Add slice to support" (``add``, with its ``shortcut``).
 
     ``host`` is the widget holding the part: it has the viewer, the scan and the
     support, the slice on screen, the refine count, and says what happened.
