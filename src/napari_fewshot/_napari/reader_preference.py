@@ -11,6 +11,7 @@ once, when the user asks.
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 import npe2
@@ -21,12 +22,13 @@ PLUGIN = "napari-fewshot"
 FOLDERS = "*/"
 
 
-def reader_patterns() -> list[str]:
-    """The file name patterns this plugin's reader declares in its manifest (``*.nii.gz``, ...), and folders."""
+@cache
+def reader_patterns() -> tuple[str, ...]:
+    """The file name patterns this plugin's reader declares in its manifest (``*.nii.gz``, ...), and folders
+    (the manifest is read once per process)."""
     manifest = npe2.PluginManifest.from_file(Path(__file__).resolve().parents[1] / "napari.yaml")
-    return [pattern for reader in manifest.contributions.readers or () for pattern in reader.filename_patterns] + [
-        FOLDERS
-    ]
+    return (*(pattern for reader in manifest.contributions.readers or () for pattern in reader.filename_patterns),
+            FOLDERS)
 
 
 def patterns_read_elsewhere() -> list[str]:
