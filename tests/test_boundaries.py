@@ -50,11 +50,12 @@ def test_the_decoder_draws_a_disk_and_does_not_fill_a_ring():
     cache = FeatureCache()
     calls = []
     hybrid = segment(image, painting, encoder="litemedsam", boundaries="decoder", device="cpu", cache=cache,
-                     progress=lambda done, total, seconds_left: calls.append((done, total)))
+                     follow_anatomy=False, progress=lambda done, total, seconds_left: calls.append((done, total)))
     assert calls[-1][0] == calls[-1][1] and all(a[0] <= b[0] for a, b in zip(calls, calls[1:]))
     # each slice counts once for the head, and once more where the decoder draws: the disk but on its painted slice
     assert calls[-1][1] == len(hybrid.examined[1]) + len(hybrid.examined[2]) + len(hybrid.examined[1]) - 1
-    prototype = segment(image, painting, encoder="litemedsam", boundaries="prototype", device="cpu", cache=cache)
+    prototype = segment(image, painting, encoder="litemedsam", boundaries="prototype", device="cpu", cache=cache,
+                        follow_anatomy=False)
     assert prototype.boundaries == {1: "prototype", 2: "prototype"}
     assert hybrid.boundaries == {1: "decoder", 2: "prototype"}  # the decoder would fill the ring's box
     unpainted = np.arange(len(truth)) != 1

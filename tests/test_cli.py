@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 
 import napari_fewshot
@@ -39,7 +41,9 @@ def test_segment_round_trips_files_with_geometry(tmp_path):
         "--no-disk-cache",  # other tests' runs saved this volume's features: here every slice is encoded
     )
     assert result.returncode == 0, result.stderr
-    assert "100% (48/48 slices)" in result.stderr and "label 1:" in result.stdout  # two structures
+    # two structures on 24 slices predicted (48), and the slices where registration carried a boundary
+    assert (done := re.search(r"100% \((\d+)/\1 slices\)", result.stderr)) and int(done[1]) > 48, result.stderr
+    assert "label 1:" in result.stdout
     assert "of which encoding 24 slices" in result.stdout
     written, scan = read_volume(output, kind="labels"), read_volume(image_path)
     assert written.geometry.same_grid(scan.geometry) and written.data.dtype == np.uint8

@@ -63,14 +63,16 @@ def test_several_structures_are_merged_and_painted_slices_kept_exactly(volume):
 def test_features_are_computed_once_per_volume_across_new_supports(volume):
     image, truth = volume
     cache, calls = FeatureCache(), []
-    segment(image, one_slice_support(truth, 12), encoder="tiny", cache=cache, progress=lambda *a: calls.append(a))
+    segment(image, one_slice_support(truth, 12), encoder="tiny", cache=cache, follow_anatomy=False,
+            progress=lambda *a: calls.append(a))
     # two structures predicted on the 24 slices (each counts once; the slices encoded take time, not count)
     assert calls[0][0] == 0 and calls[0][2] is None and calls[-1] == (48, 48, 0.0)
     assert [done for done, *_ in calls] == sorted(done for done, *_ in calls)
     assert all(left >= 0 for *_, left in calls[1:] if left is not None)
     for z in (8, 15):
         calls.clear()
-        segment(image, one_slice_support(truth, z), encoder="tiny", cache=cache, progress=lambda *a: calls.append(a))
+        segment(image, one_slice_support(truth, z), encoder="tiny", cache=cache, follow_anatomy=False,
+                progress=lambda *a: calls.append(a))
         assert calls[-1] == (48, 48, 0.0)
     assert cache.stats.encoded_slices == 24 and cache.stats.misses == 1 and cache.stats.hits == 2
     # another encoder or a changed image is another entry
@@ -207,13 +209,15 @@ def test_keeping_components_in_the_engine_drops_a_look_alike(volume, keep):
     image[4:9, 40:46, 38:46] = 300 + np.random.default_rng(2).normal(0, 8, (5, 6, 8))  # a bright look-alike
     support = one_slice_support(truth, values=(1,))
     cache = FeatureCache()
-    plain = segment(image, support, encoder="tiny", head="alpnet", cache=cache, keep="all", location=False)
+    plain = segment(image, support, encoder="tiny", head="alpnet", cache=cache, keep="all", location=False,
+                    follow_anatomy=False)  # registration would drop the look-alike's slices too
     cleaned = segment(image, support, encoder="tiny", head="alpnet", cache=cache, keep=keep, fill_holes=True,
-                      location=False)
+                      location=False, follow_anatomy=False)
     assert plain.labels[4:9, 40:46, 38:46].any() and not cleaned.labels[4:9, 40:46, 38:46].any()
     assert dice(cleaned.labels == 1, truth == 1) > dice(plain.labels == 1, truth == 1)
     if keep == "painted":  # the default for a support painted on the image itself
-        default = segment(image, support, encoder="tiny", head="alpnet", cache=cache, fill_holes=True, location=False)
+        default = segment(image, support, encoder="tiny", head="alpnet", cache=cache, fill_holes=True, location=False,
+                          follow_anatomy=False)
         np.testing.assert_array_equal(default.labels, cleaned.labels)
 
 
@@ -279,8 +283,29 @@ def test_held_to_several_paintings_a_structure_does_not_run_on_into_a_look_alike
     held = segment(image, support, encoder="tiny", cache=cache)  # held by default
     assert running.labels[25:].any() and not held.labels[25:].any()  # at most one gap (8 slices) past slice 16
     assert dice(held.labels == 1, truth == 1) > dice(running.labels == 1, truth == 1)
-    with pytest.raises(SegmentationError, match="hold_to_paintings needs the painting on the image itself"):
+    with pytest.raises(SegmentationError, match="hold_to_paintings=True needs the painting on the image itself"):
         segment(image, support, encoder="tiny", cache=cache, slices=[12], hold_to_paintings=True)
+
+
+def test_boundaries_carried_by_registration_keep_a_structure_off_the_look_alike_it_touches():
+    z, y, x = np.mgrid[:20, :64, :64]
+    tube = ((y - 32) ** 2 + (x - 32) ** 2 < 64) & (z >= 2) & (z <= 17)
+    slab = (x >= 41) & (x < 53) & (abs(y - 32) < 12) & (z >= 2) & (z <= 17)  # as bright, a pixel's gap away
+    rng = np.random.default_rng(0)
+    image = (100 + rng.normal(0, 8, tube.shape)).astype(np.float32)
+    image[tube | slab] = 300 + rng.normal(0, 8, np.count_nonzero(tube | slab))
+    support = np.where(z == 10, tube, 0).astype(np.uint8)
+    cache = FeatureCache()
+    grid = segment(image, support, encoder="tiny", cache=cache, boundaries="prototype", follow_anatomy=False)
+    calls = []
+    followed = segment(image, support, encoder="tiny", cache=cache, boundaries="prototype",  # on by default
+                       progress=lambda *a: calls.append(a))
+    assert dice(followed.labels == 1, tube) > dice(grid.labels == 1, tube) + 0.05
+    assert calls[-1] == (20 + 15, 20 + 15, 0.0)  # 20 slices predicted, 15 carried (16 found, 1 painted)
+    on_slices = lambda labels: set(np.flatnonzero((labels == 1).any(axis=(1, 2))))  # noqa: E731
+    assert on_slices(followed.labels) == on_slices(grid.labels)  # the prototypes still say where it is
+    with pytest.raises(SegmentationError, match="follow_anatomy=True needs the painting on the image itself"):
+        segment(image, support, encoder="tiny", cache=cache, slices=[12], follow_anatomy=True)
 
 
 def test_distance_decay_in_mm():
@@ -298,8 +323,9 @@ def test_the_location_prior_damps_a_look_alike_far_from_the_painting_in_plane(vo
     image[9:12, 40:46, 38:46] = 300 + np.random.default_rng(2).normal(0, 8, (3, 6, 8))  # near slices, far in plane
     support = one_slice_support(truth, values=(1,))
     cache = FeatureCache()
-    plain = segment(image, support, encoder="tiny", head="alpnet", cache=cache, keep="all", location=False)
-    located = segment(image, support, encoder="tiny", head="alpnet", cache=cache, keep="all")
+    plain = segment(image, support, encoder="tiny", head="alpnet", cache=cache, keep="all", location=False,
+                    follow_anatomy=False)  # registration alone would drop the look-alike's pieces too
+    located = segment(image, support, encoder="tiny", head="alpnet", cache=cache, keep="all", follow_anatomy=False)
     assert plain.labels[9:12, 40:46, 38:46].any() and not located.labels[9:12, 40:46, 38:46].any()
     assert dice(located.labels == 1, truth == 1) > dice(plain.labels == 1, truth == 1)
     with pytest.raises(SegmentationError, match="location=True needs the painting on the image itself"):

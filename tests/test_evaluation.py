@@ -18,7 +18,7 @@ from napari_fewshot.evaluation.interpolation import interpolate
 from napari_fewshot.evaluation.kinds import OTHER, kind
 from napari_fewshot.evaluation.methods import method
 from napari_fewshot.evaluation.metrics import average_surface_distance, dice, hd95, jaccard, surface, surface_dice
-from napari_fewshot.evaluation.propagation import BoxPromptStep, RegistrationStep, copy_step, propagate
+from napari_fewshot.evaluation.propagation import BoxPromptStep, copy_step, propagate
 from napari_fewshot.evaluation.protocols import extent, query_thirds, support_slices
 
 
@@ -94,15 +94,6 @@ def test_propagation_reaches_each_slice_from_the_nearest_seed_and_stops_when_the
     shrunk = propagate({7: np.ones((3, 3), bool)}, 12, shrinking)
     assert [int(m.any()) for m in shrunk] == [0] * 5 + [1] * 5 + [0] * 2
     assert (7, 8) in visits and (9, 10) in visits and (10, 11) not in visits  # stopped at the first empty mask
-
-
-def test_registration_carries_the_mask_along_a_moving_shape():
-    y, x = np.mgrid[:48, :48]
-    centres = [14 + 2 * z for z in range(6)]
-    disks = np.stack([(y - 24) ** 2 + (x - c) ** 2 < 64 for c in centres])
-    image = np.where(disks, 1.0, 0.1).astype(np.float32)
-    result = propagate({0: disks[0]}, 6, RegistrationStep(image, (1.0, 1.0)))
-    assert dice(result[5], disks[5]) > 0.8 and dice(disks[0], disks[5]) < 0.3
 
 
 def test_interpolation_fills_between_painted_slices_and_nowhere_beyond():

@@ -129,7 +129,7 @@ def _segment(args: argparse.Namespace) -> int:
             options=SegmentOptions(
                 threshold=args.threshold, keep=args.keep, location=args.location_prior, decay_mm=args.decay_mm,
                 ends=args.ends, boundaries=args.boundaries, fill_holes=args.fill_holes, every_slice=args.every_slice,
-                hold_to_paintings=args.hold_to_paintings,
+                hold_to_paintings=args.hold_to_paintings, follow_anatomy=args.follow_anatomy,
             ),
             cache=FeatureCache() if args.no_disk_cache else None,
             progress=ProgressBar("segmenting"),
@@ -304,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="with several painted slices, keep each structure near the shape interpolated between neighbouring "
         "paintings and stop it at most one gap between paintings past the outermost (default: on, off with "
         "--support-image; one painted slice: no change)",
+    )
+    seg.add_argument(
+        "--follow-anatomy", action=argparse.BooleanOptionalAction,
+        help="draw each slice's boundary by carrying the painting from slice to slice with deformable registration, "
+        "inside the structure the prototypes find (default: on, off with --support-image)",
     )
     seg.add_argument(
         "--boundaries", metavar="decoder|prototype",
@@ -508,7 +513,8 @@ def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
         default=["alpnet", "alpnet+prototype", "dspnet", "alpnet@none", "dspnet@none+prototype", "panet@none+prototype",
                  *BASELINES],
         help="HEAD[@WEIGHTS][:KEEP][+FLAG...] for the engine (weights: default, none or a model file; keep: "
-        "painted, largest or all; flags: +decoder or +prototype boundaries, +nolocation, +noends, +decay, +every, +nohold), "
+        "painted, largest or all; flags: +decoder or +prototype boundaries, +nolocation, +noends, +decay, +every, +nohold, "
+        "+nofollow, +registered), "
         f"or one of {', '.join(BASELINES)}; the first is compared with the others",
     )
     evaluate.add_argument("--encoder", default="litemedsam",

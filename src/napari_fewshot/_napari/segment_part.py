@@ -28,7 +28,7 @@ AUTO = "auto"
 class SegmentPart:
     """The Segment buttons (``slice_button``, ``volume_button``, their shortcuts shown on them), the ``progress``
     bar, and the settings of how the head's maps become labels and layers (``keep``, ``boundaries``,
-    ``fill_holes``, ``every_slice``, ``maps``).
+    ``fill_holes``, ``every_slice``, ``follow_anatomy``, ``maps``).
 
     ``host`` is the widget holding the part: it has the scan, the support and the
     model settings, the runner and the other parts, and says what happened.
@@ -51,6 +51,11 @@ class SegmentPart:
             "Segment volume encodes and predicts every slice. Unticked (faster), each structure is followed from its "
             "painted slices outward until it ends, and 10 mm beyond; slices never reached stay empty"
         )
+        self.follow_anatomy = CheckBox(text="Follow anatomy", value=True)
+        self.follow_anatomy.tooltip = (
+            "Segment volume carries the painting from slice to slice by registration, which draws each slice's "
+            "boundary inside what the prototypes found (off: the prototypes' or the decoder's boundary alone)"
+        )
         self.maps = ComboBox(label="Maps", choices=list(MAPS), value="attention")
         self.maps.tooltip = "Per structure, an Image layer (hidden; additive) with the prototype attention or the probability"
         self.slice_button = PushButton(text=f"Segment slice ({shortcuts['segment slice']})")
@@ -61,7 +66,7 @@ class SegmentPart:
         self.progress.tooltip = "Slices of the running segmentation done, of those planned"
         self.slice_button.changed.connect(lambda: self.run("slice"))
         self.volume_button.changed.connect(lambda: self.run("volume"))
-        self.settings = (self.keep, self.boundaries, self.fill_holes, self.every_slice, self.maps)
+        self.settings = (self.keep, self.boundaries, self.fill_holes, self.every_slice, self.follow_anatomy, self.maps)
 
     def run(self, kind: str) -> None:
         """Segment the slice on screen (``kind="slice"``) or the volume (``"volume"``) in the background."""
@@ -80,6 +85,7 @@ class SegmentPart:
             boundaries=None if self.boundaries.value == AUTO else self.boundaries.value,
             fill_holes=self.fill_holes.value,
             every_slice=self.every_slice.value,
+            follow_anatomy=None if self.follow_anatomy.value else False,
         )
         model = host.model_options(image)
         options = dict(model, **asdict(segment_options))  # what the export's sidecar records

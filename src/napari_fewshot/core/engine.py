@@ -29,6 +29,7 @@ from .model import DEFAULT, FewShotModel, apply_model_file, model_source, read_m
 from .intensity import Modality
 from .options import SegmentOptions
 from .between import hold_structure
+from .follow import follow_anatomy
 from .outward import OUTWARD_MARGIN_MM, expected_reach, planned_range, walk_outward
 from .postprocess import KEEP, connected_to, largest_component, stop_at_ends
 from .postprocess import fill_holes as fill_slice_holes
@@ -37,12 +38,15 @@ from .preprocess import (
 )
 from .priors import apply_distance_decay, apply_location_prior
 from .progress import Progress, RunProgress
+from .registration import SliceRegistration
 from .runtime import Runtime, Trunk, resolve_runtime, trunk_runner
 from .sam_decoder import BoxDecoder, box_decoder
 from .support import SupportWarning, assign_supports, painted_slices, painted_structures
 from .user_cache import user_cache_folder
 
 DEFAULT_ENCODER = "litemedsam"
+#: Around a structure's mask, the mm of each slice that registration sees when it carries the boundary.
+FOLLOW_MARGIN_MM = 20.0
 #: A head batch holds at most this many support-to-query attention entries (Q * S * (h*w)^2).
 HEAD_BATCH_ELEMENTS = 2**25
 #: Features of recently segmented volumes, shared by every caller that passes no cache, and saved
@@ -225,14 +229,8 @@ class FewShotSession:
             raise SegmentationError(
                 f"decay_mm={decay_mm} is not possible here: it needs the painting on the image itself"
             )
-        ends = same_volume and whole if ends is None else ends
-        if ends and not (same_volume and whole):
-            raise SegmentationError(
-                "ends=True needs the painting on the image itself and every slice predicted; use ends=False"
-            )
-        hold = same_volume and whole if options.hold_to_paintings is None else options.hold_to_paintings
-        if hold and not (same_volume and whole):
-            raise SegmentationError("hold_to_paintings needs the painting on the image itself and every slice predicted")
+        ends, hold, follow = (_where_possible(name, getattr(options, name), same_volume and whole)
+                              for name in ("ends", "hold_to_paintings", "follow_anatomy"))
         outward = same_volume and whole and keep == "painted" and not options.every_slice
         painting = _slices_first(_checked_labels(support_labels, support.shape, same_volume), axis)
         structures = painted_structures(painting)
@@ -261,8 +259,13 @@ class FewShotSession:
         plan = _Plan(clock, features[0], support_needed if same_volume else support_needed[:0],
                      {v: np.arange(*planned_range(n_query, slices, reach[v], margin)) if outward else queries
                       for v, slices in structures.items()},
-                     spare=2 * margin if outward else 0)
+                     spare=2 * margin if outward else 0, follow=follow)
         decoder = box_decoder(trunk.runtime) if boundaries == "decoder" else None
+        registration = None
+        if follow:
+            registration = SliceRegistration(query_volume, spacing_mm[1:], self.preprocessing, self.window,
+                                             margin_mm=FOLLOW_MARGIN_MM)
+            _sample_follow(registration, painting, structures, clock)
         encoding = _Encoding(trunk, self.batch_size, clock.advance("encode"), cancel)
         encoding(support, features[-1], support_needed)  # the painted slices first: they calibrate the decoder
         probabilities = {v: np.zeros(query_volume.shape, dtype=np.float32) for v in structures}
@@ -324,7 +327,9 @@ class FewShotSession:
             if hold:
                 hold_structure(labels, value, painted_value, support_slices, spacing_mm)
             _postprocess(labels, value, keep, options.fill_holes, painted_value, support_slices if ends else None)
-        clock.plan(draw=clock.finished["draw"])  # what the decoder drew, which the plan could only estimate
+            if follow:
+                _follow(labels, value, painted_value, support_slices, registration, clock, cancel)
+        clock.plan(draw=clock.finished["draw"], follow=clock.finished["follow"])  # what the plan could only estimate
         if painted is not None:
             labels[painted] = painting[painted]
         presence = {v: structure_presence(attention[v], labels == v, levels[v]) for v in structures}
@@ -469,18 +474,21 @@ def _cached(cache: FeatureCache, key: str, n_slices: int) -> VolumeFeatures:
 
 
 class _Plan:
-    """The slices a segmentation expects to encode, predict and have the decoder draw, told to its ``clock``.
+    """The slices a segmentation expects to encode, predict, have the decoder draw and registration follow,
+    told to its ``clock``.
 
     planned : per structure, the slices it is expected to be predicted on (from the outward
         walk's estimate until the walk has ended: :meth:`expect`, :meth:`walked`).
     features : the image's features (what is encoded); painted : slices encoded first.
     spare : of a structure's planned slices, how many are expected empty (the walk's margins),
-        so not drawn by the decoder.
+        so neither drawn nor followed.
+    follow : whether registration carries every structure's boundaries (on the slices it is on).
     """
 
     def __init__(self, clock: RunProgress, features: VolumeFeatures, painted: np.ndarray,
-                 planned: dict[int, np.ndarray], spare: int) -> None:
+                 planned: dict[int, np.ndarray], spare: int, follow: bool) -> None:
         self.clock, self.features, self.painted, self.planned, self.spare = clock, features, painted, planned, spare
+        self.follow = follow
         self.drawing: set[int] = set()  # the structures whose boundaries the decoder draws
         self.present: dict[int, int] = {}  # per structure walked, the slices it is on (those the decoder draws)
         self._tell()
@@ -505,9 +513,10 @@ class _Plan:
 
     def _tell(self) -> None:
         ahead = np.unique(np.concatenate([*self.planned.values(), self.painted]))
-        to_draw = [self.present.get(v, max(len(self.planned[v]) - self.spare, 1)) for v in self.drawing]
+        present = {v: self.present.get(v, max(len(p) - self.spare, 1)) for v, p in self.planned.items()}
         self.clock.plan(encode=self.clock.finished["encode"] + len(self.features.missing(ahead)),
-                        head=sum(len(p) for p in self.planned.values()), draw=sum(to_draw))
+                        head=sum(len(p) for p in self.planned.values()),
+                        draw=sum(present[v] for v in self.drawing), follow=sum(present.values()) if self.follow else 0)
 
 
 def _painted_maps(
@@ -802,6 +811,43 @@ def _per_query(values: np.ndarray, n_query: int, n_support: int, painted: tuple[
     for support_slices, group in assign_supports(n_query, n_support, painted).items():
         spread[group] = values[[row[z] for z in support_slices]].mean(axis=0)
     return spread
+
+
+def _where_possible(name: str, wanted: bool | None, possible: bool) -> bool:
+    """Option ``name`` (True, False, or None: where ``possible``), refused where it is not possible."""
+    if wanted and not possible:
+        raise SegmentationError(
+            f"{name}=True needs the painting on the image itself and every slice predicted; use {name}=False"
+        )
+    return possible if wanted is None else wanted
+
+
+def _sample_follow(registration: SliceRegistration, painting: np.ndarray, structures: dict[int, tuple[int, ...]],
+                   clock: RunProgress) -> None:
+    """Time one carry of the first structure's painting onto a neighbouring slice: the follow stage's rate
+    before it runs (``painting`` ``[Z, Y, X]`` labels)."""
+    value, (source, *_) = next(iter(structures.items()))
+    if len(painting) > 1:
+        started = time.perf_counter()
+        registration(painting[source] == value, source, source + 1 if source + 1 < len(painting) else source - 1)
+        clock.sample("follow", time.perf_counter() - started, 1)
+
+
+def _follow(labels: np.ndarray, value: int, painted: np.ndarray, painted_slices: tuple[int, ...],
+            registration: SliceRegistration, clock: RunProgress, cancel: CancelCheck | None) -> None:
+    """Structure ``value`` of ``labels`` ``[Z, Y, X]`` with its boundaries carried from the paintings
+    (:func:`follow_anatomy`), in place; a slice it grows onto claims only background, never another structure."""
+    mask = labels == value
+    advance = clock.advance("follow")
+
+    def carried(slices: int) -> None:
+        advance(slices)
+        check_cancel(cancel)
+
+    followed = follow_anatomy(mask, painted, painted_slices, registration, advance=carried)
+    followed &= mask | (labels == 0)
+    labels[mask & ~followed] = 0
+    labels[followed] = value
 
 
 def _drawn_by(trusted: np.ndarray, painted: tuple[int, ...]) -> str:

@@ -43,6 +43,10 @@ class SegmentOptions:
         and past the outermost painted slice at most one gap between paintings far
         (:mod:`~napari_fewshot.core.between`).  Needs the painting on the image and every
         slice predicted.  None: where possible (with one painted slice it changes nothing).
+    follow_anatomy : draw each structure's boundary on every slice by carrying its painting
+        from slice to slice with deformable registration, inside the engine's mask grown by
+        a pixel (:mod:`~napari_fewshot.core.follow`).  Needs the painting on the image and
+        every slice predicted.  None: where possible.
     """
 
     threshold: float = DEFAULT_THRESHOLD
@@ -54,6 +58,7 @@ class SegmentOptions:
     fill_holes: bool = False
     every_slice: bool = False
     hold_to_paintings: bool | None = None
+    follow_anatomy: bool | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:  # NaN fails too

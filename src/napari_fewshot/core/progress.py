@@ -1,8 +1,8 @@
 """A run's progress in slices, and the seconds it has left, from the rates it measured so far.
 
 A segmentation handles each slice in stages that cost different times: encoding
-(only where the features are not cached), the head's prediction, and the
-boundaries with the clean-up.  :class:`RunProgress` counts the slices each stage
+(only where the features are not cached), the head's prediction, the decoder's
+boundaries with the clean-up, and the boundaries carried by registration.  :class:`RunProgress` counts the slices each stage
 has done and plans to do (plans change: the outward walk learns how far a
 structure goes as it walks), times each stage, and tells the caller's
 ``progress(done, total, seconds_left)`` after every step.
@@ -17,8 +17,9 @@ from collections.abc import Callable
 #: estimated (None before).
 Progress = Callable[[int, int, "float | None"], None]
 
-#: The stages a slice goes through, in order.
-STAGES = ("encode", "head", "draw")
+#: The stages a slice goes through, in order: encoded, predicted by the head, its boundary drawn by the decoder,
+#: its boundary carried from the neighbouring slice by registration.
+STAGES = ("encode", "head", "draw", "follow")
 
 
 class RunProgress:
@@ -36,7 +37,7 @@ class RunProgress:
     ``assume(stage, seconds_per_slice)`` a rate measured before the run.
     """
 
-    def __init__(self, progress: Progress | None, counted: tuple[str, ...] = ("head", "draw")) -> None:
+    def __init__(self, progress: Progress | None, counted: tuple[str, ...] = ("head", "draw", "follow")) -> None:
         self.progress, self.counted = progress, counted
         self.planned = dict.fromkeys(STAGES, 0)
         self.finished = dict.fromkeys(STAGES, 0)

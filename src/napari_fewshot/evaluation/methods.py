@@ -10,9 +10,10 @@
   (no in-plane location prior), ``+noends``, ``+decay``, ``+every`` (every slice
   predicted, not only from the painting outward to where the structure ends),
   ``+nohold`` (several painted slices do not hold each structure to what they imply),
+  ``+nofollow`` (the boundaries are not carried from slice to slice by registration),
   ``+registered`` (on every slice where the engine predicts the structure, the
-  registration peer's mask instead, where it has one: the engine says where and
-  whether, registration draws the boundary; measured, not a product option yet);
+  registration peer's mask instead, where it has one: the crude fusion the
+  engine's ``follow_anatomy`` is measured against);
 - ``litemedsam-box``: the painted mask's box prompts LiteMedSAM on the next slice,
   each predicted mask's box the one after, until the mask vanishes;
 - ``registration``: the mask warped slice to slice by demons registration;
@@ -41,23 +42,25 @@ from ..core.features import FeatureCache
 from ..core.heads import HEADS
 from ..core.model import DEFAULT, UNTRAINED
 from ..core.options import SegmentOptions
-from ..core.preprocess import Preprocessing, normalise_intensities
+from ..core.preprocess import Preprocessing
+from ..core.registration import SliceRegistration
 from ..core.priors import DECAY_MM
 from ..core.runtime import resolve_runtime
 from ..core.sam_decoder import BoxDecoder, box_decoder
 from .cases import Task
 from .interpolation import interpolate, interpolation_missing
-from .propagation import BoxPromptStep, RegistrationStep, copy_step, propagate
+from .propagation import BoxPromptStep, copy_step, propagate
 from .protocols import extent, query_thirds
 
 BASELINES = ("litemedsam-box", "registration", "interpolation", "copy")
 #: The flags that switch the engine's location prior off, its stop at each structure's ends off, its distance decay
-#: on, its prediction of every slice on, and its holding of structures to several paintings off.
-NO_LOCATION, NO_ENDS, DECAY, EVERY, NO_HOLD = "nolocation", "noends", "decay", "every", "nohold"
+#: on, its prediction of every slice on, its holding of structures to several paintings off, and its boundaries
+#: carried by registration off.
+NO_LOCATION, NO_ENDS, DECAY, EVERY, NO_HOLD, NO_FOLLOW = "nolocation", "noends", "decay", "every", "nohold", "nofollow"
 #: The flag that draws the engine's slices with the registration peer's masks.
 REGISTERED = "registered"
 #: What may follow ``+`` in an engine method's name: who draws the boundaries, or a prior switched.
-FLAGS = (*BOUNDARIES, NO_LOCATION, NO_ENDS, DECAY, EVERY, NO_HOLD, REGISTERED)
+FLAGS = (*BOUNDARIES, NO_LOCATION, NO_ENDS, DECAY, EVERY, NO_HOLD, NO_FOLLOW, REGISTERED)
 
 
 @dataclass
@@ -117,6 +120,7 @@ class EngineMethod(Method):
                 location=False if NO_LOCATION in flags else None, ends=False if NO_ENDS in flags else None,
                 decay_mm=DECAY_MM if DECAY in flags else None, every_slice=EVERY in flags,
                 hold_to_paintings=False if NO_HOLD in flags else None,
+                follow_anatomy=False if NO_FOLLOW in flags else None,
             )
         except SegmentationError as error:
             raise ValueError(f"method '{name}': {error}") from error
@@ -181,8 +185,8 @@ class RegistrationMethod(Method):
 
     def __call__(self, task: Task, context: Context) -> np.ndarray:
         case = task.case
-        volume = normalise_intensities(case.image, Preprocessing.for_volume(case.image))
-        return propagate(_seeds(task), len(case.image), RegistrationStep(volume, case.spacing[1:]))
+        registration = SliceRegistration(case.image, case.spacing[1:], Preprocessing.for_volume(case.image))
+        return propagate(_seeds(task), len(case.image), registration)
 
 
 class InterpolationMethod(Method):

@@ -4,8 +4,8 @@ A *step* carries a mask ``[H, W]`` from one slice to a neighbouring one:
 
 - :class:`BoxPromptStep`: the box around the mask prompts LiteMedSAM on the next
   slice (the way SAM-family tools propagate);
-- :class:`RegistrationStep`: the next slice is registered to this one (SimpleITK
-  demons, in mm) and the mask is warped along;
+- :class:`~napari_fewshot.core.registration.SliceRegistration`: the next slice is
+  registered to this one (SimpleITK demons, in mm) and the mask is warped along;
 - :func:`copy_step`: the mask as it is.
 
 :func:`propagate` walks from every painted slice up and down the volume until
@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 
 from ..core.sam_decoder import BoxDecoder, square_box
@@ -70,30 +69,3 @@ class BoxPromptStep:
         if box is None:
             return np.zeros_like(mask, dtype=bool)
         return self.decoder.decode(self.embeddings[target : target + 1], box, mask.shape, self.pixel_aspect)[0]
-
-
-class RegistrationStep:
-    """Demons registration of the target slice to the source slice; the mask is warped with the field.
-
-    ``volume``: ``[Z, H, W]`` intensities scaled alike on every slice (e.g. the
-    engine's [0, 1] normalisation); ``spacing``: ``(row, column)`` in mm.
-    """
-
-    def __init__(self, volume: np.ndarray, spacing: tuple[float, float], iterations: int = 50, smoothing: float = 1.5) -> None:
-        self.volume = np.asarray(volume, dtype=np.float32)
-        self.spacing = (float(spacing[1]), float(spacing[0]))  # SimpleITK: x (columns) first
-        self.demons = sitk.FastSymmetricForcesDemonsRegistrationFilter()
-        self.demons.SetNumberOfIterations(iterations)
-        self.demons.SetStandardDeviations(smoothing)  # of the field's Gaussian smoothing, in pixels
-
-    def _image(self, array: np.ndarray) -> sitk.Image:
-        image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float32))
-        image.SetSpacing(self.spacing)
-        return image
-
-    def __call__(self, mask: np.ndarray, source: int, target: int) -> np.ndarray:
-        fixed, moving = self._image(self.volume[target]), self._image(self.volume[source])
-        field = self.demons.Execute(fixed, moving)
-        transform = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
-        warped = sitk.Resample(self._image(mask), fixed, transform, sitk.sitkLinear, 0.0)
-        return sitk.GetArrayFromImage(warped) > 0.5
