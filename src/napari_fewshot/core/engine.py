@@ -327,8 +327,9 @@ class FewShotSession:
             if hold:
                 hold_structure(labels, value, painted_value, support_slices, spacing_mm)
             _postprocess(labels, value, keep, options.fill_holes, painted_value, support_slices if ends else None)
-            if follow:
+            if follow:  # the slices registration left empty may cut parts off: the clean-up again, ends kept
                 _follow(labels, value, painted_value, support_slices, registration, clock, cancel)
+                _postprocess(labels, value, keep, options.fill_holes, painted_value, None)
         clock.plan(draw=clock.finished["draw"], follow=clock.finished["follow"])  # what the plan could only estimate
         if painted is not None:
             labels[painted] = painting[painted]
