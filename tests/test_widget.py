@@ -155,6 +155,12 @@ def test_segment_volume_gives_a_prediction_on_the_image_grid_and_maps(qtbot, ses
     widget.correcting.check.value = [listed[-1]]
     assert viewer.dims.current_step[0] == listed[-1]
 
+    # Follow anatomy unticked: registration leaves the boundaries alone, and the run's record says so
+    assert record["follow_anatomy"] is None  # on where possible
+    widget.segmenting.follow_anatomy.value = False
+    _run(qtbot, widget, widget.segmenting.volume_button)
+    assert viewer.layers["scan prediction"].metadata["napari_fewshot"]["follow_anatomy"] is False
+
 
 def test_segment_slice_previews_the_slice_on_screen_and_encodes_little(qtbot, session):
     viewer, widget, image, support, truth = session
