@@ -45,8 +45,9 @@ class SegmentOptions:
         slice predicted.  None: where possible (with one painted slice it changes nothing).
     follow_anatomy : draw each structure's boundary on every slice by carrying its painting
         from slice to slice with deformable registration, inside the engine's mask grown by
-        a pixel (:mod:`~napari_fewshot.core.follow`).  Needs the painting on the image and
-        every slice predicted.  None: where possible.
+        a pixel; a slice where the two do not meet is left empty
+        (:mod:`~napari_fewshot.core.follow`).  Needs the painting on the image and every
+        slice predicted.  None: where possible.
     """
 
     threshold: float = DEFAULT_THRESHOLD
