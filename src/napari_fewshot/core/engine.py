@@ -45,8 +45,9 @@ from .support import SupportWarning, assign_supports, painted_slices, painted_st
 from .user_cache import user_cache_folder
 
 DEFAULT_ENCODER = "litemedsam"
-#: Around a structure's mask, the mm of each slice that registration sees when it carries the boundary.
-FOLLOW_MARGIN_MM = 20.0
+#: Around a structure's mask, the mm of each slice that registration sees when it carries the boundary, and the
+#: most pixels along a side it registers at full resolution (a wider box is binned to fit).
+FOLLOW_MARGIN_MM, FOLLOW_MAX_SIDE = 20.0, 128
 #: A head batch holds at most this many support-to-query attention entries (Q * S * (h*w)^2).
 HEAD_BATCH_ELEMENTS = 2**25
 #: Features of recently segmented volumes, shared by every caller that passes no cache, and saved
@@ -264,7 +265,7 @@ class FewShotSession:
         registration = None
         if follow:
             registration = SliceRegistration(query_volume, spacing_mm[1:], self.preprocessing, self.window,
-                                             margin_mm=FOLLOW_MARGIN_MM)
+                                             margin_mm=FOLLOW_MARGIN_MM, max_side=FOLLOW_MAX_SIDE)
             _sample_follow(registration, painting, structures, clock)
         encoding = _Encoding(trunk, self.batch_size, clock.advance("encode"), cancel)
         encoding(support, features[-1], support_needed)  # the painted slices first: they calibrate the decoder

@@ -7,10 +7,10 @@ ITK-SNAP's propagation tools carry a segmentation.  Given a margin, only the
 box around the mask grown by that margin is registered, which on a 512x512 slice
 holding a small structure is many times faster and changes little: the field is
 smoothed over a few pixels, so what lies far outside the mask barely moves it.
-A box wider than :data:`MAX_SIDE` pixels is registered on bins of pixels averaged
-to fit (a 300-pixel liver box on a 512x512 CT slice: 2x2 bins), and the mask is
-warped at its own resolution: 50 demons iterations cost about a second on
-512x512 pixels and a tenth of one on 150x150 (2 cores).
+Given a largest side, a wider box is registered on bins of pixels averaged to fit
+(a 300-pixel liver box on a 512x512 CT slice, at most 128: 3x3 bins), and the
+mask is warped at its own resolution: 50 demons iterations cost about a second
+on 512x512 pixels and a few hundredths of one on 100x100 (2 cores).
 """
 
 from __future__ import annotations
@@ -19,10 +19,6 @@ import numpy as np
 import SimpleITK as sitk
 
 from .preprocess import Preprocessing, intensity_window, normalise_intensities
-
-
-#: The most pixels along a side of what demons registers; a larger box is binned to fit.
-MAX_SIDE = 256
 
 
 class SliceRegistration:
@@ -37,17 +33,20 @@ class SliceRegistration:
         of the Gaussian that smooths its field.
     margin_mm : register only the box around the mask grown by this many mm on
         every side; None: the whole slice.
+    max_side : register a box wider than this many pixels on bins averaged to fit;
+        None: at full resolution.
     """
 
     def __init__(
         self, volume: np.ndarray, spacing: tuple[float, float], preprocessing: Preprocessing,
         window: tuple[float, float] | None = None, iterations: int = 50, smoothing: float = 1.5,
-        margin_mm: float | None = None,
+        margin_mm: float | None = None, max_side: int | None = None,
     ) -> None:
         self.volume, self.preprocessing = volume, preprocessing
         self.window = intensity_window(volume, preprocessing) if window is None else window
         self.spacing = (float(spacing[1]), float(spacing[0]))  # SimpleITK: x (columns) first
         self.margin = None if margin_mm is None else np.ceil(margin_mm / np.asarray(spacing, float)).astype(int)
+        self.max_side = max_side
         self.demons = sitk.FastSymmetricForcesDemonsRegistrationFilter()
         self.demons.SetNumberOfIterations(iterations)
         self.demons.SetStandardDeviations(smoothing)
@@ -75,7 +74,7 @@ class SliceRegistration:
             return mask.copy()
         box = self._box(mask)
         fixed, moving = self._slice(target, box), self._slice(source, box)
-        bins = -(-max(fixed.GetSize()) // MAX_SIDE)
+        bins = 1 if self.max_side is None else -(-max(fixed.GetSize()) // self.max_side)
         if bins > 1:
             field = self.demons.Execute(sitk.BinShrink(fixed, [bins, bins]), sitk.BinShrink(moving, [bins, bins]))
         else:
