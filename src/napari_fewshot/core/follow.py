@@ -20,19 +20,15 @@ the best of both, slice by slice:
   such a slice, cut off from the painting);
 - where the carried mask vanishes, carrying stops and the engine's masks stay.
 
-How the rule was chosen, on the broad development benchmark (84 structures, one
-and three painted slices, mean whole-volume Dice; ``docs/benchmarks.md``): from
-one painted slice, the engine alone 0.463; registration's mask wherever the
-engine has the structure 0.542; bounded by the engine's mask grown by a pixel
-0.566 (grown by 0 to 4 pixels: 0.568 to 0.555), and 0.577 with the components cut
-off from the painting dropped (the rule here); keeping the engine's mask where the
-two do not meet 0.544; carrying on from the bounded mask instead of registration's
-own 0.550; trusting registration only where it agrees with the engine (slice Dice
-at least 0.3 to 0.7) 0.498 to 0.474, or where the carried mask's mean intensity
-stays within 0.5 to 2 standard deviations of the painting's 0.485 to 0.516.  From
-three painted slices: 0.666, 0.781, 0.773, 0.773, 0.772, 0.769, 0.742 to 0.694.
-Bounding keeps the brain tissue, which registration alone loses (one slice: 0.674,
-0.593, 0.684).
+How the rule was chosen (``benchmarks/boundary_rules.py`` on the broad development
+benchmark, 84 structures; mean whole-volume Dice from one / three painted slices):
+the engine alone 0.463 / 0.666; registration's mask wherever the engine has the
+structure 0.542 / 0.781; registration's only where it agrees with the engine's
+(slice Dice at least 0.3 to 0.7) 0.498 to 0.474 / 0.742 to 0.694; bounded by the
+engine's mask grown by a pixel, the engine's where they miss 0.544 / 0.772, empty
+where they miss 0.566 / 0.773, and with what that cuts off from the painting
+dropped 0.577 / 0.773 (the rule here).  Bounding keeps the brain tissue, which
+registration alone loses (one slice: 0.674, 0.593, 0.684).
 """
 
 from __future__ import annotations
