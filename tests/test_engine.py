@@ -16,7 +16,7 @@ from napari_fewshot.core.postprocess import connected_to, fill_holes, largest_co
 from napari_fewshot.core.preprocess import Preprocessing, padded_shape
 from napari_fewshot.core.priors import apply_distance_decay, apply_location_prior
 from napari_fewshot.core.runtime import TorchTrunk, resolve_runtime
-from napari_fewshot.core.support import SupportWarning, assign_supports, painted_structures
+from napari_fewshot.core.support import SupportWarning, assign_supports, painted_structures, walks_from_painted
 
 segment = napari_fewshot.segment
 
@@ -347,6 +347,9 @@ def test_nearest_painted_slice_and_ties():
     assert assign_supports(11, 11, (2, 8)) == {(2,): [0, 1, 2, 3, 4], (2, 8): [5], (8,): [6, 7, 8, 9, 10]}
     # another volume: positions scale along the slice axis
     assert assign_supports(21, 11, (2, 8)) == {(2,): list(range(10)), (2, 8): [10], (8,): list(range(11, 21))}
+    # walking a mask from the painted slices: each slice once, from its nearest (the lower on a tie), in order
+    walks = [(seed, list(targets)) for seed, targets in walks_from_painted((8, 2), 11)]
+    assert walks == [(2, [3, 4, 5]), (2, [1, 0]), (8, [9, 10]), (8, [7, 6])]
     labels = np.zeros((4, 2, 2), np.uint8)
     labels[1, 0, 0], labels[3, 1] = 2, 1  # structure 1 on half of slice 3: the rest is its background
     assert painted_structures(labels) == {1: (3,), 2: (1,)}

@@ -38,6 +38,8 @@ from collections.abc import Callable
 import numpy as np
 from scipy import ndimage
 
+from .support import walks_from_painted
+
 #: ``carry(mask, source, target)``: a slice mask ``[H, W]`` on slice ``source`` carried onto slice ``target``.
 Carry = Callable[[np.ndarray, int, int], np.ndarray]
 
@@ -56,22 +58,18 @@ def follow_anatomy(
     """
     followed = mask.copy()
     present = mask.any(axis=(1, 2))
-    order = sorted(set(painted_slices))
     footprint = np.ones((2 * grow + 1, 2 * grow + 1), dtype=bool) if grow > 0 else None
-    for i, seed in enumerate(order):
-        lowest = (order[i - 1] + seed) // 2 + 1 if i > 0 else 0
-        highest = (seed + order[i + 1]) // 2 if i + 1 < len(order) else len(mask) - 1
-        for targets in (range(seed + 1, highest + 1), range(seed - 1, lowest - 1, -1)):
-            carried, source = painted[seed], seed
-            for target in targets:
-                if not present[target]:
-                    break
-                carried = carry(carried, source, target)
-                if advance is not None:
-                    advance(1)
-                if not carried.any():
-                    break
-                bound = mask[target] if footprint is None else ndimage.binary_dilation(mask[target], footprint)
-                followed[target] = carried & bound
-                source = target
+    for seed, targets in walks_from_painted(painted_slices, len(mask)):
+        carried, source = painted[seed], seed
+        for target in targets:
+            if not present[target]:
+                break
+            carried = carry(carried, source, target)
+            if advance is not None:
+                advance(1)
+            if not carried.any():
+                break
+            bound = mask[target] if footprint is None else ndimage.binary_dilation(mask[target], footprint)
+            followed[target] = carried & bound
+            source = target
     return followed

@@ -81,3 +81,19 @@ def assign_supports(
         nearest = tuple(int(s) for s in support[np.isclose(distance, distance.min())])
         groups.setdefault(nearest, []).append(z)
     return groups
+
+
+def walks_from_painted(painted: tuple[int, ...], n_slices: int) -> list[tuple[int, range]]:
+    """The walks that reach every slice ``0..n_slices-1`` from its nearest painted slice, one step at a time.
+
+    Each walk is ``(painted slice, slices in walking order)``: up to halfway to the next
+    painted slice, then down to halfway to the previous one (a slice halfway between two
+    painted slices goes with the lower).  Propagating tools walk a mask so.
+    """
+    order = sorted(set(painted))
+    walks = []
+    for i, seed in enumerate(order):
+        lowest = (order[i - 1] + seed) // 2 + 1 if i > 0 else 0
+        highest = (seed + order[i + 1]) // 2 if i + 1 < len(order) else n_slices - 1
+        walks += [(seed, range(seed + 1, highest + 1)), (seed, range(seed - 1, lowest - 1, -1))]
+    return walks

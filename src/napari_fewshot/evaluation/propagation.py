@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..core.sam_decoder import BoxDecoder, square_box
+from ..core.support import walks_from_painted
 
 #: ``step(mask, source, target) -> mask``: a slice mask on ``source`` carried to slice ``target``.
 Step = Callable[[np.ndarray, int, int], np.ndarray]
@@ -32,20 +33,17 @@ def propagate(seeds: dict[int, np.ndarray], n_slices: int, step: Step) -> np.nda
     one step at a time; a walk stops where its mask becomes empty, so the slices
     beyond stay empty.  Painted slices keep their masks.
     """
-    order = sorted(seeds)
-    shape = np.asarray(seeds[order[0]]).shape
+    shape = np.asarray(next(iter(seeds.values()))).shape
     result = np.zeros((n_slices, *shape), dtype=bool)
-    for i, seed in enumerate(order):
-        result[seed] = seeds[seed]
-        lowest = (order[i - 1] + seed) // 2 + 1 if i > 0 else 0
-        highest = (seed + order[i + 1]) // 2 if i + 1 < len(order) else n_slices - 1
-        for targets in (range(seed + 1, highest + 1), range(seed - 1, lowest - 1, -1)):
-            mask, source = result[seed], seed
-            for target in targets:
-                mask = np.asarray(step(mask, source, target), dtype=bool)
-                if not mask.any():
-                    break
-                result[target], source = mask, target
+    for seed, mask in seeds.items():
+        result[seed] = mask
+    for seed, targets in walks_from_painted(tuple(seeds), n_slices):
+        mask, source = result[seed], seed
+        for target in targets:
+            mask = np.asarray(step(mask, source, target), dtype=bool)
+            if not mask.any():
+                break
+            result[target], source = mask, target
     return result
 
 
