@@ -12,7 +12,7 @@ from napari_fewshot.core.encoders import build_encoder
 from napari_fewshot.core.errors import SegmentationCancelled, SegmentationError
 from napari_fewshot.core.features import FeatureCache, VolumeFeatures, encode_slices
 from napari_fewshot.core.heads import HEADS
-from napari_fewshot.core.postprocess import connected_to, fill_holes, largest_component, stop_at_ends
+from napari_fewshot.core.postprocess import connected_to, fill_holes, largest_component, set_structure, stop_at_ends
 from napari_fewshot.core.preprocess import Preprocessing, padded_shape
 from napari_fewshot.core.priors import apply_distance_decay, apply_location_prior
 from napari_fewshot.core.runtime import TorchTrunk, resolve_runtime
@@ -200,6 +200,9 @@ def test_post_processing_keeps_the_largest_component_and_fills_holes():
     seeds[2, 11, 11] = True  # the user painted in the small blob: it stays, the big one goes
     touched = connected_to(mask, seeds)
     assert touched[1:3, 10:12, 10:12].all() and touched.sum() == 8
+    labels = np.array([[[1, 1, 2, 0]]], np.uint8)
+    set_structure(labels, 1, np.array([[[False, True, True, True]]]))  # it leaves one voxel, grows onto two
+    assert labels.tolist() == [[[0, 1, 2, 1]]]  # onto background only: structure 2 keeps its voxel
 
 
 @pytest.mark.parametrize("keep", ["largest", "painted"])

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .postprocess import set_structure
 from .priors import SIGMA_MM, WIDENING
 
 
@@ -72,7 +73,4 @@ def hold_structure(
 
     A slice filled with the interpolated shape claims only background, never another structure.
     """
-    mask = labels == value
-    held = hold_to_paintings(mask, painted, painted_slices, spacing) & (mask | (labels == 0))
-    labels[mask & ~held] = 0
-    labels[held] = value
+    set_structure(labels, value, hold_to_paintings(labels == value, painted, painted_slices, spacing))

@@ -31,7 +31,7 @@ from .options import SegmentOptions
 from .between import hold_structure
 from .follow import follow_anatomy
 from .outward import OUTWARD_MARGIN_MM, expected_reach, planned_range, walk_outward
-from .postprocess import KEEP, connected_to, largest_component, stop_at_ends
+from .postprocess import KEEP, connected_to, largest_component, set_structure, stop_at_ends
 from .postprocess import fill_holes as fill_slice_holes
 from .preprocess import (
     Preprocessing, from_encoder_slices, intensity_window, slice_aspect, spacing_first, to_encoder_slices,
@@ -322,8 +322,7 @@ class FewShotSession:
                 drawn = draw_boundaries(labels == value, features[0].tensor, decoder, scales, query_aspect,
                                         fixed=_on(painted, n_query) | ~trusted, advance=clock.advance("draw"),
                                         cancel=cancel)
-                labels[(labels == value) & ~drawn] = 0
-                labels[drawn & (labels == 0)] = value
+                set_structure(labels, value, drawn)
                 drawn_by[value] = _drawn_by(calibration.trusted, support_slices)
             if hold:
                 hold_structure(labels, value, painted_value, support_slices, spacing_mm)
@@ -839,17 +838,14 @@ def _follow(labels: np.ndarray, value: int, painted: np.ndarray, painted_slices:
             registration: SliceRegistration, clock: RunProgress, cancel: CancelCheck | None) -> None:
     """Structure ``value`` of ``labels`` ``[Z, Y, X]`` with its boundaries carried from the paintings
     (:func:`follow_anatomy`), in place; a slice it grows onto claims only background, never another structure."""
-    mask = labels == value
     advance = clock.advance("follow")
 
     def carried(slices: int) -> None:
         advance(slices)
         check_cancel(cancel)
 
-    followed = follow_anatomy(mask, painted, painted_slices, registration, advance=carried)
-    followed &= mask | (labels == 0)
-    labels[mask & ~followed] = 0
-    labels[followed] = value
+    set_structure(labels, value, follow_anatomy(labels == value, painted, painted_slices, registration,
+                                                advance=carried))
 
 
 def _drawn_by(trusted: np.ndarray, painted: tuple[int, ...]) -> str:
@@ -891,6 +887,5 @@ def _postprocess(
     if ends_from is not None:
         kept = stop_at_ends(kept, ends_from)
     if fill_holes:
-        kept = fill_slice_holes(kept) & (mask | (labels == 0))
-    labels[mask & ~kept] = 0
-    labels[kept] = value
+        kept = fill_slice_holes(kept)
+    set_structure(labels, value, kept)

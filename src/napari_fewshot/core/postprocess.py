@@ -74,3 +74,11 @@ def stop_at_ends(mask: np.ndarray, painted_slices: tuple[int, ...], growth: floa
         if 0 <= z < len(mask):
             kept[slice(z, None) if step == 1 else slice(0, z + 1)] = False
     return kept
+
+
+def set_structure(labels: np.ndarray, value: int, mask: np.ndarray) -> None:
+    """Structure ``value`` of ``labels`` ``[Z, Y, X]`` becomes ``mask`` (same shape, bool), in place; where
+    ``mask`` reaches beyond the structure it claims only background, never another structure."""
+    held = labels == value
+    labels[held & ~mask] = 0
+    labels[mask & (held | (labels == 0))] = value
