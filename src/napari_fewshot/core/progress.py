@@ -2,10 +2,11 @@
 
 A segmentation handles each slice in stages that cost different times: encoding
 (only where the features are not cached), the head's prediction, the decoder's
-boundaries with the clean-up, and the boundaries carried by registration.  :class:`RunProgress` counts the slices each stage
-has done and plans to do (plans change: the outward walk learns how far a
-structure goes as it walks), times each stage, and tells the caller's
-``progress(done, total, seconds_left)`` after every step.
+boundaries with the clean-up, and the boundaries carried by registration.
+:class:`RunProgress` counts the slices each stage has done and plans to do (plans
+change: the outward walk learns how far a structure goes as it walks), times each
+stage, and tells the caller's ``progress(done, total, seconds_left)`` after every
+step.
 """
 
 from __future__ import annotations
