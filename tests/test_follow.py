@@ -57,3 +57,17 @@ def test_several_paintings_each_slice_carried_from_its_nearest_painted_slice():
     follow_anatomy(mask, painted | mask, (1, 7), lambda m, s, t: calls.append((s, t)) or m, grow=0)
     assert sorted(t for _, t in calls) == [0, 2, 3, 4, 5, 6, 8]
     assert all(abs(t - s) == 1 for s, t in calls) and (3, 4) in calls and (5, 4) not in calls
+
+
+def test_between_the_outermost_paintings_the_carried_mask_is_taken_as_it_is():
+    mask = np.zeros((9, 12, 12), bool)
+    mask[:, 3:9, 3:9] = True
+    mask[4] = False  # the engine misses the structure on a slice between the paintings
+    mask[2, 3:9, 3:6] = False  # and draws it short on another
+    painted = np.zeros_like(mask)
+    painted[[1, 7], 3:9, 3:9] = True
+    followed = follow_anatomy(mask, painted, (1, 7), lambda m, s, t: m, grow=0)
+    assert (followed[1:8] == painted[1]).all()  # the paintings said it runs from slice 1 to 7
+    grown = mask.copy()
+    grown[8, 2:10, 2:10] = True  # past the outermost painting the engine still bounds it
+    assert (follow_anatomy(grown, painted, (1, 7), lambda m, s, t: np.ones_like(m), grow=0)[8] == grown[8]).all()
