@@ -71,3 +71,14 @@ def test_between_the_outermost_paintings_the_carried_mask_is_taken_as_it_is():
     grown = mask.copy()
     grown[8, 2:10, 2:10] = True  # past the outermost painting the engine still bounds it
     assert (follow_anatomy(grown, painted, (1, 7), lambda m, s, t: np.ones_like(m), grow=0)[8] == grown[8]).all()
+
+
+def test_near_the_outermost_painting_the_carried_mask_is_not_bounded_but_the_engine_still_ends_it():
+    mask = np.zeros((9, 12, 12), bool)
+    mask[:7, 4:8, 4:8] = True  # the engine draws the structure small and ends it after slice 6
+    painted = np.zeros_like(mask)
+    painted[2, 3:9, 3:9] = True
+    followed = follow_anatomy(mask, painted, (2,), lambda m, s, t: m, grow=0, near=2)
+    assert all((followed[z] == painted[2]).all() for z in (0, 1, 3, 4))  # within two slices: as carried
+    assert all((followed[z] == mask[z]).all() for z in (5, 6))  # further: inside the engine's mask
+    assert not followed[7:].any()

@@ -48,6 +48,8 @@ DEFAULT_ENCODER = "litemedsam"
 #: Around a structure's mask, the mm of each slice that registration sees when it carries the boundary, and the
 #: most pixels along a side it registers at full resolution (a wider box is binned to fit).
 FOLLOW_MARGIN_MM, FOLLOW_MAX_SIDE = 20.0, 128
+#: Within this many mm past the outermost painted slices the carried boundary is not bounded by the engine's mask.
+FOLLOW_NEAR_MM = 6.0
 #: A head batch holds at most this many support-to-query attention entries (Q * S * (h*w)^2).
 HEAD_BATCH_ELEMENTS = 2**25
 #: Features of recently segmented volumes, shared by every caller that passes no cache, and saved
@@ -262,7 +264,7 @@ class FewShotSession:
                       for v, slices in structures.items()},
                      spare=2 * margin if outward else 0, follow=follow)
         decoder = box_decoder(trunk.runtime) if boundaries == "decoder" else None
-        registration = None
+        registration, near = None, math.floor(FOLLOW_NEAR_MM / spacing_mm[0] + 1e-9)
         if follow:
             registration = SliceRegistration(query_volume, spacing_mm[1:], self.preprocessing, self.window,
                                              margin_mm=FOLLOW_MARGIN_MM, max_side=FOLLOW_MAX_SIDE)
@@ -328,7 +330,7 @@ class FewShotSession:
                 hold_structure(labels, value, painted_value, support_slices, spacing_mm)
             _postprocess(labels, value, keep, options.fill_holes, painted_value, support_slices if ends else None)
             if follow:  # the slices registration left empty may cut parts off: the clean-up again, ends kept
-                _follow(labels, value, painted_value, support_slices, registration, clock, cancel)
+                _follow(labels, value, painted_value, support_slices, registration, near, clock, cancel)
                 _postprocess(labels, value, keep, options.fill_holes, painted_value, None)
         clock.plan(draw=clock.finished["draw"], follow=clock.finished["follow"])  # what the plan could only estimate
         if painted is not None:
@@ -835,16 +837,17 @@ def _sample_follow(registration: SliceRegistration, painting: np.ndarray, struct
 
 
 def _follow(labels: np.ndarray, value: int, painted: np.ndarray, painted_slices: tuple[int, ...],
-            registration: SliceRegistration, clock: RunProgress, cancel: CancelCheck | None) -> None:
+            registration: SliceRegistration, near: int, clock: RunProgress, cancel: CancelCheck | None) -> None:
     """Structure ``value`` of ``labels`` ``[Z, Y, X]`` with its boundaries carried from the paintings
-    (:func:`follow_anatomy`), in place; a slice it grows onto claims only background, never another structure."""
+    (:func:`follow_anatomy`, unbounded ``near`` slices past them), in place; a slice it grows onto claims only
+    background, never another structure."""
     advance = clock.advance("follow")
 
     def carried(slices: int) -> None:
         advance(slices)
         check_cancel(cancel)
 
-    set_structure(labels, value, follow_anatomy(labels == value, painted, painted_slices, registration,
+    set_structure(labels, value, follow_anatomy(labels == value, painted, painted_slices, registration, near=near,
                                                 advance=carried))
 
 

@@ -46,7 +46,8 @@ class SegmentOptions:
     follow_anatomy : draw each structure's boundary on every slice by carrying its painting
         from slice to slice with deformable registration, inside the engine's mask grown by
         a pixel; a slice where the two do not meet is left empty.  Between the outermost
-        painted slices the carried mask is taken as it is (:mod:`~napari_fewshot.core.follow`).  Needs the painting on the image and every
+        painted slices, and within 6 mm past them, the carried mask is not bounded
+        (:mod:`~napari_fewshot.core.follow`).  Needs the painting on the image and every
         slice predicted.  None: where possible.
     """
 
