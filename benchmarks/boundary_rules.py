@@ -21,6 +21,7 @@ import collections
 from collections.abc import Callable
 
 import numpy as np
+from kind_table import print_kind_table
 from scipy import ndimage
 
 from napari_fewshot.core.features import FeatureCache
@@ -123,13 +124,7 @@ def main() -> None:
                 scores["oracle-per-slice"].append((structure, dice(best, task.truth)))
                 print(case.name, case.structure(task.value), f"{dice(masks['bounded-empty-cut'], task.truth):.3f}",
                       flush=True)
-        kinds = sorted({k for rows in scores.values() for k, _ in rows})
-        print(f"\n{protocol}: mean whole-volume Dice\n\n| rule | " + " | ".join(kinds) + " | all |")
-        print("|---|" + "---|" * (len(kinds) + 1))
-        for name, rows in scores.items():
-            per_kind = [np.mean([d for k, d in rows if k == each]) for each in kinds]
-            print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in per_kind) + f" | {np.mean([d for _, d in rows]):.3f} |")
-
+        print_kind_table(protocol, "rule", scores)
 
 if __name__ == "__main__":
     main()

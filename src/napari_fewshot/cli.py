@@ -308,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument(
         "--follow-anatomy", action=argparse.BooleanOptionalAction,
         help="draw each slice's boundary by carrying the painting from slice to slice with deformable registration, "
-        "inside the structure the prototypes find (default: on, off with --support-image)",
+        "inside the structure the prototypes find (as carried between painted slices and within 6 mm past them; "
+        "default: on, off with --support-image)",
     )
     seg.add_argument(
         "--boundaries", metavar="decoder|prototype",

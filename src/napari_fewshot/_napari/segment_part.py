@@ -54,7 +54,8 @@ class SegmentPart:
         self.follow_anatomy = CheckBox(text="Follow anatomy", value=True)
         self.follow_anatomy.tooltip = (
             "Segment volume carries the painting from slice to slice by registration, which draws each slice's "
-            "boundary inside what the prototypes found (off: the prototypes' or the decoder's boundary alone)"
+            "boundary: as carried between painted slices and near them, further out inside what the prototypes "
+            "found (off: the prototypes' or the decoder's boundary alone)"
         )
         self.maps = ComboBox(label="Maps", choices=list(MAPS), value="attention")
         self.maps.tooltip = "Per structure, an Image layer (hidden; additive) with the prototype attention or the probability"
