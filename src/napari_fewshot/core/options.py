@@ -41,7 +41,8 @@ class SegmentOptions:
     hold_to_paintings : with several painted slices, keep each structure near the shape
         interpolated between neighbouring paintings (an empty slice there takes that shape)
         and past the outermost painted slice at most one gap between paintings far
-        (:mod:`~napari_fewshot.core.between`).  Needs the painting on the image and every
+        (:mod:`~napari_fewshot.core.between`); with ``follow_anatomy`` the slices between
+        paintings then take the carried mask.  Needs the painting on the image and every
         slice predicted.  None: where possible (with one painted slice it changes nothing).
     follow_anatomy : draw each structure's boundary on every slice by carrying its painting
         from slice to slice with deformable registration, inside the engine's mask grown by
