@@ -7,14 +7,15 @@ import collections
 import numpy as np
 
 
-def print_kind_table(title: str, column: str, scores: dict[str, list[tuple[str, float]]]) -> None:
-    """Print ``title`` and a table whose first ``column`` names each of ``scores``' keys, then its mean Dice per kind.
+def print_kind_table(title: str, column: str, scores: dict[str, list[tuple[str, float]]],
+                     metric: str = "whole-volume Dice") -> None:
+    """Print ``title`` and a table whose first ``column`` names each of ``scores``' keys, then its mean per kind.
 
-    scores : per method (or rule), ``(kind, Dice)`` for every structure it segmented.
+    scores : per method (or rule), ``(kind, score)`` for every structure it segmented; ``metric`` names the score.
     """
     counts = collections.Counter(k for k, _ in next(iter(scores.values())))
     kinds = sorted(counts)
-    print(f"\n{title}: mean whole-volume Dice\n\n| {column} | " + " | ".join(f"{k} ({counts[k]})" for k in kinds)
+    print(f"\n{title}: mean {metric}\n\n| {column} | " + " | ".join(f"{k} ({counts[k]})" for k in kinds)
           + f" | all ({sum(counts.values())}) |")
     print("|---|" + "---|" * (len(kinds) + 1))
     for name, rows in scores.items():
