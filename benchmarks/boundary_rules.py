@@ -126,5 +126,6 @@ def main() -> None:
                       flush=True)
         print_kind_table(protocol, "rule", scores)
 
+
 if __name__ == "__main__":
     main()

@@ -89,5 +89,6 @@ def main() -> None:
               flush=True)
     print_kind_table(args.protocol, "method", scores)
 
+
 if __name__ == "__main__":
     main()
