@@ -11,9 +11,10 @@ default options (from the painted slice outward), and on the last backend also
 of every slice.
 
     .venv/bin/python benchmarks/latency.py [--runtimes torch:f32 openvino:f32 openvino:bf16] \
-        [--slices 16] [--rounds 3] [--json OUT.json]
+        [--slices 16] [--rounds 3] [--ahead 30 60] [--json OUT.json]
 
-On a machine with CUDA add ``torch:f16`` and ``--device cuda``.  Prints Markdown
+On a machine with CUDA add ``torch:f16`` and ``--device cuda`` (and shorter ``--ahead``: a GPU encodes
+the volume in seconds).  Prints Markdown
 tables with the medians and ratios, the machine's load before and after.
 """
 
@@ -173,6 +174,8 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-segmentation", action="store_true", help="skip the whole-volume segmentations")
+    parser.add_argument("--ahead", nargs="+", type=float, default=[30.0, 60.0], metavar="SECONDS",
+                        help="seconds of encoding ahead before the last segmentations (default 30 60)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -204,7 +207,7 @@ def main() -> None:
         report["segmentation"] = time_segmentation(runtimes, image, support, spacing, liver)
         default = next(reversed(runtimes.values()))
         report["after encoding ahead"] = [time_after_ahead(default, image, support, spacing, liver, seconds)
-                                          for seconds in (30.0, 60.0)]
+                                          for seconds in args.ahead]
     report["load after"] = load()
 
     reference = next(iter(runtimes))

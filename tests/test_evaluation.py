@@ -192,6 +192,17 @@ def test_methods_are_named_by_head_weights_and_components_kept():
         method("alpnet@missing.safetensors")
 
 
+def test_threshold_flag_sets_the_engines_threshold_and_refuses_what_is_not_a_probability():
+    assert method("alpnet+threshold=0.35+nohold").options.threshold == 0.35
+    assert method("alpnet").options.threshold == 0.5
+    with pytest.raises(ValueError, match="threshold= takes a probability, such as threshold=0.4; got 'high'"):
+        method("alpnet+threshold=high")
+    with pytest.raises(ValueError, match="threshold must be a probability between 0 and 1; got 1.5"):
+        method("alpnet+threshold=1.5")
+    with pytest.raises(ValueError, match="size is not one of the flags .*, threshold=P"):
+        method("alpnet+size=3")
+
+
 def test_evaluate_refuses_unknown_methods_and_missing_labels(tmp_path, capsys):
     case = _write_case(tmp_path / "case", *ellipsoids(), {})
     assert main(["evaluate", "--case", str(case), "1", "--methods", "sam2", "--out", str(tmp_path / "o")]) == 1

@@ -515,7 +515,7 @@ def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
                  *BASELINES],
         help="HEAD[@WEIGHTS][:KEEP][+FLAG...] for the engine (weights: default, none or a model file; keep: "
         "painted, largest or all; flags: +decoder or +prototype boundaries, +nolocation, +noends, +decay, +every, +nohold, "
-        "+nofollow, +registered), "
+        "+nofollow, +registered, +threshold=P), "
         f"or one of {', '.join(BASELINES)}; the first is compared with the others",
     )
     evaluate.add_argument("--encoder", default="litemedsam",

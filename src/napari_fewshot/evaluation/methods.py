@@ -13,7 +13,8 @@
   ``+nofollow`` (the boundaries are not carried from slice to slice by registration),
   ``+registered`` (on every slice where the engine predicts the structure, the
   registration peer's mask instead, where it has one: the crude fusion the
-  engine's ``follow_anatomy`` is measured against);
+  engine's ``follow_anatomy`` is measured against), and ``+threshold=P`` (the
+  probability a structure must exceed, default ``0.5``);
 - ``litemedsam-box``: the painted mask's box prompts LiteMedSAM on the next slice,
   each predicted mask's box the one after, until the mask vanishes;
 - ``registration``: the mask warped slice to slice by demons registration;
@@ -41,7 +42,7 @@ from ..core.errors import SegmentationError
 from ..core.features import FeatureCache
 from ..core.heads import HEADS
 from ..core.model import DEFAULT, UNTRAINED
-from ..core.options import SegmentOptions
+from ..core.options import DEFAULT_THRESHOLD, SegmentOptions
 from ..core.preprocess import Preprocessing
 from ..core.registration import SliceRegistration
 from ..core.priors import DECAY_MM
@@ -61,6 +62,8 @@ NO_LOCATION, NO_ENDS, DECAY, EVERY, NO_HOLD, NO_FOLLOW = "nolocation", "noends",
 REGISTERED = "registered"
 #: What may follow ``+`` in an engine method's name: who draws the boundaries, or a prior switched.
 FLAGS = (*BOUNDARIES, NO_LOCATION, NO_ENDS, DECAY, EVERY, NO_HOLD, NO_FOLLOW, REGISTERED)
+#: The flag that sets the engine's threshold, as ``+threshold=P``.
+THRESHOLD = "threshold"
 
 
 @dataclass
@@ -109,13 +112,17 @@ class EngineMethod(Method):
             )
         if weights and weights not in (DEFAULT, UNTRAINED) and not Path(weights).is_file():
             raise ValueError(f"method '{name}': weights must be default, none or a model file")
-        unknown = [flag for flag in flags if flag not in FLAGS]
+        valued = dict(flag.split("=", 1) for flag in flags if "=" in flag)
+        flags = [flag for flag in flags if "=" not in flag]
+        unknown = [flag for flag in flags if flag not in FLAGS] + [key for key in valued if key != THRESHOLD]
         if unknown:
-            raise ValueError(f"method '{name}': {', '.join(unknown)} is not one of the flags {', '.join(FLAGS)}")
+            raise ValueError(f"method '{name}': {', '.join(unknown)} is not one of the flags "
+                             f"{', '.join(FLAGS)}, {THRESHOLD}=P")
         self.name, self.head, self.weights = name, head, weights or DEFAULT
         self.registered = REGISTERED in flags
         try:
             self.options = SegmentOptions(
+                threshold=_probability(valued.get(THRESHOLD, str(DEFAULT_THRESHOLD)), name),
                 keep=keep or "painted", boundaries=next((flag for flag in flags if flag in BOUNDARIES), None),
                 location=False if NO_LOCATION in flags else None, ends=False if NO_ENDS in flags else None,
                 decay_mm=DECAY_MM if DECAY in flags else None, every_slice=EVERY in flags,
@@ -147,6 +154,14 @@ class EngineMethod(Method):
                 )
                 prediction[third] = masks[third]
         return prediction
+
+
+def _probability(text: str, name: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"method '{name}': {THRESHOLD}= takes a probability, such as {THRESHOLD}=0.4; "
+                         f"got '{text}'") from None
 
 
 def registered_inside(prediction: np.ndarray, registered: np.ndarray) -> np.ndarray:
