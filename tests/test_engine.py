@@ -255,14 +255,27 @@ def test_a_structure_that_splits_keeps_both_branches():
         assert dice(result.labels[12:20, :, columns] == 1, truth[12:20, :, columns] == 1) > 0.8
 
 
-def test_a_structure_stops_where_it_widens_into_a_neighbour_past_its_painted_slices():
-    mask = np.zeros((10, 4, 4), bool)
-    for z, area in enumerate([0, 1, 4, 8, 10, 12, 6, 3, 14, 2]):
+def _slices_of_areas(areas: list[int], side: int = 5) -> np.ndarray:
+    """``[len(areas), side, side]`` bool whose slice ``z`` holds ``areas[z]`` voxels."""
+    mask = np.zeros((len(areas), side, side), bool)
+    for z, area in enumerate(areas):
         mask[z].flat[:area] = True
+    return mask
+
+
+def test_a_structure_stops_where_it_widens_into_a_neighbour_past_its_painted_slices():
+    mask = _slices_of_areas([0, 1, 4, 8, 10, 12, 6, 3, 14, 2])
     # down from 4: narrows to an empty slice 0; up from 5: slice 8 grows 3 -> 14, so 8 and 9 go
-    assert stop_at_ends(mask, (4, 5)).reshape(10, -1).sum(axis=1).tolist() == [0, 1, 4, 8, 10, 12, 6, 3, 0, 0]
+    assert stop_at_ends(mask, (4, 5), 5).reshape(10, -1).sum(axis=1).tolist() == [0, 1, 4, 8, 10, 12, 6, 3, 0, 0]
     # painted at its tip (slice 9), the structure widens beyond it and is followed
-    assert stop_at_ends(mask, (9,)).sum() == mask.sum()
+    assert stop_at_ends(mask, (9,), 5).sum() == mask.sum()
+    # a dip that recovers below the painted area: deep (5 to 11, more than twice) it ends there, shallow it is kept
+    for areas, kept in (([20, 12, 5, 9, 11, 4], [20, 12, 5, 9, 0, 0]), ([20, 12, 8, 11, 14, 6], [20, 12, 8, 11, 14, 6])):
+        assert stop_at_ends(_slices_of_areas(areas), (0,), 5).reshape(6, -1).sum(axis=1).tolist() == kept
+    # the regrowth is measured from the narrowest of the `within` slices before: a dip further back does not count
+    mask = _slices_of_areas([20, 8, 12, 14, 17, 19])
+    assert stop_at_ends(mask, (0,), 5).reshape(6, -1).sum(axis=1).tolist() == [20, 8, 12, 14, 0, 0]
+    assert stop_at_ends(mask, (0,), 2).sum() == mask.sum()
 
     image, truth = ellipsoids(shape=(40, 48, 48))
     image[21:27, 5:36, 5:46] = 300 + np.random.default_rng(3).normal(0, 8, (6, 31, 41))  # touches the bright tip

@@ -22,7 +22,7 @@ def _walk(present: slice, painted_slice: int, margin: int, batch: int, n: int = 
         calls.append(slices.tolist())
         probability[slices] = truth[slices]
 
-    examined = walk_outward(predict, probability, painted, (painted_slice,), 0.5, True, margin, batch)
+    examined = walk_outward(predict, probability, painted, (painted_slice,), 0.5, True, margin, batch, within=5)
     return examined, calls
 
 
@@ -96,7 +96,7 @@ def _sphere_walk(painted_slice: int, radius: float, reach: float, n: int = 80):
     def predict(slices: np.ndarray) -> None:
         probability[slices] = truth[slices]
 
-    examined = walk_outward(predict, probability, painted, (painted_slice,), 0.5, True, 3, 4, reach=reach,
+    examined = walk_outward(predict, probability, painted, (painted_slice,), 0.5, True, 3, 4, reach=reach, within=5,
                             plan=lambda first, last: plans.append((first, last)))
     return examined, plans
 

@@ -296,8 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument(
         "--ends", action=argparse.BooleanOptionalAction,
-        help="stop each structure past its outermost painted slices at the first empty slice, or where its area, "
-        "once below the painted slice's, more than doubles beyond it (default: on, off with --support-image)",
+        help="stop each structure past its outermost painted slices at the first empty slice, or where its area "
+        "grows to more than twice the narrowest of the slices within 15 mm before it that are smaller than the "
+        "painted one (default: on, off with --support-image)",
     )
     seg.add_argument(
         "--hold-to-paintings", action=argparse.BooleanOptionalAction,

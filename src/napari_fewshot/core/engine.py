@@ -31,7 +31,7 @@ from .options import SegmentOptions
 from .between import hold_structure
 from .follow import follow_anatomy
 from .outward import OUTWARD_MARGIN_MM, expected_reach, planned_range, walk_outward
-from .postprocess import KEEP, connected_to, largest_component, set_structure, stop_at_ends
+from .postprocess import KEEP, REGROWTH_MM, connected_to, largest_component, set_structure, stop_at_ends
 from .postprocess import fill_holes as fill_slice_holes
 from .preprocess import (
     Preprocessing, from_encoder_slices, intensity_window, slice_aspect, spacing_first, to_encoder_slices,
@@ -258,6 +258,7 @@ class FewShotSession:
         spacing_mm = spacing_first(self.spacing, axis)
         n_query, n_support = len(query_volume), len(support.volume)
         margin, batch_size = math.ceil(OUTWARD_MARGIN_MM / spacing_mm[0]), self.batch_size or trunk.batch_size()
+        within = max(1, round(REGROWTH_MM / spacing_mm[0]))  # slices back a structure's regrowth is measured from
         reach = {v: expected_reach(_largest_painting_mm2(painting == v, slices, spacing_mm), spacing_mm[0])
                  for v, slices in structures.items()}
         clock = RunProgress(progress)
@@ -304,7 +305,8 @@ class FewShotSession:
                 if outward:
                     examined[value] = walk_outward(lambda batch, v=value: predict(v, batch), probabilities[value],
                                                    painting == value, slices, threshold, ends, margin, batch_size,
-                                                   reach=reach[value], plan=lambda a, b, v=value: plan.expect(v, a, b))
+                                                   reach=reach[value], plan=lambda a, b, v=value: plan.expect(v, a, b),
+                                                   within=within)
                 else:
                     for start in range(0, len(queries), batch_size):
                         predict(value, queries[start : start + batch_size])
@@ -322,7 +324,7 @@ class FewShotSession:
             if value in plan.drawing:
                 calibration = calibrations[value]
                 # the decoder draws only the slices the prototypes keep; painted slices stay as painted
-                _postprocess(labels, value, keep, False, painted_value, support_slices if ends else None)
+                _postprocess(labels, value, keep, False, painted_value, support_slices if ends else None, within)
                 scales = _per_query(calibration.scales, n_query, n_support, support_slices)
                 trusted = (_per_query(calibration.decoder_dice, n_query, n_support, support_slices)
                            > _per_query(calibration.prototype_dice, n_query, n_support, support_slices))
@@ -333,10 +335,11 @@ class FewShotSession:
                 drawn_by[value] = _drawn_by(calibration.trusted, support_slices)
             if hold:
                 hold_structure(labels, value, painted_value, support_slices, spacing_mm)
-            _postprocess(labels, value, keep, options.fill_holes, painted_value, support_slices if ends else None)
+            _postprocess(labels, value, keep, options.fill_holes, painted_value, support_slices if ends else None,
+                         within)
             if follow:  # the slices registration left empty may cut parts off: the clean-up again, ends kept
                 _follow(labels, value, painted_value, support_slices, registration, near, clock, cancel)
-                _postprocess(labels, value, keep, options.fill_holes, painted_value, None)
+                _postprocess(labels, value, keep, options.fill_holes, painted_value, None, within)
         clock.plan(draw=clock.finished["draw"], follow=clock.finished["follow"])  # what the plan could only estimate
         if painted is not None:
             labels[painted] = painting[painted]
@@ -878,11 +881,13 @@ def _merge(probabilities: dict[int, np.ndarray], threshold: float, dtype: np.dty
 
 def _postprocess(
     labels: np.ndarray, value: int, keep: str, fill_holes: bool, painted: np.ndarray, ends_from: tuple[int, ...] | None,
+    within: int,
 ) -> None:
     """Apply the chosen 3D post-processing to structure ``value`` of ``labels``, in place.
 
     ``painted`` ``[Z, Y, X]`` bool: where the user painted ``value``.  ``ends_from``: the
-    painted slices to stop the structure's ends from (:func:`stop_at_ends`), or None.
+    painted slices to stop the structure's ends from (:func:`stop_at_ends`, measuring a regrowth from the
+    ``within`` slices before it), or None.
     Hole filling claims only background, never another structure.
     """
     mask = labels == value
@@ -893,7 +898,7 @@ def _postprocess(
     else:
         kept = mask
     if ends_from is not None:
-        kept = stop_at_ends(kept, ends_from)
+        kept = stop_at_ends(kept, ends_from, within)
     if fill_holes:
         kept = fill_slice_holes(kept)
     set_structure(labels, value, kept)

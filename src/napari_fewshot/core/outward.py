@@ -58,6 +58,8 @@ def walk_outward(
     batch: int,
     reach: float = 0.0,
     plan: Callable[[int, int], None] | None = None,
+    *,
+    within: int,
 ) -> np.ndarray:
     """Predict one structure from its painted slices outward; returns the slices examined, ``[Z]`` bool.
 
@@ -74,6 +76,7 @@ def walk_outward(
         (:func:`expected_reach`), until its predictions tell better.
     plan : told ``plan(first, last)``, the slices the walk expects to examine (a range), before
         the first prediction and after every batch.
+    within : the slices before a regrowth it is measured from (:func:`stop_at_ends`).
     """
     n = len(probability)
     low, high = min(painted_slices), max(painted_slices)
@@ -92,7 +95,7 @@ def walk_outward(
             predict(np.sort(nxt))
             examined[nxt] = True
             edge = int(nxt[-1])
-            area = _kept_area(probability, painted, painted_slices, examined, threshold, ends)
+            area = _kept_area(probability, painted, painted_slices, examined, threshold, ends, within)
             end = _end(area, examined, start, step)
             if end is not None:  # only the margin is left to examine
                 size = min(batch, margin - abs(edge - end))
@@ -131,7 +134,7 @@ def _reach_left(area: np.ndarray, start: int, edge: int, reach: float) -> float:
 
 def _kept_area(
     probability: np.ndarray, painted: np.ndarray, painted_slices: tuple[int, ...], examined: np.ndarray,
-    threshold: float, ends: bool,
+    threshold: float, ends: bool, within: int,
 ) -> np.ndarray:
     """``[Z]`` voxels per slice of the structure as the post-processing keeps it within the ``examined``
     slices (its components touching the painting, cut at its ends when ``ends``); 0 outside them."""
@@ -142,7 +145,7 @@ def _kept_area(
     block[list(relative)] = painted_block[list(relative)]
     kept = connected_to(block, painted_block)
     if ends:
-        kept = stop_at_ends(kept, relative)
+        kept = stop_at_ends(kept, relative, within)
     area = np.zeros(len(probability), dtype=np.int64)
     area[first : last + 1] = kept.reshape(len(kept), -1).sum(axis=1)
     return area

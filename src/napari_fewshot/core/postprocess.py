@@ -10,8 +10,12 @@ import SimpleITK as sitk
 
 #: Which components of a structure may be kept: all, the largest, those touching the painting.
 KEEP = ("all", "largest", "painted")
-#: Past its outermost painted slices, a structure ends where its area grows more than this from one slice to the next.
+#: Past its outermost painted slices, a structure ends where its area grows to more than this times the narrowest
+#: slice's among those it walked through within ``REGROWTH_MM`` before.
 GROWTH = 2.0
+#: How far back (mm) a regrowth is measured from: further, an organ that narrows a little and then widens
+#: over many slices (the liver painted on its middle slice) would be cut.
+REGROWTH_MM = 15.0
 
 
 def _components(mask: np.ndarray, by_size: bool = True) -> np.ndarray:
@@ -51,25 +55,42 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return filled
 
 
-def stop_at_ends(mask: np.ndarray, painted_slices: tuple[int, ...], growth: float = GROWTH) -> np.ndarray:
+def stop_at_ends(
+    mask: np.ndarray, painted_slices: tuple[int, ...], within: int, growth: float = GROWTH,
+) -> np.ndarray:
     """``mask`` ``[Z, Y, X]`` bool cut where the structure ends, walking away from its outermost painted slices.
 
     Past the first and the last painted slice a structure narrows towards its tip.
-    The first slice there that is empty, or that, once the area has fallen below
-    the painted slice's, grows to more than ``growth`` times the previous slice's
-    and beyond the painted slice's own area (a prediction that suddenly widens has
-    run into a neighbour), is taken as the structure's end: it and every slice
-    beyond are emptied.  A dip inside the organ that recovers below the painted
-    area is kept, and a painting near a tip is followed while the structure widens.
+    The first slice there that is empty, or whose area has grown to more than
+    ``growth`` times the narrowest of the ``within`` slices before it that are
+    smaller than the painted slice (a prediction that widens
+    again has run into a neighbour: the next vertebra, the bowel beside the
+    gallbladder), is taken as the structure's end: it and every slice beyond are
+    emptied.  A shallower dip is kept, as is a painting near a tip beyond which
+    the structure widens, slowly or after a slight dip.
+
+    How the rule was chosen (the broad development benchmark, 84 structures, the engine's
+    default options; docs/benchmarks.md): it replaces growing more than ``growth`` from
+    one slice to the next and beyond the painted slice's area, which let a structure run
+    on into a neighbour no larger than the painting.  Mean whole-volume Dice from one /
+    three painted slices, that rule 0.584 / 0.797, this one 0.599 / 0.798 (from one
+    slice small organs 0.563 to 0.602, large organs 0.805 to 0.831, bone 0.462 to 0.476;
+    no kind lower in either), and painted on each structure's middle slice 0.586 to
+    0.583 (p = 0.8; the duodenum 0.513 to 0.332).  Measured from every slice walked
+    rather than 15 mm, it cut the liver painted on its middle slice (0.743 to 0.439).
+    Offline, 1.5 times the narrowest cost muscle (0.730 to 0.686) and vessels (0.428 to
+    0.394) from one slice.
     """
     kept = mask.copy()
     area = mask.reshape(len(mask), -1).sum(axis=1)
     for start, step in ((min(painted_slices), -1), (max(painted_slices), 1)):
-        z, narrowing = start + step, False
+        z = start + step
         while 0 <= z < len(mask) and area[z] > 0:
-            if narrowing and area[z] > growth * area[z - step] and area[z] > area[start]:
+            walked = abs(z - start)
+            before = area[[start + step * d for d in range(max(1, walked - within), walked)]]
+            narrower = before[before < area[start]]
+            if narrower.size and area[z] > growth * narrower.min():
                 break
-            narrowing = narrowing or area[z] < area[start]
             z += step
         if 0 <= z < len(mask):
             kept[slice(z, None) if step == 1 else slice(0, z + 1)] = False
