@@ -13,9 +13,9 @@ of every slice.
     .venv/bin/python benchmarks/latency.py [--runtimes torch:f32 openvino:f32 openvino:bf16] \
         [--slices 16] [--rounds 3] [--ahead 30 60] [--json OUT.json]
 
-On a machine with CUDA add ``torch:f16`` and ``--device cuda`` (and shorter ``--ahead``: a GPU encodes
-the volume in seconds).  Prints Markdown
-tables with the medians and ratios, the machine's load before and after.
+On a machine with CUDA add ``torch:f16`` and ``--device cuda``, and shorter ``--ahead`` (a GPU
+encodes the volume in seconds).  Prints Markdown tables with the medians and ratios, the
+machine's load before and after.
 """
 
 from __future__ import annotations

@@ -122,7 +122,7 @@ class EngineMethod(Method):
         self.registered = REGISTERED in flags
         try:
             self.options = SegmentOptions(
-                threshold=_probability(valued.get(THRESHOLD, str(DEFAULT_THRESHOLD)), name),
+                threshold=_probability(valued[THRESHOLD], name) if THRESHOLD in valued else DEFAULT_THRESHOLD,
                 keep=keep or "painted", boundaries=next((flag for flag in flags if flag in BOUNDARIES), None),
                 location=False if NO_LOCATION in flags else None, ends=False if NO_ENDS in flags else None,
                 decay_mm=DECAY_MM if DECAY in flags else None, every_slice=EVERY in flags,
