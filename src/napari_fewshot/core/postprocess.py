@@ -63,11 +63,11 @@ def stop_at_ends(
     Past the first and the last painted slice a structure narrows towards its tip.
     The first slice there that is empty, or whose area has grown to more than
     ``growth`` times the narrowest of the ``within`` slices before it that are
-    smaller than the painted slice (a prediction that widens
-    again has run into a neighbour: the next vertebra, the bowel beside the
-    gallbladder), is taken as the structure's end: it and every slice beyond are
-    emptied.  A shallower dip is kept, as is a painting near a tip beyond which
-    the structure widens, slowly or after a slight dip.
+    smaller than the painted slice (a prediction that widens again has run into a
+    neighbour: the next vertebra, the bowel beside the gallbladder), is taken as the
+    structure's end: it and every slice beyond are emptied.  A shallower dip is
+    kept, as is a painting near a tip beyond which the structure widens, slowly or
+    after a slight dip.
 
     How the rule was chosen (the broad development benchmark, 84 structures, the engine's
     default options; docs/benchmarks.md): it replaces growing more than ``growth`` from
