@@ -4,7 +4,7 @@ import numpy as np
 
 from conftest import dice
 from napari_fewshot.core.preprocess import Preprocessing
-from napari_fewshot.core.registration import SliceRegistration
+from napari_fewshot.core.registration import SMOOTHING, SliceRegistration
 from napari_fewshot.evaluation.propagation import propagate
 
 MR = Preprocessing("MR")
@@ -42,3 +42,14 @@ def test_a_box_wider_than_the_registered_side_is_registered_on_bins_and_warped_a
     assert carried.shape == (600, 600) and dice(carried, disks[1]) > 0.94 and dice(disks[0], disks[1]) < 0.91
     edge = carried ^ np.roll(carried, 1, axis=1)
     assert np.count_nonzero(edge[300]) == 2  # one boundary on each side of the row: no blocks of 2 pixels
+
+
+def test_the_default_smoothing_lets_the_field_bend_with_a_thin_band_that_a_smoother_one_loses():
+    y, x = np.mgrid[:48, :48]
+    # a band 3 pixels wide (a rib) that bends more and moves down a pixel on every slice
+    band = np.stack([(np.abs(y - 12 - z - 0.005 * z * (x - 24) ** 2) < 1.5) & (x > 6) & (x < 42) for z in range(8)])
+    image = np.where(band, 300.0, 30.0) + np.random.default_rng(4).normal(0, 3, band.shape)
+    carried = {smoothing: propagate({0: band[0]}, 8, SliceRegistration(image, (1.0, 1.0), MR, smoothing=smoothing))[7]
+               for smoothing in (SMOOTHING, 1.5)}
+    assert dice(carried[SMOOTHING], band[7]) > 0.7
+    assert dice(carried[SMOOTHING], band[7]) > dice(carried[1.5], band[7]) + 0.15
