@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-from dataclasses import fields
 
 import numpy as np
 from kind_table import print_kind_table
@@ -71,7 +70,7 @@ def main() -> None:
                 for distance, scores in dice_by_distance([labels == 1, copy], task.truth, task.support_slices).items():
                     distances[protocol][min(distance, FAR)] += scores
                 print(f"{protocol} {case.name} {case.structure(task.value)}: "
-                      + ", ".join(f"{f.name} {getattr(budget, f.name):.3f}" for f in fields(budget)[:6])
+                      + ", ".join(f"{name} {getattr(budget, name):.3f}" for name in (*ROWS, "on_found"))
                       + f"; {budget.missed} of {budget.slices} slices missed, {budget.past} past", flush=True)
     for protocol, rows in budgets.items():
         print_kind_table(f"{protocol}: where the Dice is lost", "the prediction",
