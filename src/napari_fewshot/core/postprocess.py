@@ -11,7 +11,7 @@ import SimpleITK as sitk
 #: Which components of a structure may be kept: all, the largest, those touching the painting.
 KEEP = ("all", "largest", "painted")
 #: Past its outermost painted slices, a structure ends where its area grows to more than this times the narrowest
-#: slice's among those it walked through within ``REGROWTH_MM`` before.
+#: of the slices within ``REGROWTH_MM`` before that are smaller than the painted slice (``stop_at_ends``).
 GROWTH = 2.0
 #: How far back (mm) a regrowth is measured from: further, an organ that narrows a little and then widens
 #: over many slices (the liver painted on its middle slice) would be cut.
