@@ -295,12 +295,12 @@ def test_held_to_several_paintings_a_structure_does_not_run_on_into_a_look_alike
     support = np.where(truth == 1, 1, 0).astype(np.uint8)
     support[[z for z in range(40) if z not in (8, 16)]] = 0  # painted on slices 8 and 16
     cache = FeatureCache()
-    running = segment(image, support, encoder="tiny", cache=cache, hold_to_paintings=False)
+    running = segment(image, support, encoder="tiny", cache=cache, hold_past=False)
     held = segment(image, support, encoder="tiny", cache=cache)  # held by default
     assert running.labels[25:].any() and not held.labels[25:].any()  # at most one gap (8 slices) past slice 16
     assert dice(held.labels == 1, truth == 1) > dice(running.labels == 1, truth == 1)
-    with pytest.raises(SegmentationError, match="hold_to_paintings=True needs the painting on the image itself"):
-        segment(image, support, encoder="tiny", cache=cache, slices=[12], hold_to_paintings=True)
+    with pytest.raises(SegmentationError, match="hold_past=True needs the painting on the image itself"):
+        segment(image, support, encoder="tiny", cache=cache, slices=[12], hold_past=True)
 
 
 def test_boundaries_carried_by_registration_keep_a_structure_off_the_look_alike_it_touches():

@@ -185,7 +185,8 @@ def test_methods_are_named_by_head_weights_and_components_kept():
     assert (engine.name, engine.head, engine.weights, engine.options.keep) == ("dspnet@none:largest", "dspnet", "none", "largest")
     assert (method("alpnet").weights, method("alpnet").options.keep) == ("default", "painted")
     assert method("copy").name == "copy" and not method("copy").cross_volume and method("panet@none").cross_volume
-    assert method("alpnet+nohold").options.hold_to_paintings is False and method("alpnet").options.hold_to_paintings is None
+    between, past = method("alpnet+nobetween").options, method("alpnet+nopast").options
+    assert (between.hold_between, between.hold_past, past.hold_between, past.hold_past) == (False, None, None, False)
     with pytest.raises(ValueError, match="keep must be one of all, largest, painted"):
         method("alpnet:biggest")
     with pytest.raises(ValueError, match="weights must be default, none or a model file"):
@@ -193,7 +194,7 @@ def test_methods_are_named_by_head_weights_and_components_kept():
 
 
 def test_threshold_flag_sets_the_engines_threshold_and_refuses_what_is_not_a_probability():
-    assert method("alpnet+threshold=0.35+nohold").options.threshold == 0.35
+    assert method("alpnet+threshold=0.35+nopast").options.threshold == 0.35
     assert method("alpnet").options.threshold == 0.5
     with pytest.raises(ValueError, match="threshold= takes a probability, such as threshold=0.4; got 'high'"):
         method("alpnet+threshold=high")

@@ -129,7 +129,7 @@ def _segment(args: argparse.Namespace) -> int:
             options=SegmentOptions(
                 threshold=args.threshold, keep=args.keep, location=args.location_prior, decay_mm=args.decay_mm,
                 ends=args.ends, boundaries=args.boundaries, fill_holes=args.fill_holes, every_slice=args.every_slice,
-                hold_to_paintings=args.hold_to_paintings, follow_anatomy=args.follow_anatomy,
+                hold_between=args.hold_between, hold_past=args.hold_past, follow_anatomy=args.follow_anatomy,
             ),
             cache=FeatureCache() if args.no_disk_cache else None,
             progress=ProgressBar("segmenting"),
@@ -301,10 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
         "painted one (default: on, off with --support-image)",
     )
     seg.add_argument(
-        "--hold-to-paintings", action=argparse.BooleanOptionalAction,
+        "--hold-between", action=argparse.BooleanOptionalAction,
         help="with several painted slices, keep each structure near the shape interpolated between neighbouring "
-        "paintings and stop it at most one gap between paintings past the outermost (default: on, off with "
-        "--support-image; one painted slice: no change)",
+        "paintings; a slice there left empty takes that shape (default: on, off with --support-image; with "
+        "--follow-anatomy only where the carried mask vanishes)",
+    )
+    seg.add_argument(
+        "--hold-past", action=argparse.BooleanOptionalAction,
+        help="with several painted slices, stop each structure at most one gap between paintings past the outermost "
+        "painted slice (default: on, off with --support-image)",
     )
     seg.add_argument(
         "--follow-anatomy", action=argparse.BooleanOptionalAction,
@@ -515,8 +520,8 @@ def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
         default=["alpnet", "alpnet+prototype", "dspnet", "alpnet@none", "dspnet@none+prototype", "panet@none+prototype",
                  *BASELINES],
         help="HEAD[@WEIGHTS][:KEEP][+FLAG...] for the engine (weights: default, none or a model file; keep: "
-        "painted, largest or all; flags: +decoder or +prototype boundaries, +nolocation, +noends, +decay, +every, +nohold, "
-        "+nofollow, +registered, +threshold=P), "
+        "painted, largest or all; flags: +decoder or +prototype boundaries, +nolocation, +noends, +decay, +every, "
+        "+nobetween, +nopast, +nofollow, +registered, +threshold=P), "
         f"or one of {', '.join(BASELINES)}; the first is compared with the others",
     )
     evaluate.add_argument("--encoder", default="litemedsam",

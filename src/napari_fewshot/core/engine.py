@@ -237,8 +237,10 @@ class FewShotSession:
             raise SegmentationError(
                 f"decay_mm={decay_mm} is not possible here: it needs the painting on the image itself"
             )
-        ends, hold, follow = (_where_possible(name, getattr(options, name), same_volume and whole)
-                              for name in ("ends", "hold_to_paintings", "follow_anatomy"))
+        ends, hold_between, hold_past, follow = (
+            _where_possible(name, getattr(options, name), same_volume and whole)
+            for name in ("ends", "hold_between", "hold_past", "follow_anatomy")
+        )
         outward = same_volume and whole and keep == "painted" and not options.every_slice
         painting = _slices_first(_checked_labels(support_labels, support.shape, same_volume), axis)
         structures = painted_structures(painting)
@@ -334,8 +336,8 @@ class FewShotSession:
                                         cancel=cancel)
                 set_structure(labels, value, drawn)
                 drawn_by[value] = _drawn_by(calibration.trusted, support_slices)
-            if hold:
-                hold_structure(labels, value, painted_value, support_slices, spacing_mm)
+            if hold_between or hold_past:
+                hold_structure(labels, value, painted_value, support_slices, spacing_mm, hold_between, hold_past)
             _postprocess(labels, value, keep, options.fill_holes, painted_value, support_slices if ends else None,
                          within)
             if follow:  # the slices registration left empty may cut parts off: the clean-up again, ends kept

@@ -38,12 +38,16 @@ class SegmentOptions:
     fill_holes : fill the holes of each structure in every slice.
     every_slice : encode and predict every slice, not only from the painted slices
         outward to where each structure ends.
-    hold_to_paintings : with several painted slices, keep each structure near the shape
-        interpolated between neighbouring paintings (an empty slice there takes that shape)
-        and past the outermost painted slice at most one gap between paintings far
-        (:mod:`~napari_fewshot.core.between`); with ``follow_anatomy`` the slices between
-        paintings then take the carried mask.  Needs the painting on the image and every
-        slice predicted.  None: where possible (with one painted slice it changes nothing).
+    hold_between : with several painted slices, keep each structure near the shape
+        interpolated between neighbouring paintings; a slice there left empty takes that
+        shape (:func:`~napari_fewshot.core.between.hold_between`).  With
+        ``follow_anatomy`` the slices between paintings then take the carried mask, so this
+        acts only where the carried mask vanishes.  Needs the painting on the image and
+        every slice predicted.  None: where possible (one painted slice: no change).
+    hold_past : with several painted slices, stop each structure at most one gap between
+        paintings past the outermost painted slice
+        (:func:`~napari_fewshot.core.between.hold_past`).  Needs and defaults as
+        ``hold_between``.
     follow_anatomy : draw each structure's boundary on every slice by carrying its painting
         from slice to slice with deformable registration, inside the engine's mask grown by
         a pixel; a slice where the two do not meet is left empty.  Between the outermost
@@ -60,7 +64,8 @@ class SegmentOptions:
     boundaries: str | None = None
     fill_holes: bool = False
     every_slice: bool = False
-    hold_to_paintings: bool | None = None
+    hold_between: bool | None = None
+    hold_past: bool | None = None
     follow_anatomy: bool | None = None
 
     def __post_init__(self) -> None:
