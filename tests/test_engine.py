@@ -303,6 +303,18 @@ def test_held_to_several_paintings_a_structure_does_not_run_on_into_a_look_alike
         segment(image, support, encoder="tiny", cache=cache, slices=[12], hold_past=True)
 
 
+def test_painted_up_to_where_it_ends_a_structure_is_not_predicted_past_its_outer_paintings():
+    image, truth = ellipsoids(shape=(32, 48, 48))  # the bright ellipsoid spans slices 4-20
+    image[21:30, 14:27, 19:34] = 300 + np.random.default_rng(5).normal(0, 8, (9, 13, 15))  # as bright, on from its tip
+    support = np.where(truth == 1, 1, 0).astype(np.uint8)
+    support[[z for z in range(32) if z not in (5, 12, 19)]] = 0  # painted from near one end to near the other
+    cache = FeatureCache()
+    ended, running = (segment(image, support, encoder="tiny", cache=cache, ends=ends) for ends in (None, False))
+    assert not (ended.labels[21:] == 1).any() and not (ended.labels[:4] == 1).any()
+    assert (running.labels[21:] == 1).any()  # without the end rule it runs on into the look-alike
+    assert dice(ended.labels == 1, truth == 1) > 0.95
+
+
 def test_boundaries_carried_by_registration_keep_a_structure_off_the_look_alike_it_touches():
     z, y, x = np.mgrid[:20, :64, :64]
     tube = ((y - 32) ** 2 + (x - 32) ** 2 < 64) & (z >= 2) & (z <= 17)
