@@ -48,7 +48,9 @@ def hold_between(
     """
     order = sorted(set(painted_slices))
     held = mask.copy()
-    distances = {z: signed_distance(painted[z], spacing[1:]) for z in order} if len(order) > 1 else {}
+    if len(order) < 2:
+        return held
+    distances = {z: signed_distance(painted[z], spacing[1:]) for z in order}
     for a, b in zip(order[:-1], order[1:]):
         for z in range(a + 1, b):
             weight = (z - a) / (b - a)
