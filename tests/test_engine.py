@@ -12,7 +12,9 @@ from napari_fewshot.core.encoders import build_encoder
 from napari_fewshot.core.errors import SegmentationCancelled, SegmentationError
 from napari_fewshot.core.features import FeatureCache, VolumeFeatures, encode_slices
 from napari_fewshot.core.heads import HEADS
-from napari_fewshot.core.postprocess import connected_to, fill_holes, largest_component, set_structure, stop_at_ends
+from napari_fewshot.core.postprocess import (
+    connected_to, fill_holes, largest_component, set_structure, stop_at_ends, stop_where_unlike,
+)
 from napari_fewshot.core.preprocess import Preprocessing, padded_shape
 from napari_fewshot.core.priors import apply_distance_decay, apply_location_prior
 from napari_fewshot.core.runtime import TorchTrunk, resolve_runtime
@@ -287,6 +289,35 @@ def test_a_structure_stops_where_it_widens_into_a_neighbour_past_its_painted_sli
     assert dice(stopped.labels == 1, truth == 1) > dice(running.labels == 1, truth == 1)
     with pytest.raises(SegmentationError, match="ends=True needs the painting on the image itself"):
         segment(image, support, encoder="tiny", cache=cache, slices=[12], ends=True)
+
+
+def test_a_structure_stops_where_it_loses_the_paintings_intensities_past_its_painted_slices():
+    rng = np.random.default_rng(1)
+    mask = np.ones((10, 6, 6), bool)
+    image = 300 + rng.normal(0, 4, mask.shape)
+    image[7:, :, :4] = 150  # slice 7 on: two thirds of each slice darker (a disc, the next organ)
+    image[1, :, :3] = 150  # slice 1: half darker, still the structure
+    painted = np.zeros_like(mask)
+    painted[4] = True
+    # window 400 wide: the painting's 5th to 95th percentiles widened by 10 on each side
+    kept = stop_where_unlike(mask, image, painted, (4,), 400.0)
+    assert kept.any(axis=(1, 2)).tolist() == [True] * 7 + [False] * 3
+    assert stop_where_unlike(mask, image, painted, (4,), 400.0, fraction=0.3).all()  # a third like it: kept
+    # a painting of a few noisy pixels: the margin keeps a slice of the same tissue
+    few = np.zeros_like(mask)
+    few[4, 2, 2:5] = True
+    assert stop_where_unlike(few | mask, 300 + rng.normal(0, 8, mask.shape), few, (4,), 400.0).all()
+
+    image, truth = ellipsoids(shape=(32, 48, 48))  # the bright ellipsoid (300) spans slices 4-20
+    image[20:30, 15:26, 20:33] = 230 + np.random.default_rng(5).normal(0, 8, (10, 11, 13))  # on from its tip, darker
+    support = one_slice_support(truth, values=(1,))
+    cache = FeatureCache()
+    running, stopped = (segment(image, support, encoder="tiny", cache=cache, ends=False, intensity_ends=flag)
+                        for flag in (False, None))  # the area rule off: this rule alone
+    assert (running.labels[23:] == 1).any() and not (stopped.labels[23:] == 1).any()
+    assert dice(stopped.labels == 1, truth == 1) > dice(running.labels == 1, truth == 1)
+    with pytest.raises(SegmentationError, match="intensity_ends=True needs the painting on the image itself"):
+        segment(image, support, encoder="tiny", cache=cache, slices=[12], intensity_ends=True)
 
 
 def test_held_to_several_paintings_a_structure_does_not_run_on_into_a_look_alike():

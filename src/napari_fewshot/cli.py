@@ -128,7 +128,8 @@ def _segment(args: argparse.Namespace) -> int:
             modality=args.modality,
             options=SegmentOptions(
                 threshold=args.threshold, keep=args.keep, location=args.location_prior, decay_mm=args.decay_mm,
-                ends=args.ends, boundaries=args.boundaries, fill_holes=args.fill_holes, every_slice=args.every_slice,
+                ends=args.ends, intensity_ends=args.intensity_ends, boundaries=args.boundaries,
+                fill_holes=args.fill_holes, every_slice=args.every_slice,
                 hold_between=args.hold_between, hold_past=args.hold_past, follow_anatomy=args.follow_anatomy,
             ),
             cache=FeatureCache() if args.no_disk_cache else None,
@@ -299,6 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop each structure past its outermost painted slices at the first empty slice, or where its area "
         "grows to more than twice the narrowest of the slices within 15 mm before it that are smaller than the "
         "painted one (default: on, off with --support-image)",
+    )
+    seg.add_argument(
+        "--intensity-ends", action=argparse.BooleanOptionalAction,
+        help="stop each structure past its outermost painted slices at the first slice where fewer than 40%% of its "
+        "pixels have the painting's intensities (default: on, off with --support-image)",
     )
     seg.add_argument(
         "--hold-between", action=argparse.BooleanOptionalAction,
@@ -520,7 +526,8 @@ def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
         default=["alpnet", "alpnet+prototype", "dspnet", "alpnet@none", "dspnet@none+prototype", "panet@none+prototype",
                  *BASELINES],
         help="HEAD[@WEIGHTS][:KEEP][+FLAG...] for the engine (weights: default, none or a model file; keep: "
-        "painted, largest or all; flags: +decoder or +prototype boundaries, +nolocation, +noends, +decay, +every, "
+        "painted, largest or all; flags: +decoder or +prototype boundaries, +nolocation, +noends, +nointensity, "
+        "+decay, +every, "
         "+nobetween, +nopast, +nofollow, +registered, +threshold=P), "
         f"or one of {', '.join(BASELINES)}; the first is compared with the others",
     )

@@ -31,7 +31,9 @@ from .options import SegmentOptions
 from .between import hold_structure
 from .follow import follow_anatomy
 from .outward import OUTWARD_MARGIN_MM, expected_reach, planned_range, walk_outward
-from .postprocess import KEEP, REGROWTH_MM, connected_to, largest_component, set_structure, stop_at_ends
+from .postprocess import (
+    KEEP, REGROWTH_MM, connected_to, largest_component, set_structure, stop_at_ends, stop_where_unlike,
+)
 from .postprocess import fill_holes as fill_slice_holes
 from .preprocess import (
     Preprocessing, from_encoder_slices, intensity_window, slice_aspect, spacing_first, to_encoder_slices,
@@ -237,9 +239,9 @@ class FewShotSession:
             raise SegmentationError(
                 f"decay_mm={decay_mm} is not possible here: it needs the painting on the image itself"
             )
-        ends, hold_between, hold_past, follow = (
+        ends, intensity_ends, hold_between, hold_past, follow = (
             _where_possible(name, getattr(options, name), same_volume and whole)
-            for name in ("ends", "hold_between", "hold_past", "follow_anatomy")
+            for name in ("ends", "intensity_ends", "hold_between", "hold_past", "follow_anatomy")
         )
         outward = same_volume and whole and keep == "painted" and not options.every_slice
         painting = _slices_first(_checked_labels(support_labels, support.shape, same_volume), axis)
@@ -343,6 +345,10 @@ class FewShotSession:
             if follow:  # the slices registration left empty may cut parts off: the clean-up again, ends kept
                 _follow(labels, value, painted_value, support_slices, registration, near, clock, cancel)
                 _postprocess(labels, value, keep, options.fill_holes, painted_value, None, within)
+            if intensity_ends:
+                low, high = self.window
+                set_structure(labels, value, stop_where_unlike(labels == value, query_volume, painted_value,
+                                                               support_slices, high - low))
         clock.plan(draw=clock.finished["draw"], follow=clock.finished["follow"])  # what the plan could only estimate
         if painted is not None:
             labels[painted] = painting[painted]

@@ -32,7 +32,13 @@ class SegmentOptions:
         of its support slice, widening with their distance in mm.  None: where possible.
     decay_mm : scale each slice's probabilities by ``exp(-d / decay_mm)``, ``d`` its
         distance in mm to the nearest painted slice (above 0).  None: no decay.
-    ends : stop each structure past its outermost painted slices where it ends.  None: where possible.
+    ends : stop each structure past its outermost painted slices where it ends: at an empty slice, or
+        where it widens again into a neighbour (:func:`~napari_fewshot.core.postprocess.stop_at_ends`).
+        None: where possible.
+    intensity_ends : stop each structure past its outermost painted slices at the first slice
+        where it no longer has the painting's intensities
+        (:func:`~napari_fewshot.core.postprocess.stop_where_unlike`).  Needs the painting on the
+        image and every slice predicted.  None: where possible.
     boundaries : ``decoder`` (LiteMedSAM's decoder draws them, prompted by the prototypes'
         boxes) or ``prototype`` (the head's own mask).  None: the decoder where it can.
     fill_holes : fill the holes of each structure in every slice.
@@ -61,6 +67,7 @@ class SegmentOptions:
     location: bool | None = None
     decay_mm: float | None = None
     ends: bool | None = None
+    intensity_ends: bool | None = None
     boundaries: str | None = None
     fill_holes: bool = False
     every_slice: bool = False

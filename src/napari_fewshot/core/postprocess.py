@@ -5,6 +5,8 @@ Components are 6-connected (voxels sharing a face).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import SimpleITK as sitk
 
@@ -16,6 +18,13 @@ GROWTH = 2.0
 #: How far back (mm) a regrowth is measured from: further, an organ that narrows a little and then widens
 #: over many slices (the liver painted on its middle slice) would be cut.
 REGROWTH_MM = 15.0
+#: Past its outermost painted slices, a structure ends at the first slice where fewer than this fraction of its
+#: pixels have the painting's intensities (``stop_where_unlike``).
+LIKE_FRACTION = 0.4
+#: The painting's intensities: these percentiles of its pixels, ...
+PAINTED_PERCENTILES = (5.0, 95.0)
+#: ... widened on each side by this fraction of the width of the scan's intensity window.
+INTENSITY_MARGIN = 0.025
 
 
 def _components(mask: np.ndarray, by_size: bool = True) -> np.ndarray:
@@ -81,16 +90,59 @@ def stop_at_ends(
     Offline, 1.5 times the narrowest cost muscle (0.730 to 0.686) and vessels (0.428 to
     0.394) from one slice.
     """
-    kept = mask.copy()
     area = mask.reshape(len(mask), -1).sum(axis=1)
+
+    def regrown(z: int, start: int, step: int) -> bool:
+        walked = abs(z - start)
+        before = area[[start + step * d for d in range(max(1, walked - within), walked)]]
+        narrower = before[before < area[start]]
+        return bool(narrower.size and area[z] > growth * narrower.min())
+
+    return _cut_past(mask, painted_slices, regrown)
+
+
+def stop_where_unlike(
+    mask: np.ndarray, image: np.ndarray, painted: np.ndarray, painted_slices: tuple[int, ...], window_width: float,
+    fraction: float = LIKE_FRACTION,
+) -> np.ndarray:
+    """``mask`` ``[Z, Y, X]`` bool cut where the structure no longer has the painting's intensities.
+
+    ``image`` ``[Z, Y, X]``: the scan's intensities (file units); ``painted`` ``[Z, Y, X]``
+    bool: the structure's painting on ``painted_slices``.  The painting's intensities
+    are the ``PAINTED_PERCENTILES`` of its pixels, widened on each side by
+    ``INTENSITY_MARGIN`` of ``window_width`` (the width of the scan's intensity window:
+    a few pixels' percentiles are noisy, and a thin structure's are blurred by the
+    slice).  Walking away from the outermost painted slices, the first slice where
+    fewer than ``fraction`` of the mask's pixels lie within them is taken as the
+    structure's end: it and every slice beyond are emptied.  A vertebra that would run on
+    through a disc into the next one stops at the disc; a look-alike of the same
+    intensities is left to :func:`stop_at_ends`.
+
+    How it was chosen (the broad development benchmark, 84 structures, the engine's
+    default masks cut offline; docs/benchmarks.md): percentiles 5 to 95, margins of 0 to
+    0.1 of the window and fractions of 0.3 to 0.6 were tried.  Without the margin a
+    thin vessel painted with 9 pixels was cut next to its painting (an iliac artery
+    0.29 to 0.03); with 0.025 and 0.4 every protocol gained and vessels lost nothing.
+    """
+    index = list(painted_slices)
+    low, high = np.percentile(image[index][painted[index]], PAINTED_PERCENTILES)
+    low, high = low - INTENSITY_MARGIN * window_width, high + INTENSITY_MARGIN * window_width
+
+    def unlike(z: int, start: int, step: int) -> bool:
+        values = image[z][mask[z]]
+        return bool(np.mean((values >= low) & (values <= high)) < fraction)
+
+    return _cut_past(mask, painted_slices, unlike)
+
+
+def _cut_past(mask: np.ndarray, painted_slices: tuple[int, ...], ends_at: Callable[[int, int, int], bool]) -> np.ndarray:
+    """``mask`` ``[Z, Y, X]`` bool emptied, on each side past the outermost ``painted_slices``, from the first
+    slice that is empty or where ``ends_at(z, start, step)`` (``start`` the outermost painted slice, ``step``
+    -1 or 1 the way walked) onwards."""
+    kept = mask.copy()
     for start, step in ((min(painted_slices), -1), (max(painted_slices), 1)):
         z = start + step
-        while 0 <= z < len(mask) and area[z] > 0:
-            walked = abs(z - start)
-            before = area[[start + step * d for d in range(max(1, walked - within), walked)]]
-            narrower = before[before < area[start]]
-            if narrower.size and area[z] > growth * narrower.min():
-                break
+        while 0 <= z < len(mask) and mask[z].any() and not ends_at(z, start, step):
             z += step
         if 0 <= z < len(mask):
             kept[slice(z, None) if step == 1 else slice(0, z + 1)] = False

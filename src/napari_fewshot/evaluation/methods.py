@@ -7,7 +7,8 @@
   ``all``; the cross-volume protocol keeps all), and flags: who draws the boundaries
   (``+decoder``: LiteMedSAM's decoder prompted by the prototypes, the engine's
   default with the ``litemedsam`` encoder; ``+prototype``: the head), ``+nolocation``
-  (no in-plane location prior), ``+noends``, ``+decay``, ``+every`` (every slice
+  (no in-plane location prior), ``+noends``, ``+nointensity`` (no stop where a
+  structure loses the painting's intensities), ``+decay``, ``+every`` (every slice
   predicted, not only from the painting outward to where the structure ends),
   ``+nobetween`` (several painted slices do not hold each structure near the shape
   between them), ``+nopast`` (nor stop it one gap past the outermost),
@@ -58,12 +59,12 @@ BASELINES = ("litemedsam-box", "registration", "interpolation", "copy")
 #: The flags that switch the engine's location prior off, its stop at each structure's ends off, its distance decay
 #: on, its prediction of every slice on, its holding of structures near the shape between several paintings off,
 #: its stop one gap past the outermost painting off, and its boundaries carried by registration off.
-NO_LOCATION, NO_ENDS, DECAY, EVERY = "nolocation", "noends", "decay", "every"
+NO_LOCATION, NO_ENDS, NO_INTENSITY, DECAY, EVERY = "nolocation", "noends", "nointensity", "decay", "every"
 NO_BETWEEN, NO_PAST, NO_FOLLOW = "nobetween", "nopast", "nofollow"
 #: The flag that draws the engine's slices with the registration peer's masks.
 REGISTERED = "registered"
 #: What may follow ``+`` in an engine method's name: who draws the boundaries, or a prior switched.
-FLAGS = (*BOUNDARIES, NO_LOCATION, NO_ENDS, DECAY, EVERY, NO_BETWEEN, NO_PAST, NO_FOLLOW, REGISTERED)
+FLAGS = (*BOUNDARIES, NO_LOCATION, NO_ENDS, NO_INTENSITY, DECAY, EVERY, NO_BETWEEN, NO_PAST, NO_FOLLOW, REGISTERED)
 #: The flag that sets the engine's threshold, as ``+threshold=P``.
 THRESHOLD = "threshold"
 
@@ -127,6 +128,7 @@ class EngineMethod(Method):
                 threshold=_probability(valued[THRESHOLD], name) if THRESHOLD in valued else DEFAULT_THRESHOLD,
                 keep=keep or "painted", boundaries=next((flag for flag in flags if flag in BOUNDARIES), None),
                 location=False if NO_LOCATION in flags else None, ends=False if NO_ENDS in flags else None,
+                intensity_ends=False if NO_INTENSITY in flags else None,
                 decay_mm=DECAY_MM if DECAY in flags else None, every_slice=EVERY in flags,
                 hold_between=False if NO_BETWEEN in flags else None, hold_past=False if NO_PAST in flags else None,
                 follow_anatomy=False if NO_FOLLOW in flags else None,
