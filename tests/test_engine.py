@@ -303,10 +303,11 @@ def test_a_structure_stops_where_it_loses_the_paintings_intensities_past_its_pai
     kept = stop_where_unlike(mask, image, painted, (4,), 400.0)
     assert kept.any(axis=(1, 2)).tolist() == [True] * 7 + [False] * 3
     assert stop_where_unlike(mask, image, painted, (4,), 400.0, fraction=0.3).all()  # a third like it: kept
-    # a painting of a few noisy pixels: the margin keeps a slice of the same tissue
-    few = np.zeros_like(mask)
-    few[4, 2, 2:5] = True
-    assert stop_where_unlike(few | mask, 300 + rng.normal(0, 8, mask.shape), few, (4,), 400.0).all()
+    # a painting of a few pixels spans less than the tissue's noise: the margin keeps the same tissue
+    few, noisy = np.zeros_like(mask), 300 + rng.normal(0, 8, mask.shape)
+    few[4, 2, 2:5], noisy[4, 2, 2:5] = True, (299, 300, 301)
+    assert stop_where_unlike(mask, noisy, few, (4,), 400.0).all()
+    assert not stop_where_unlike(mask, noisy, few, (4,), 0.0)[5:].any()  # no margin: cut next to the painting
 
     image, truth = ellipsoids(shape=(32, 48, 48))  # the bright ellipsoid (300) spans slices 4-20
     image[20:30, 15:26, 20:33] = 230 + np.random.default_rng(5).normal(0, 8, (10, 11, 13))  # on from its tip, darker

@@ -527,8 +527,7 @@ def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
                  *BASELINES],
         help="HEAD[@WEIGHTS][:KEEP][+FLAG...] for the engine (weights: default, none or a model file; keep: "
         "painted, largest or all; flags: +decoder or +prototype boundaries, +nolocation, +noends, +nointensity, "
-        "+decay, +every, "
-        "+nobetween, +nopast, +nofollow, +registered, +threshold=P), "
+        "+decay, +every, +nobetween, +nopast, +nofollow, +registered, +threshold=P), "
         f"or one of {', '.join(BASELINES)}; the first is compared with the others",
     )
     evaluate.add_argument("--encoder", default="litemedsam",

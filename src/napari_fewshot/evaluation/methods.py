@@ -56,9 +56,10 @@ from .propagation import BoxPromptStep, copy_step, propagate
 from .protocols import extent, query_thirds
 
 BASELINES = ("litemedsam-box", "registration", "interpolation", "copy")
-#: The flags that switch the engine's location prior off, its stop at each structure's ends off, its distance decay
-#: on, its prediction of every slice on, its holding of structures near the shape between several paintings off,
-#: its stop one gap past the outermost painting off, and its boundaries carried by registration off.
+#: The flags that switch the engine's location prior off, its stop at each structure's ends off, its stop where a
+#: structure loses the painting's intensities off, its distance decay on, its prediction of every slice on, its
+#: holding of structures near the shape between several paintings off, its stop one gap past the outermost
+#: painting off, and its boundaries carried by registration off.
 NO_LOCATION, NO_ENDS, NO_INTENSITY, DECAY, EVERY = "nolocation", "noends", "nointensity", "decay", "every"
 NO_BETWEEN, NO_PAST, NO_FOLLOW = "nobetween", "nopast", "nofollow"
 #: The flag that draws the engine's slices with the registration peer's masks.
