@@ -115,8 +115,10 @@ def stop_where_unlike(
     slice).  Walking away from the outermost painted slices, the first slice where
     fewer than ``fraction`` of the mask's pixels lie within them is taken as the
     structure's end: it and every slice beyond are emptied.  A vertebra that would run on
-    through a disc into the next one stops at the disc; a look-alike of the same
-    intensities is left to :func:`stop_at_ends`.
+    through a disc into the next one stops at the disc where the disc slice holds few of
+    its intensities (vertebra T12 of the development data; not L3, whose neighbouring disc
+    slices keep 57% and 58% in range); a look-alike of the same intensities is left to
+    :func:`stop_at_ends`.
 
     How it was chosen (the broad development benchmark, 84 structures, the engine's
     default masks cut offline; docs/benchmarks.md): percentiles 5 to 95, margins of 0 to
