@@ -123,6 +123,42 @@ def test_draws_that_make_no_usable_episode_are_counted_and_redrawn():
     assert sampler.skipped["one_segment"] > 0 and sampler.skipped["too_small"] > 0
 
 
+def test_a_share_of_queries_lies_just_past_the_supervoxels_end_with_an_empty_mask():
+    labels = torch.ones(12, 64, 64, dtype=torch.int32)
+    labels[3:6, 16:48, 16:48] = 2  # segment 2 crosses slices 3 to 5; segment 1 crosses every slice
+    trunk = torch.arange(12.0)[:, None, None, None].expand(12, 4, 32, 32)  # each slice's features hold its index
+    volume = TrainingVolume(images=torch.rand(12, 64, 64), labels=labels, trunk=trunk, spacing_mm=(3.0, 1.0, 1.0),
+                            source="synthetic", key="synthetic", supervoxels=True)
+    sampler = EpisodeSampler([volume], from_trunk=True, head_grid=32, ranges=AugmentRanges(elastic_alpha=0.0),
+                             reach=2, absent_share=0.5)
+    rng = np.random.default_rng(0)
+    absent = present = 0
+    for _ in range(60):
+        episode = sampler.draw(rng)
+        support_z, query_z = (round(float(x[0, 0, 16, 16])) for x in (episode.support, episode.query))
+        assert support_z in (3, 4, 5) and 0 < abs(query_z - support_z) <= 2
+        if episode.query_mask.any():
+            present += 1
+            segment = 2 if episode.support_mask[0, 32, 32] == 1 else 1
+            assert labels[query_z].eq(segment).any()
+        else:
+            absent += 1
+            assert query_z in (1, 2, 6, 7) and episode.support_mask[0, 32, 32] == 1  # segment 2, past its ends
+    assert absent > 10 and present > 10
+    assert sampler.skipped["no_end_near"] > 0  # segment 1 crosses every slice: it has no end to query past
+
+
+def test_a_query_past_the_end_is_scored_as_background_and_aligns_nothing():
+    model = FewShotModel(build_encoder("tiny"), build_head("alpnet").train())
+    support, query = torch.rand(1, 64, 32, 32), torch.rand(1, 64, 32, 32)  # the tiny trunk's features
+    mask = torch.zeros(1, 64, 64)
+    mask[0, 16:48, 16:48] = 1.0
+    loss, query_loss, alignment_loss = EpisodeLoss(model, from_trunk=True)(support, mask, query, torch.zeros(1, 64, 64))
+    assert alignment_loss == 0 and loss == query_loss > 0
+    loss.backward()
+    assert model.reduce.weight.grad.abs().sum() > 0  # an empty query still trains the projection
+
+
 def held_out_loss(model: FewShotModel, episodes) -> float:
     loss = EpisodeLoss(model, from_trunk=True)
     with torch.no_grad():
@@ -247,3 +283,8 @@ def test_the_train_command_says_what_is_wrong(tmp_path: Path, capsys):
     assert main(["train", "--images", str(tmp_path / "missing.nii.gz"), "--out", str(tmp_path / "run"),
                  "--encoder", "tiny", "--device", "cpu"]) == 1
     assert "missing.nii.gz" in capsys.readouterr().err
+    for wrong, says in ((["--absent-queries", "0.25"], "needs --supervoxels"),
+                        (["--supervoxels", "--query-reach", "0"], "--query-reach must be at least 1")):
+        assert main(["train", "--images", str(tmp_path / "a.nii.gz"), "--out", str(tmp_path / "run"),
+                     "--encoder", "tiny", "--device", "cpu", *wrong]) == 1
+        assert says in capsys.readouterr().err

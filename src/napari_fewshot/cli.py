@@ -394,7 +394,13 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
                        help="keep the encoder's trunk fixed: its features are computed once and cached (fast on a CPU)")
     train.add_argument("--steps", type=int, default=10_000, help="training steps (one episode per rank each)")
     train.add_argument("--supervoxels", action="store_true",
-                       help="3D supervoxels: the query is a neighbouring slice of the support's supervoxel")
+                       help="3D supervoxels: the query is a nearby slice of the support's supervoxel")
+    train.add_argument("--query-reach", type=int, default=TrainConfig.query_reach, metavar="N",
+                       help=f"with --supervoxels, the query is at most N slices from the support "
+                       f"(default {TrainConfig.query_reach})")
+    train.add_argument("--absent-queries", type=float, default=0.0, metavar="P",
+                       help="with --supervoxels, the share of episodes whose query is a slice just past the "
+                       "supervoxel's end, to be predicted empty (default 0)")
     train.add_argument("--superpixels", choices=SUPERPIXELS, default="felzenszwalb", help="2D superpixel method")
     train.add_argument("--slice-mm", type=float, default=0.0, metavar="MM",
                        help="train on slices at least this far apart (default: every slice)")
@@ -412,7 +418,8 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         images=args.images, out=Path(args.out), encoder=args.encoder, head=args.head,
         freeze_encoder=args.freeze_encoder, steps=args.steps, supervoxels=args.supervoxels,
-        superpixels=args.superpixels, slice_mm=args.slice_mm, lr=args.lr, checkpoint_every=args.checkpoint_every,
+        superpixels=args.superpixels, slice_mm=args.slice_mm, query_reach=args.query_reach,
+        absent_queries=args.absent_queries, lr=args.lr, checkpoint_every=args.checkpoint_every,
         log_every=args.log_every, seed=args.seed, device=args.device,
         cache=Path(args.cache) if args.cache else None, command=["napari-fewshot", *sys.argv[1:]],
     )

@@ -3,8 +3,11 @@
 An episode takes a slice and one of its pseudo-label segments as foreground
 (everything else is background) and augments the slice twice, independently:
 one copy is the support, the other the query.  With supervoxels the query is a
-neighbouring slice that the same supervoxel crosses.  Draws that cannot make a
-usable episode are redrawn, and counted by reason in :attr:`EpisodeSampler.skipped`.
+nearby slice that the same supervoxel crosses or, in a share of the episodes
+(``absent_share``), a slice just past the supervoxel's end, where the query's
+mask is empty: the head learns where a structure stops as well as where it is.
+Draws that cannot make a usable episode are redrawn, and counted by reason in
+:attr:`EpisodeSampler.skipped`.
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ from .augment import AugmentRanges, random_gamma, random_warp, warp
 from .data import TrainingVolume
 
 #: Why a draw was skipped (the keys of :attr:`EpisodeSampler.skipped`).
-SKIP_REASONS = ("one_segment", "too_small", "not_in_neighbour", "lost_in_query")
+SKIP_REASONS = ("one_segment", "too_small", "not_in_neighbour", "lost_in_query", "no_end_near")
 #: A support segment must cover at least this many positions of the head's grid after augmentation.
 MIN_HEAD_AREA = 1.0
-#: With supervoxels, the query slice is at most this many slices from the support slice.
+#: With supervoxels, the query slice is at most this many slices from the support slice by default.
 NEIGHBOUR_SLICES = 2
 #: Give up (an error) after this many skipped draws in a row: the data cannot make episodes.
 MAX_DRAWS = 1000
@@ -49,13 +52,18 @@ class EpisodeSampler:
     from_trunk : episodes carry cached trunk features (frozen encoder), warped on
         their own grid; otherwise slices, warped and gamma-adjusted.
     head_grid : the side of the head's feature grid, where a segment must stay visible.
+    reach : with supervoxels, the query is at most this many slices from the support.
+    absent_share : with supervoxels, the share of episodes whose query is a slice
+        within ``reach`` slices past the supervoxel's end (an empty query mask).
     """
 
     def __init__(self, volumes: list[TrainingVolume], *, from_trunk: bool, head_grid: int,
-                 ranges: AugmentRanges = AugmentRanges()) -> None:
+                 ranges: AugmentRanges = AugmentRanges(), reach: int = NEIGHBOUR_SLICES,
+                 absent_share: float = 0.0) -> None:
         if not volumes:
             raise ValueError("no training volumes")
         self.volumes, self.from_trunk, self.head_grid, self.ranges = volumes, from_trunk, head_grid, ranges
+        self.reach, self.absent_share = reach, absent_share
         sizes = np.array([len(v.labels) for v in volumes], dtype=float)
         self.volume_weights = sizes / sizes.sum()
         self.skipped: Counter[str] = Counter({reason: 0 for reason in SKIP_REASONS})
@@ -78,18 +86,23 @@ class EpisodeSampler:
         if len(segments) < 2:
             return "one_segment"
         segment = int(segments[rng.integers(len(segments))])
-        query_z = z
+        query_z, absent = z, False
         if volume.supervoxels:
-            near = [n for n in range(z - NEIGHBOUR_SLICES, z + NEIGHBOUR_SLICES + 1)
-                    if n != z and 0 <= n < len(volume.labels) and bool((volume.labels[n] == segment).any())]
+            absent = self.absent_share > 0 and rng.random() < self.absent_share
+            crosses = (volume.labels == segment).flatten(1).any(dim=1).numpy()
+            near = [n for n in range(max(0, z - self.reach), min(len(crosses), z + self.reach + 1))
+                    if n != z and crosses[n] != absent]
+            if absent:
+                first, last = np.flatnonzero(crosses)[[0, -1]]
+                near = [n for n in near if n < first or n > last]  # past the end, not in a gap
             if not near:
-                return "not_in_neighbour"
+                return "no_end_near" if absent else "not_in_neighbour"
             query_z = near[rng.integers(len(near))]
         support, support_mask = self._view(volume, z, segment, rng)
         if _head_area(support_mask, self.head_grid) < MIN_HEAD_AREA:
             return "too_small"
         query, query_mask = self._view(volume, query_z, segment, rng)
-        if not bool(query_mask.any()):
+        if not absent and not bool(query_mask.any()):
             return "lost_in_query"
         return Episode(support, support_mask, query, query_mask)
 

@@ -31,7 +31,9 @@ class EpisodeLoss(nn.Module):
     The query loss scores the query's prediction from the support.  The alignment
     loss turns the episode around: the query's predicted mask (hard, no gradient
     through it) makes prototypes from the query's features that must segment the
-    support.  One module, so that DistributedDataParallel sees one forward per step.
+    support.  A query past the segment's end (an empty mask) has nothing to align,
+    so its alignment loss is zero.  One module, so that DistributedDataParallel
+    sees one forward per step.
     """
 
     def __init__(self, model: FewShotModel, from_trunk: bool) -> None:
@@ -45,6 +47,8 @@ class EpisodeLoss(nn.Module):
         query_features = self.model.features(query, self.from_trunk)
         predicted = self.model.head(support_features, head_mask(support_mask, support_features), query_features)
         query_loss = weighted_cross_entropy(predicted.logits, query_mask)
+        if not bool(query_mask.any()):
+            return query_loss, query_loss.detach(), query_loss.new_zeros(())
         query_guess = (predicted.logits.argmax(dim=1) == 1).float()
         aligned = self.model.head(query_features, query_guess, support_features)
         alignment_loss = weighted_cross_entropy(aligned.logits, support_mask)

@@ -30,7 +30,7 @@ from ..core.model import FewShotModel, save_model
 from ..core.preprocess import CT_WINDOW, MR_PERCENTILES
 from ..io.write import check_output_folder
 from .data import TrainingVolume, prepare_volume, preparation_settings
-from .episodes import EpisodeSampler
+from .episodes import NEIGHBOUR_SLICES, EpisodeSampler
 from .loss import EpisodeLoss
 from .pseudolabels import SUPERPIXELS
 from .runs import (
@@ -53,6 +53,8 @@ class TrainConfig:
     supervoxels: bool = False
     superpixels: str = "felzenszwalb"
     slice_mm: float = 0.0
+    query_reach: int = NEIGHBOUR_SLICES
+    absent_queries: float = 0.0
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -74,6 +76,10 @@ class TrainConfig:
             raise ValueError("--steps, --checkpoint-every and --log-every must be at least 1")
         if self.superpixels not in SUPERPIXELS:
             raise ValueError(f"unknown superpixel method '{self.superpixels}'; choose one of {', '.join(SUPERPIXELS)}")
+        if self.query_reach < 1 or not 0.0 <= self.absent_queries < 1.0:
+            raise ValueError("--query-reach must be at least 1 slice and --absent-queries a share from 0 to below 1")
+        if self.absent_queries and not self.supervoxels:
+            raise ValueError("--absent-queries needs --supervoxels: a 2D superpixel's query is its own slice")
         check_output_folder(self.out)
 
     @property
@@ -83,7 +89,8 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """What a checkpoint must agree on with the run that resumes it."""
         return {"encoder": self.encoder, "head": self.head, "freeze_encoder": self.freeze_encoder,
-                "supervoxels": self.supervoxels, "superpixels": self.superpixels, "seed": self.seed}
+                "supervoxels": self.supervoxels, "superpixels": self.superpixels, "seed": self.seed,
+                "query_reach": self.query_reach, "absent_queries": self.absent_queries}
 
 
 def train(config: TrainConfig, progress: Callable[[str, int, int, dict[str, float]], None] | None = None) -> Path:
@@ -110,7 +117,8 @@ def _train(config: TrainConfig, ranks: Ranks, device: torch.device, progress: Ca
     encoder.train(not config.freeze_encoder)
     model = FewShotModel(encoder, build_head(config.head).train()).to(device)
     volumes = _prepare(config, encoder, ranks, device, report)
-    sampler = EpisodeSampler(volumes, from_trunk=config.freeze_encoder, head_grid=HEAD_GRID)
+    sampler = EpisodeSampler(volumes, from_trunk=config.freeze_encoder, head_grid=HEAD_GRID, reach=config.query_reach,
+                             absent_share=config.absent_queries)
     loss_module: nn.Module = EpisodeLoss(model, from_trunk=config.freeze_encoder)
     if ranks.world > 1:
         loss_module = nn.parallel.DistributedDataParallel(loss_module, device_ids=[device.index] if device.type == "cuda" else None)
