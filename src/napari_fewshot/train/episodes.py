@@ -89,12 +89,13 @@ class EpisodeSampler:
         query_z, absent = z, False
         if volume.supervoxels:
             absent = self.absent_share > 0 and rng.random() < self.absent_share
-            crosses = (volume.labels == segment).flatten(1).any(dim=1).numpy()
-            near = [n for n in range(max(0, z - self.reach), min(len(crosses), z + self.reach + 1))
-                    if n != z and crosses[n] != absent]
-            if absent:
-                first, last = np.flatnonzero(crosses)[[0, -1]]
-                near = [n for n in near if n < first or n > last]  # past the end, not in a gap
+            window = range(max(0, z - self.reach), min(len(volume.labels), z + self.reach + 1))
+            if absent:  # past the supervoxel's first or last slice, not in a gap inside it
+                first, last = np.flatnonzero((volume.labels == segment).flatten(1).any(dim=1).numpy())[[0, -1]]
+                near = [n for n in window if n < first or n > last]
+            else:
+                crosses = (volume.labels[window.start : window.stop] == segment).flatten(1).any(dim=1).tolist()
+                near = [n for n, crossed in zip(window, crosses) if crossed and n != z]
             if not near:
                 return "no_end_near" if absent else "not_in_neighbour"
             query_z = near[rng.integers(len(near))]
