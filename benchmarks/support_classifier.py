@@ -1,0 +1,96 @@
+"""A linear classifier fitted on the painted slices at test time, in place of (or beside) ALPNet's prototypes.
+
+Registers a head ``classifier`` for this process, then runs ``napari-fewshot evaluate``
+with the arguments that follow ``--``.  The head fits a logistic regression on the
+painted slices' head features (L2-normalised, ``[C]`` per grid cell; the painting's
+soft mask on the head's grid as the target, each class weighted to half the loss
+unless ``--unbalanced``; L2 penalty ``--l2``; L-BFGS from the prototypes' difference)
+and scores every query cell with it: ``--mode alone`` its probability, ``--mode mix``
+the mean of its probability and ALPNet's.  The attention map stays ALPNet's.  With the
+shipped model file as weights the 1x1 reduction is the shipped ALPNet's:
+
+    .venv/bin/python benchmarks/support_classifier.py --mode mix -- evaluate \\
+        --case ../shared/data/abdomen-ct all --case ../shared/data/abdomen-mr all \\
+        --case ../shared/data/brain-mr-mni all --protocols one-largest \\
+        --methods alpnet classifier@src/napari_fewshot/models/litemedsam-alpnet.safetensors \\
+        --repeats 1 --device cpu --cache DIR --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from napari_fewshot.cli import main as cli_main
+from napari_fewshot.core.heads import HEADS
+from napari_fewshot.core.heads.alpnet import ALPNetHead, alp_logits
+from napari_fewshot.core.heads.base import HeadOutput
+from napari_fewshot.core.prototypes import COSINE_SCALE
+
+
+def fit_classifier(support: torch.Tensor, mask: torch.Tensor, l2: float, balanced: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights ``[C]`` and bias of a logistic regression of ``mask`` ``[S, h, w]`` on ``support`` ``[S, C, h, w]``."""
+    with torch.inference_mode(False), torch.enable_grad():
+        x = F.normalize(support.clone(), dim=1).permute(0, 2, 3, 1).reshape(-1, support.shape[1]).double()
+        y = mask.clone().reshape(-1).double()
+        weight = torch.ones_like(y)
+        if balanced:
+            weight = torch.where(y > 0.5, 0.5 / y.mean().clamp_min(1e-6), 0.5 / (1 - y).mean().clamp_min(1e-6))
+        foreground = (x * y[:, None]).sum(0) / y.sum().clamp_min(1e-6)
+        background = (x * (1 - y)[:, None]).sum(0) / (1 - y).sum().clamp_min(1e-6)
+        w = (COSINE_SCALE * (foreground - background)).requires_grad_(True)
+        b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        optimizer = torch.optim.LBFGS([w, b], max_iter=100, line_search_fn="strong_wolfe")
+
+        def loss() -> torch.Tensor:
+            optimizer.zero_grad()
+            value = (weight * F.binary_cross_entropy_with_logits(x @ w + b, y, reduction="none")).mean()
+            value = value + l2 * (w * w).sum()
+            value.backward()
+            return value
+
+        optimizer.step(loss)
+    return w.detach().float(), b.detach().float()
+
+
+def classifier_head(mode: str, l2: float, balanced: bool) -> type[ALPNetHead]:
+    """The head class for these settings; it fits once per support (the engine asks in batches of queries)."""
+
+    class ClassifierHead(ALPNetHead):
+        name = "classifier"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self._fitted: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+        def forward(self, support: torch.Tensor, mask: torch.Tensor, query: torch.Tensor) -> HeadOutput:
+            key = (tuple(support.shape), float(support.double().sum()), float(mask.double().sum()))
+            if self._fitted is None or self._fitted[0] != key:
+                self._fitted = key, fit_classifier(support, mask, l2, balanced)
+            w, b = self._fitted[1]
+            logits, attention = alp_logits(query, *self.prototypes(support, mask))
+            z = torch.einsum("nchw,c->nhw", F.normalize(query, dim=1), w) + b
+            if mode == "mix":
+                z = torch.logit((0.5 * (torch.sigmoid(z) + logits.softmax(dim=1)[:, 1])).clamp(1e-6, 1 - 1e-6))
+            return HeadOutput(torch.stack([-z / 2, z / 2], dim=1), attention)
+
+    return ClassifierHead
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=["alone", "mix"], default="alone")
+    parser.add_argument("--l2", type=float, default=1e-3)
+    parser.add_argument("--unbalanced", action="store_true")
+    args = parser.parse_args(argv[:split])
+    HEADS["classifier"] = classifier_head(args.mode, args.l2, not args.unbalanced)
+    return cli_main(argv[split + 1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
