@@ -1,19 +1,26 @@
-"""A linear classifier fitted on the painted slices at test time, in place of (or beside) ALPNet's prototypes.
+"""The head varied at test time, with no training: its grid, and a classifier fitted on the painted slices.
 
-Registers a head ``classifier`` for this process, then runs ``napari-fewshot evaluate``
-with the arguments that follow ``--``.  The head fits a logistic regression on the
+Sets the variations for this process, then runs ``napari-fewshot evaluate`` with the
+arguments that follow ``--``.
+
+``--grid N``: the head works on trunk features pooled to at most N x N (the engine's
+``HEAD_GRID``, 32; LiteMedSAM's own grid is 64).
+
+``--classifier alone|mix`` registers a head ``classifier``, ALPNet's with a linear
+classifier fitted on the painted slices at test time.  It fits a logistic regression on the
 painted slices' head features (L2-normalised, ``[C]`` per grid cell; the painting's
 soft mask on the head's grid as the target, each class weighted to half the loss
 unless ``--unbalanced``; L2 penalty ``--l2``; L-BFGS from the prototypes' difference)
-and scores every query cell with it: ``--mode alone`` its probability, ``--mode mix``
-the mean of its probability and ALPNet's.  The attention map stays ALPNet's.  With the
+and scores every query cell with it: ``alone`` its probability, ``mix`` the mean of its
+probability and ALPNet's.  The attention map stays ALPNet's.  With the
 shipped model file as weights the 1x1 reduction is the shipped ALPNet's:
 
-    .venv/bin/python benchmarks/support_classifier.py --mode mix -- evaluate \\
+    .venv/bin/python benchmarks/head_variants.py --classifier mix -- evaluate \\
         --case ../shared/data/abdomen-ct all --case ../shared/data/abdomen-mr all \\
         --case ../shared/data/brain-mr-mni all --protocols one-largest \\
         --methods alpnet classifier@src/napari_fewshot/models/litemedsam-alpnet.safetensors \\
         --repeats 1 --device cpu --cache DIR --out DIR
+    .venv/bin/python benchmarks/head_variants.py --grid 64 -- evaluate ... --methods alpnet ...
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_fewshot.cli import main as cli_main
+from napari_fewshot.core import features
 from napari_fewshot.core.heads import HEADS
 from napari_fewshot.core.heads.alpnet import ALPNetHead, alp_logits
 from napari_fewshot.core.heads.base import HeadOutput
@@ -84,11 +92,14 @@ def main() -> int:
     argv = sys.argv[1:]
     split = argv.index("--") if "--" in argv else len(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=["alone", "mix"], default="alone")
+    parser.add_argument("--grid", type=int, default=features.HEAD_GRID)
+    parser.add_argument("--classifier", choices=["alone", "mix"])
     parser.add_argument("--l2", type=float, default=1e-3)
     parser.add_argument("--unbalanced", action="store_true")
     args = parser.parse_args(argv[:split])
-    HEADS["classifier"] = classifier_head(args.mode, args.l2, not args.unbalanced)
+    features.HEAD_GRID = args.grid
+    if args.classifier:
+        HEADS["classifier"] = classifier_head(args.classifier, args.l2, not args.unbalanced)
     return cli_main(argv[split + 1:])
 
 
