@@ -1,10 +1,17 @@
-"""The head varied at test time, with no training: its grid, and a classifier fitted on the painted slices.
+"""The head varied at test time, with no training: its grid, its support, and a classifier fitted on the painting.
 
 Sets the variations for this process, then runs ``napari-fewshot evaluate`` with the
 arguments that follow ``--``.
 
 ``--grid N``: the head works on trunk features pooled to at most N x N (the engine's
-``HEAD_GRID``, 32; LiteMedSAM's own grid is 64).
+``HEAD_GRID``, 32; LiteMedSAM's own grid is 64).  ``--two-scales`` (with ``--grid 64``)
+registers a head ``twoscale``: the mean of ALPNet's probabilities on that grid and on
+the grid pooled 2x2.
+
+``--carried-support K``: each painted slice's support also holds the painting carried
+by the engine's registration (the settings that follow the anatomy) one slice at a
+time onto the K slices on each side (every ``--carried-step``-th of them; a carry stops
+where the mask vanishes or the slice is not encoded yet).
 
 ``--classifier alone|mix`` registers a head ``classifier``, ALPNet's with a linear
 classifier fitted on the painted slices at test time.  It fits a logistic regression on the
@@ -21,6 +28,9 @@ shipped model file as weights the 1x1 reduction is the shipped ALPNet's:
         --methods alpnet classifier@src/napari_fewshot/models/litemedsam-alpnet.safetensors \\
         --repeats 1 --device cpu --cache DIR --out DIR
     .venv/bin/python benchmarks/head_variants.py --grid 64 -- evaluate ... --methods alpnet ...
+    .venv/bin/python benchmarks/head_variants.py --grid 64 --two-scales -- evaluate ... \\
+        --methods twoscale@src/napari_fewshot/models/litemedsam-alpnet.safetensors ...
+    .venv/bin/python benchmarks/head_variants.py --carried-support 2 -- evaluate ... --methods alpnet ...
 """
 
 from __future__ import annotations
@@ -28,11 +38,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from napari_fewshot.cli import main as cli_main
-from napari_fewshot.core import features
+from napari_fewshot.core import engine, features
+from napari_fewshot.core.preprocess import spacing_first, to_encoder_slices
+from napari_fewshot.core.registration import SliceRegistration
 from napari_fewshot.core.heads import HEADS
 from napari_fewshot.core.heads.alpnet import ALPNetHead, alp_logits
 from napari_fewshot.core.heads.base import HeadOutput
@@ -88,16 +101,75 @@ def classifier_head(mode: str, l2: float, balanced: bool) -> type[ALPNetHead]:
     return ClassifierHead
 
 
+class TwoScaleHead(ALPNetHead):
+    """ALPNet's foreground probability averaged over its grid and that grid pooled 2x2."""
+
+    name = "twoscale"
+
+    def forward(self, support: torch.Tensor, mask: torch.Tensor, query: torch.Tensor) -> HeadOutput:
+        fine = super().forward(support, mask, query)
+        coarse = super().forward(F.avg_pool2d(support, 2), F.avg_pool2d(mask[:, None], 2)[:, 0], F.avg_pool2d(query, 2))
+        coarse_probability = F.interpolate(coarse.logits.softmax(dim=1), size=query.shape[-2:], mode="bilinear",
+                                           align_corners=False)[:, 1]
+        z = torch.logit((0.5 * (fine.logits.softmax(dim=1)[:, 1] + coarse_probability)).clamp(1e-6, 1 - 1e-6))
+        return HeadOutput(torch.stack([-z / 2, z / 2], dim=1), fine.attention)
+
+
+def carry_support(reach: int, step: int) -> None:
+    """Make the engine's support of each painted slice hold its painting carried onto its neighbours too."""
+    state: dict = {}
+    segment_session = engine.FewShotSession.segment
+
+    def segment(session: engine.FewShotSession, *args, **kwargs):
+        state["registration"] = SliceRegistration(
+            session.volume, spacing_first(session.spacing, session.axis)[1:], session.preprocessing, session.window,
+            iterations=engine.FOLLOW_ITERATIONS, margin_mm=engine.FOLLOW_MARGIN_MM, max_side=engine.FOLLOW_MAX_SIDE)
+        state["carried"], state["encoded"] = {}, session.features.encoded
+        return segment_session(session, *args, **kwargs)
+
+    def support_of(model, support_features, painted, slices, aspect, device):
+        index, masks = list(slices), [painted[z] for z in slices]
+        for z in slices:
+            for direction in (1, -1):
+                carried, source = painted[z], z
+                for distance in range(1, reach + 1):
+                    target = z + direction * distance
+                    if not 0 <= target < len(painted) or target in slices:
+                        break
+                    key = (z, target, int(painted[z].sum()))
+                    if key not in state["carried"]:
+                        state["carried"][key] = state["registration"](carried, source, target)
+                    carried, source = state["carried"][key], target
+                    if not carried.any() or not state["encoded"][target]:
+                        break
+                    if distance % step == 0:
+                        index.append(target)
+                        masks.append(carried)
+        support = model.features(support_features[index].to(device))
+        mask = to_encoder_slices(np.stack(masks).astype(np.float32), support.shape[-1], aspect)[:, 0].to(device)
+        return support, mask
+
+    engine.FewShotSession.segment = segment
+    engine._support = support_of
+
+
 def main() -> int:
     argv = sys.argv[1:]
     split = argv.index("--") if "--" in argv else len(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", type=int, default=features.HEAD_GRID)
+    parser.add_argument("--two-scales", action="store_true")
+    parser.add_argument("--carried-support", type=int, default=0, metavar="K")
+    parser.add_argument("--carried-step", type=int, default=1)
     parser.add_argument("--classifier", choices=["alone", "mix"])
     parser.add_argument("--l2", type=float, default=1e-3)
     parser.add_argument("--unbalanced", action="store_true")
     args = parser.parse_args(argv[:split])
     features.HEAD_GRID = args.grid
+    if args.two_scales:
+        HEADS["twoscale"] = TwoScaleHead
+    if args.carried_support:
+        carry_support(args.carried_support, args.carried_step)
     if args.classifier:
         HEADS["classifier"] = classifier_head(args.classifier, args.l2, not args.unbalanced)
     return cli_main(argv[split + 1:])
