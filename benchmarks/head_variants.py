@@ -11,7 +11,9 @@ the grid pooled 2x2.
 ``--carried-support K``: each painted slice's support also holds the painting carried
 by the engine's registration (the settings that follow the anatomy) one slice at a
 time onto the K slices on each side (every ``--carried-step``-th of them; a carry stops
-where the mask vanishes or the slice is not encoded yet).
+where the mask vanishes or the slice is not encoded yet).  ``--carried-for foreground``
+or ``background``: ALPNet takes only that class's prototypes from the carried slices
+(the other's from the painted slices alone).
 
 ``--classifier alone|mix`` registers a head ``classifier``, ALPNet's with a linear
 classifier fitted on the painted slices at test time.  It fits a logistic regression on the
@@ -31,6 +33,7 @@ shipped model file as weights the 1x1 reduction is the shipped ALPNet's:
     .venv/bin/python benchmarks/head_variants.py --grid 64 --two-scales -- evaluate ... \\
         --methods twoscale@src/napari_fewshot/models/litemedsam-alpnet.safetensors ...
     .venv/bin/python benchmarks/head_variants.py --carried-support 2 -- evaluate ... --methods alpnet ...
+    .venv/bin/python benchmarks/head_variants.py --carried-support 2 --carried-for background -- evaluate ...
 """
 
 from __future__ import annotations
@@ -47,9 +50,9 @@ from napari_fewshot.core import engine, features
 from napari_fewshot.core.preprocess import spacing_first, to_encoder_slices
 from napari_fewshot.core.registration import SliceRegistration
 from napari_fewshot.core.heads import HEADS
-from napari_fewshot.core.heads.alpnet import ALPNetHead, alp_logits
+from napari_fewshot.core.heads.alpnet import ALPNetHead, alp_logits, window_for
 from napari_fewshot.core.heads.base import HeadOutput
-from napari_fewshot.core.prototypes import COSINE_SCALE
+from napari_fewshot.core.prototypes import COSINE_SCALE, local_prototypes, masked_average
 
 
 def fit_classifier(support: torch.Tensor, mask: torch.Tensor, l2: float, balanced: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,8 +118,9 @@ class TwoScaleHead(ALPNetHead):
         return HeadOutput(torch.stack([-z / 2, z / 2], dim=1), fine.attention)
 
 
-def carry_support(reach: int, step: int) -> None:
-    """Make the engine's support of each painted slice hold its painting carried onto its neighbours too."""
+def carry_support(reach: int, step: int, used_for: str) -> None:
+    """Make the engine's support of each painted slice hold its painting carried onto its neighbours too,
+    for ALPNet's prototypes of both classes or of ``used_for`` alone."""
     state: dict = {}
     segment_session = engine.FewShotSession.segment
 
@@ -145,12 +149,26 @@ def carry_support(reach: int, step: int) -> None:
                     if distance % step == 0:
                         index.append(target)
                         masks.append(carried)
+        state["painted"] = len(slices)
         support = model.features(support_features[index].to(device))
         mask = to_encoder_slices(np.stack(masks).astype(np.float32), support.shape[-1], aspect)[:, 0].to(device)
         return support, mask
 
+    def prototypes(head: ALPNetHead, support: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        painted = state.get("painted", len(support))
+        window = window_for(support, head.training)
+        own = {cls: (support, mask) if used_for in ("both", cls) else (support[:painted], mask[:painted])
+               for cls in ("foreground", "background")}
+        features, weights = own["background"]
+        background = local_prototypes(features, 1.0 - weights, window)
+        if len(background) == 0:
+            background = masked_average(features, 1.0 - weights)
+        features, weights = own["foreground"]
+        return background, torch.cat([local_prototypes(features, weights, window), masked_average(features, weights)])
+
     engine.FewShotSession.segment = segment
     engine._support = support_of
+    ALPNetHead.prototypes = prototypes
 
 
 def main() -> int:
@@ -161,6 +179,7 @@ def main() -> int:
     parser.add_argument("--two-scales", action="store_true")
     parser.add_argument("--carried-support", type=int, default=0, metavar="K")
     parser.add_argument("--carried-step", type=int, default=1)
+    parser.add_argument("--carried-for", choices=["both", "foreground", "background"], default="both")
     parser.add_argument("--classifier", choices=["alone", "mix"])
     parser.add_argument("--l2", type=float, default=1e-3)
     parser.add_argument("--unbalanced", action="store_true")
@@ -169,7 +188,7 @@ def main() -> int:
     if args.two_scales:
         HEADS["twoscale"] = TwoScaleHead
     if args.carried_support:
-        carry_support(args.carried_support, args.carried_step)
+        carry_support(args.carried_support, args.carried_step, args.carried_for)
     if args.classifier:
         HEADS["classifier"] = classifier_head(args.classifier, args.l2, not args.unbalanced)
     return cli_main(argv[split + 1:])
