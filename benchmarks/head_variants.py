@@ -47,12 +47,12 @@ import torch.nn.functional as F
 
 from napari_fewshot.cli import main as cli_main
 from napari_fewshot.core import engine, features
-from napari_fewshot.core.preprocess import spacing_first, to_encoder_slices
-from napari_fewshot.core.registration import SliceRegistration
 from napari_fewshot.core.heads import HEADS
-from napari_fewshot.core.heads.alpnet import ALPNetHead, alp_logits, window_for
+from napari_fewshot.core.heads.alpnet import ALPNetHead, alp_logits
 from napari_fewshot.core.heads.base import HeadOutput
-from napari_fewshot.core.prototypes import COSINE_SCALE, local_prototypes, masked_average
+from napari_fewshot.core.preprocess import spacing_first, to_encoder_slices
+from napari_fewshot.core.prototypes import COSINE_SCALE
+from napari_fewshot.core.registration import SliceRegistration
 
 
 def fit_classifier(support: torch.Tensor, mask: torch.Tensor, l2: float, balanced: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,7 +140,7 @@ def carry_support(reach: int, step: int, used_for: str) -> None:
                     target = z + direction * distance
                     if not 0 <= target < len(painted) or target in slices:
                         break
-                    key = (z, target, int(painted[z].sum()))
+                    key = (z, target, painted[z].tobytes())
                     if key not in state["carried"]:
                         state["carried"][key] = state["registration"](carried, source, target)
                     carried, source = state["carried"][key], target
@@ -154,17 +154,13 @@ def carry_support(reach: int, step: int, used_for: str) -> None:
         mask = to_encoder_slices(np.stack(masks).astype(np.float32), support.shape[-1], aspect)[:, 0].to(device)
         return support, mask
 
+    alpnet_prototypes = ALPNetHead.prototypes
+
     def prototypes(head: ALPNetHead, support: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         painted = state.get("painted", len(support))
-        window = window_for(support, head.training)
         own = {cls: (support, mask) if used_for in ("both", cls) else (support[:painted], mask[:painted])
                for cls in ("foreground", "background")}
-        features, weights = own["background"]
-        background = local_prototypes(features, 1.0 - weights, window)
-        if len(background) == 0:
-            background = masked_average(features, 1.0 - weights)
-        features, weights = own["foreground"]
-        return background, torch.cat([local_prototypes(features, weights, window), masked_average(features, weights)])
+        return alpnet_prototypes(head, *own["background"])[0], alpnet_prototypes(head, *own["foreground"])[1]
 
     engine.FewShotSession.segment = segment
     engine._support = support_of
