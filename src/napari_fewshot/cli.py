@@ -398,9 +398,9 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--query-reach", type=int, default=TrainConfig.query_reach, metavar="N",
                        help=f"with --supervoxels, the query is at most N slices from the support "
                        f"(default {TrainConfig.query_reach})")
-    train.add_argument("--absent-queries", type=float, default=0.0, metavar="P",
+    train.add_argument("--absent-queries", type=float, default=TrainConfig.absent_queries, metavar="P",
                        help="with --supervoxels, the share of episodes whose query is a slice just past the "
-                       "supervoxel's end, to be predicted empty (default 0)")
+                       f"supervoxel's end, to be predicted empty (default {TrainConfig.absent_queries:g})")
     train.add_argument("--superpixels", choices=SUPERPIXELS, default="felzenszwalb", help="2D superpixel method")
     train.add_argument("--slice-mm", type=float, default=0.0, metavar="MM",
                        help="train on slices at least this far apart (default: every slice)")
