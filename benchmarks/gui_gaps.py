@@ -29,7 +29,7 @@ def load() -> str:
 
 
 def measure(viewer: napari.Viewer, widget, backend: str) -> dict:
-    from napari_fewshot.core.engine import DEFAULT_CACHE
+    from napari_fewshot.core.features import DEFAULT_CACHE
 
     DEFAULT_CACHE.clear()
     DEFAULT_CACHE.folder = None  # nothing read from the disk cache: every run encodes

@@ -11,9 +11,10 @@ the grid pooled 2x2.
 ``--carried-support K``: each painted slice's support also holds the painting carried
 by the engine's registration (the settings that follow the anatomy) one slice at a
 time onto the K slices on each side (every ``--carried-step``-th of them; a carry stops
-where the mask vanishes or the slice is not encoded yet).  ``--carried-for foreground``
-or ``background``: ALPNet takes only that class's prototypes from the carried slices
-(the other's from the painted slices alone).
+where the mask vanishes or the slice is not encoded yet), through the engine's
+``build_support`` hook.  ``--carried-for foreground`` or ``background`` registers a head
+``carried``: ALPNet taking only that class's prototypes from the carried slices (the
+other's from the painted slices alone).
 
 ``--classifier alone|mix`` registers a head ``classifier``, ALPNet's with a linear
 classifier fitted on the painted slices at test time.  It fits a logistic regression on the
@@ -33,7 +34,8 @@ shipped model file as weights the 1x1 reduction is the shipped ALPNet's:
     .venv/bin/python benchmarks/head_variants.py --grid 64 --two-scales -- evaluate ... \\
         --methods twoscale@src/napari_fewshot/models/litemedsam-alpnet.safetensors ...
     .venv/bin/python benchmarks/head_variants.py --carried-support 2 -- evaluate ... --methods alpnet ...
-    .venv/bin/python benchmarks/head_variants.py --carried-support 2 --carried-for background -- evaluate ...
+    .venv/bin/python benchmarks/head_variants.py --carried-support 2 --carried-for background -- evaluate ... \\
+        --methods carried@src/napari_fewshot/models/litemedsam-alpnet.safetensors ...
 """
 
 from __future__ import annotations
@@ -45,14 +47,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_fewshot.cli import main as cli_main
-from napari_fewshot.core import engine, features
+from napari_fewshot.cli import build_parser, evaluate_command
+from napari_fewshot.core import features
+from napari_fewshot.core.engine import FewShotSession
 from napari_fewshot.core.heads import HEADS
 from napari_fewshot.core.heads.alpnet import ALPNetHead, alp_logits
 from napari_fewshot.core.heads.base import HeadOutput
-from napari_fewshot.core.preprocess import spacing_first, to_encoder_slices
+from napari_fewshot.core.preprocess import to_encoder_slices
 from napari_fewshot.core.prototypes import COSINE_SCALE
 from napari_fewshot.core.registration import SliceRegistration
+from napari_fewshot.core.rules import FOLLOW_ITERATIONS, FOLLOW_MARGIN_MM, FOLLOW_MAX_SIDE
 
 
 def fit_classifier(support: torch.Tensor, mask: torch.Tensor, l2: float, balanced: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,53 +122,67 @@ class TwoScaleHead(ALPNetHead):
         return HeadOutput(torch.stack([-z / 2, z / 2], dim=1), fine.attention)
 
 
-def carry_support(reach: int, step: int, used_for: str) -> None:
-    """Make the engine's support of each painted slice hold its painting carried onto its neighbours too,
-    for ALPNet's prototypes of both classes or of ``used_for`` alone."""
-    state: dict = {}
-    segment_session = engine.FewShotSession.segment
+class CarriedSupport:
+    """A :class:`~napari_fewshot.core.prediction.SupportBuilder`: each painted slice's support also holds its
+    painting carried by registration onto the ``reach`` slices on each side (every ``step``-th), where encoded.
 
-    def segment(session: engine.FewShotSession, *args, **kwargs):
-        state["registration"] = SliceRegistration(
-            session.volume, spacing_first(session.spacing, session.axis)[1:], session.preprocessing, session.window,
-            iterations=engine.FOLLOW_ITERATIONS, margin_mm=engine.FOLLOW_MARGIN_MM, max_side=engine.FOLLOW_MAX_SIDE)
-        state["carried"], state["encoded"] = {}, session.features.encoded
-        return segment_session(session, *args, **kwargs)
+    ``painted``: how many slices of the last support built were painted (the rest carried), for
+    :class:`CarriedHead`.
+    """
 
-    def support_of(model, support_features, painted, slices, aspect, device):
+    def __init__(self, reach: int, step: int) -> None:
+        self.reach, self.step, self.painted = reach, step, 0
+        self.registrations: dict[str, SliceRegistration] = {}
+        self.carried: dict[tuple, np.ndarray] = {}
+
+    def _registration(self, session: FewShotSession) -> SliceRegistration:
+        if session.key not in self.registrations:
+            self.registrations[session.key] = SliceRegistration(
+                session.volume, session.spacing_mm[1:], session.preprocessing, session.window,
+                iterations=FOLLOW_ITERATIONS, margin_mm=FOLLOW_MARGIN_MM, max_side=FOLLOW_MAX_SIDE)
+        return self.registrations[session.key]
+
+    def __call__(self, session: FewShotSession, model, features: torch.Tensor, painted: np.ndarray,
+                 slices: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        registration, encoded = self._registration(session), session.features.encoded
         index, masks = list(slices), [painted[z] for z in slices]
         for z in slices:
             for direction in (1, -1):
                 carried, source = painted[z], z
-                for distance in range(1, reach + 1):
+                for distance in range(1, self.reach + 1):
                     target = z + direction * distance
                     if not 0 <= target < len(painted) or target in slices:
                         break
-                    key = (z, target, painted[z].tobytes())
-                    if key not in state["carried"]:
-                        state["carried"][key] = state["registration"](carried, source, target)
-                    carried, source = state["carried"][key], target
-                    if not carried.any() or not state["encoded"][target]:
+                    key = (session.key, z, target, painted[z].tobytes())
+                    if key not in self.carried:
+                        self.carried[key] = registration(carried, source, target)
+                    carried, source = self.carried[key], target
+                    if not carried.any() or not encoded[target]:
                         break
-                    if distance % step == 0:
+                    if distance % self.step == 0:
                         index.append(target)
                         masks.append(carried)
-        state["painted"] = len(slices)
-        support = model.features(support_features[index].to(device))
-        mask = to_encoder_slices(np.stack(masks).astype(np.float32), support.shape[-1], aspect)[:, 0].to(device)
+        self.painted = len(slices)
+        device = session.runtime.device
+        support = model.features(features[index].to(device))
+        mask = to_encoder_slices(np.stack(masks).astype(np.float32), support.shape[-1], session.aspect)[:, 0].to(device)
         return support, mask
 
-    alpnet_prototypes = ALPNetHead.prototypes
 
-    def prototypes(head: ALPNetHead, support: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        painted = state.get("painted", len(support))
-        own = {cls: (support, mask) if used_for in ("both", cls) else (support[:painted], mask[:painted])
-               for cls in ("foreground", "background")}
-        return alpnet_prototypes(head, *own["background"])[0], alpnet_prototypes(head, *own["foreground"])[1]
+def carried_head(builder: CarriedSupport, used_for: str) -> type[ALPNetHead]:
+    """ALPNet's head taking the prototypes of the class ``used_for`` (``foreground`` or ``background``) from the
+    carried slices too, the other's from the painted slices alone."""
 
-    engine.FewShotSession.segment = segment
-    engine._support = support_of
-    ALPNetHead.prototypes = prototypes
+    class CarriedHead(ALPNetHead):
+        name = "carried"
+
+        def prototypes(self, support: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            painted = builder.painted or len(support)
+            own = {cls: (support, mask) if used_for == cls else (support[:painted], mask[:painted])
+                   for cls in ("foreground", "background")}
+            return super().prototypes(*own["background"])[0], super().prototypes(*own["foreground"])[1]
+
+    return CarriedHead
 
 
 def main() -> int:
@@ -183,11 +201,15 @@ def main() -> int:
     features.HEAD_GRID = args.grid
     if args.two_scales:
         HEADS["twoscale"] = TwoScaleHead
-    if args.carried_support:
-        carry_support(args.carried_support, args.carried_step, args.carried_for)
+    builder = CarriedSupport(args.carried_support, args.carried_step) if args.carried_support else None
+    if builder is not None and args.carried_for != "both":
+        HEADS["carried"] = carried_head(builder, args.carried_for)
     if args.classifier:
         HEADS["classifier"] = classifier_head(args.classifier, args.l2, not args.unbalanced)
-    return cli_main(argv[split + 1:])
+    evaluation = build_parser().parse_args(argv[split + 1:])
+    if evaluation.command != "evaluate":
+        parser.error("the command after -- must be evaluate")
+    return evaluate_command(evaluation, build_support=builder)
 
 
 if __name__ == "__main__":

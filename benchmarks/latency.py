@@ -179,7 +179,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    from napari_fewshot.core.engine import _encoder
+    from napari_fewshot.core.store import DEFAULT_STORE
     from napari_fewshot.core.runtime import resolve_runtime
     from napari_fewshot.evaluation.protocols import painted, support_slices
     from napari_fewshot.io import read_volume
@@ -191,7 +191,7 @@ def main() -> None:
     for spec in args.runtimes:
         backend, _, precision = spec.partition(":")
         runtimes[spec] = resolve_runtime(backend, precision or "auto", args.device)
-    encoder = _encoder("litemedsam", next(iter(runtimes.values())).device)
+    encoder = DEFAULT_STORE.encoder("litemedsam", next(iter(runtimes.values())).device)
     if any(r.backend == "openvino" for r in runtimes.values()):
         report["openvino conversion"] = time_conversion(encoder, resolve_runtime("openvino", "f32", "cpu"))
     slices = encoder_inputs(image, spacing, args.slices)

@@ -3,7 +3,7 @@
 import numpy as np
 
 from conftest import dice
-from napari_fewshot.core.between import hold_between, hold_past, hold_structure, signed_distance
+from napari_fewshot.core.between import hold_between, hold_past, signed_distance
 
 
 def _cone(n: int = 24) -> np.ndarray:
@@ -40,26 +40,3 @@ def test_past_the_outermost_painting_at_most_one_gap_and_one_painting_changes_no
     held = hold_past(cone, (4, 8))
     assert held[:13].sum() == cone[:13].sum() and not held[13:].any() and held[0].any()
     assert (hold_past(cone, (8,)) == cone).all() and (hold_between(cone, painted, (8,), (3.0, 1.0, 1.0)) == cone).all()
-
-
-def test_held_structure_claims_only_background():
-    cone = _cone()
-    painted = np.zeros_like(cone)
-    painted[[4, 14]] = cone[[4, 14]]
-    labels = cone.astype(np.uint8)
-    labels[11] = 0
-    labels[11, 20:, :] = 2  # another structure holds the lower half of the lost slice
-    hold_structure(labels, 1, painted, (4, 14), (3.0, 1.0, 1.0))
-    assert (labels[11, 20:] == 2).all() and (labels[11, :20][cone[11, :20]] == 1).mean() > 0.9
-
-
-def test_each_rule_of_the_hold_is_switched_alone():
-    cone = _cone()
-    painted = np.zeros_like(cone)
-    painted[[4, 8]] = cone[[4, 8]]
-    predicted = cone.copy()
-    predicted[6] = False  # a slice lost between the paintings
-    for between, past in ((True, False), (False, True)):
-        labels = predicted.astype(np.uint8)
-        hold_structure(labels, 1, painted, (4, 8), (3.0, 1.0, 1.0), between=between, past=past)
-        assert labels[6].any() == between and labels[13:].any() == (not past)

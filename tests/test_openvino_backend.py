@@ -12,7 +12,7 @@ import torch
 
 import napari_fewshot
 from napari_fewshot.core.encoders import build_encoder
-from napari_fewshot.core.engine import _encoder
+from napari_fewshot.core.store import DEFAULT_STORE
 from napari_fewshot.core.errors import SegmentationCancelled
 from napari_fewshot.core.openvino_backend import OpenVINOTrunk, model_folder
 from napari_fewshot.core.preprocess import Preprocessing, normalise_intensities, to_encoder_slices
@@ -36,7 +36,7 @@ def ct_slices() -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def litemedsam():
-    return _encoder("litemedsam", torch.device("cpu"))
+    return DEFAULT_STORE.encoder("litemedsam", torch.device("cpu"))
 
 
 def test_litemedsam_features_match_torchs_on_a_real_slice(ct_slices, litemedsam):

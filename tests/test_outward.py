@@ -7,6 +7,10 @@ import numpy as np
 from napari_fewshot.core.engine import segment
 from napari_fewshot.core.features import FeatureCache
 from napari_fewshot.core.outward import OUTWARD_MARGIN_MM, expected_reach, walk_outward
+from napari_fewshot.core.rules import KeepComponents, Pipeline, StopAtEnds
+
+#: what the engine's default clean-up keeps of a block, a regrowth measured 5 slices back
+KEPT = Pipeline((), walk=(KeepComponents("painted"), StopAtEnds(5))).kept
 
 
 def _walk(present: slice, painted_slice: int, margin: int, batch: int, n: int = 40):
@@ -22,7 +26,7 @@ def _walk(present: slice, painted_slice: int, margin: int, batch: int, n: int = 
         calls.append(slices.tolist())
         probability[slices] = truth[slices]
 
-    examined = walk_outward(predict, probability, painted, (painted_slice,), 0.5, True, margin, batch, within=5)
+    examined = walk_outward(predict, probability, painted, (painted_slice,), 0.5, KEPT, margin, batch)
     return examined, calls
 
 
@@ -96,7 +100,7 @@ def _sphere_walk(painted_slice: int, radius: float, reach: float, n: int = 80):
     def predict(slices: np.ndarray) -> None:
         probability[slices] = truth[slices]
 
-    examined = walk_outward(predict, probability, painted, (painted_slice,), 0.5, True, 3, 4, reach=reach, within=5,
+    examined = walk_outward(predict, probability, painted, (painted_slice,), 0.5, KEPT, 3, 4, reach=reach,
                             plan=lambda first, last: plans.append((first, last)))
     return examined, plans
 

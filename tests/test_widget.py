@@ -22,7 +22,7 @@ from conftest import DIRECTIONS, dice, ellipsoids, write_itk
 import napari_fewshot._napari.widget as widget_module
 from napari_fewshot.core.encoders import ENCODERS
 from napari_fewshot.core.encoders.tiny import TinyEncoder
-from napari_fewshot.core.engine import DEFAULT_CACHE
+from napari_fewshot.core.features import DEFAULT_CACHE
 from napari_fewshot.io import Geometry, read_volume
 from napari_fewshot.io.orientation import closest_canonical, to_view
 

@@ -14,6 +14,7 @@ from .core.postprocess import KEEP
 if TYPE_CHECKING:
     import numpy as np
 
+    from .core.prediction import SupportBuilder
     from .io import Volume
 
 
@@ -545,10 +546,12 @@ def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--cache", metavar="DIR",
                           help="keep the encoded volumes here, so that a later run with the same cases encodes nothing")
     evaluate.add_argument("--out", required=True, metavar="DIR", help="where results.json, results.md and the plots go")
-    evaluate.set_defaults(run=_evaluate)
+    evaluate.set_defaults(run=evaluate_command)
 
 
-def _evaluate(args: argparse.Namespace) -> int:
+def evaluate_command(args: argparse.Namespace, build_support: SupportBuilder | None = None) -> int:
+    """``napari-fewshot evaluate`` with the parsed ``args``; ``build_support``: how the engine builds its supports
+    (a benchmark's variation, :class:`~napari_fewshot.core.prediction.SupportBuilder`; default the engine's)."""
     import json
     from pathlib import Path
 
@@ -566,8 +569,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         methods = [method(name) for name in args.methods]
         cases = [read_case(folder, values) for folder, *values in args.case]
         results = evaluate(
-            cases, args.protocols, methods, context=Context(device=args.device, encoder=args.encoder, cache=FeatureCache(folder=args.cache),
-                            backend=args.backend, precision=args.precision), repeats=args.repeats,
+            cases, args.protocols, methods, repeats=args.repeats,
+            context=Context(device=args.device, encoder=args.encoder, cache=FeatureCache(folder=args.cache),
+                            backend=args.backend, precision=args.precision, build_support=build_support),
             tolerance_mm=args.nsd_mm, log=lambda line: print(line, file=sys.stderr, flush=True),
         )
         results["command"] = " ".join(["napari-fewshot", *sys.argv[1:]])

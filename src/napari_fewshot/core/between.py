@@ -23,7 +23,6 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .postprocess import set_structure
 from .priors import SIGMA_MM, WIDENING
 
 
@@ -73,19 +72,3 @@ def hold_past(mask: np.ndarray, painted_slices: tuple[int, ...]) -> np.ndarray:
         held[high + 1 :] = False
     return held
 
-
-def hold_structure(
-    labels: np.ndarray, value: int, painted: np.ndarray, painted_slices: tuple[int, ...],
-    spacing: tuple[float, float, float], between: bool = True, past: bool = True,
-) -> None:
-    """Hold structure ``value`` of ``labels`` ``[Z, Y, X]`` to its paintings, in place: between them
-    (:func:`hold_between`) and past the outermost (:func:`hold_past`), each where asked.
-
-    A slice filled with the interpolated shape claims only background, never another structure.
-    """
-    held = labels == value
-    if between:
-        held = hold_between(held, painted, painted_slices, spacing)
-    if past:
-        held = hold_past(held, painted_slices)
-    set_structure(labels, value, held)

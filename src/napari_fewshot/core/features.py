@@ -34,6 +34,7 @@ from .encoders import Encoder
 from .errors import SegmentationError
 from .preprocess import Preprocessing, intensity_window, normalise_intensities, to_encoder_slices
 from .runtime import Trunk
+from .user_cache import user_cache_folder
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +208,11 @@ class FeatureCache:
             if file != keep:
                 file.unlink(missing_ok=True)
                 total -= size
+
+
+#: Features of recently segmented volumes, shared by every session made without a cache, and saved in the
+#: user's cache folder (``features/``), so that a scan segmented before is not encoded again.
+DEFAULT_CACHE = FeatureCache(folder=lambda: user_cache_folder("features"))
 
 
 def state_digest(tensors: Iterable[tuple[str, torch.Tensor]], name: str) -> str:

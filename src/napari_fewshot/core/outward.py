@@ -5,8 +5,8 @@ slices far beyond its ends need neither encoding nor a prediction.
 :func:`walk_outward` asks for predictions a batch of slices at a time, first
 between the outermost painted slices, then away from them in each direction,
 and after each batch decides, with the rules the engine's post-processing keeps
-(the components touching the painting, :func:`~napari_fewshot.core.postprocess.stop_at_ends`),
-whether the structure has ended on that side; once it has, the slices up to
+(:meth:`~napari_fewshot.core.rules.Pipeline.kept`: the components touching the painting,
+and where the structure ends), whether the structure has ended on that side; once it has, the slices up to
 ``margin`` past its end are examined and the walk turns back.
 
 How far it will walk is estimated as it goes (:func:`expected_reach` before the
@@ -21,8 +21,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .postprocess import connected_to, stop_at_ends
-
+#: ``kept(mask, painted, painted_slices)``: what the post-processing keeps of a block of slices ``mask``
+#: ``[Z, Y, X]`` bool, the structure painted as ``painted`` (same shape) on ``painted_slices`` of the block.
+Kept = Callable[[np.ndarray, np.ndarray, tuple[int, ...]], np.ndarray]
 #: Slices are examined this far (mm) past where a structure ends.
 OUTWARD_MARGIN_MM = 10.0
 #: Before the walk, a structure is expected to reach this many times its painting's radius past its outermost
@@ -53,13 +54,11 @@ def walk_outward(
     painted: np.ndarray,
     painted_slices: tuple[int, ...],
     threshold: float,
-    ends: bool,
+    kept: Kept,
     margin: int,
     batch: int,
     reach: float = 0.0,
     plan: Callable[[int, int], None] | None = None,
-    *,
-    within: int,
 ) -> np.ndarray:
     """Predict one structure from its painted slices outward; returns the slices examined, ``[Z]`` bool.
 
@@ -67,8 +66,8 @@ def walk_outward(
     probability : ``[Z, Y, X]`` float, the structure's probability (filled by ``predict``).
     painted : ``[Z, Y, X]`` bool, where it is painted (on ``painted_slices``).
     threshold : above it a voxel belongs to the structure.
-    ends : stop where :func:`stop_at_ends` ends it; otherwise where its components
-        touching the painting leave a slice empty.
+    kept : what the post-processing keeps of it (:meth:`~napari_fewshot.core.rules.Pipeline.kept`); the
+        structure has ended on a side at the first slice where that is empty.
     margin : slices examined past the end (the first slice without it) on each side; a
         batch that found the end may have gone up to ``batch - 1`` slices further.
     batch : slices per ``predict``.
@@ -76,7 +75,6 @@ def walk_outward(
         (:func:`expected_reach`), until its predictions tell better.
     plan : told ``plan(first, last)``, the slices the walk expects to examine (a range), before
         the first prediction and after every batch.
-    within : the slices before a regrowth it is measured from (:func:`stop_at_ends`).
     """
     n = len(probability)
     low, high = min(painted_slices), max(painted_slices)
@@ -95,7 +93,7 @@ def walk_outward(
             predict(np.sort(nxt))
             examined[nxt] = True
             edge = int(nxt[-1])
-            area = _kept_area(probability, painted, painted_slices, examined, threshold, ends, within)
+            area = _kept_area(probability, painted, painted_slices, examined, threshold, kept)
             end = _end(area, examined, start, step)
             if end is not None:  # only the margin is left to examine
                 size = min(batch, margin - abs(edge - end))
@@ -134,20 +132,18 @@ def _reach_left(area: np.ndarray, start: int, edge: int, reach: float) -> float:
 
 def _kept_area(
     probability: np.ndarray, painted: np.ndarray, painted_slices: tuple[int, ...], examined: np.ndarray,
-    threshold: float, ends: bool, within: int,
+    threshold: float, kept: Kept,
 ) -> np.ndarray:
-    """``[Z]`` voxels per slice of the structure as the post-processing keeps it within the ``examined``
-    slices (its components touching the painting, cut at its ends when ``ends``); 0 outside them."""
+    """``[Z]`` voxels per slice of the structure as the post-processing keeps it (``kept``) within the
+    ``examined`` slices, the painted slices as painted; 0 outside them."""
     first, last = np.flatnonzero(examined)[[0, -1]]
     block = probability[first : last + 1] > threshold
     painted_block = painted[first : last + 1]
     relative = tuple(z - first for z in painted_slices)
     block[list(relative)] = painted_block[list(relative)]
-    kept = connected_to(block, painted_block)
-    if ends:
-        kept = stop_at_ends(kept, relative, within)
+    block = kept(block, painted_block, relative)
     area = np.zeros(len(probability), dtype=np.int64)
-    area[first : last + 1] = kept.reshape(len(kept), -1).sum(axis=1)
+    area[first : last + 1] = block.reshape(len(block), -1).sum(axis=1)
     return area
 
 

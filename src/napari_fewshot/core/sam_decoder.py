@@ -9,8 +9,6 @@ the encoder's 256x256 square with the engine's own padding
 
 from __future__ import annotations
 
-from functools import cache
-
 import numpy as np
 import torch
 from torch import nn
@@ -86,8 +84,3 @@ class BoxDecoder:
         logits = self._logits(embeddings, boxes)
         return (from_encoder_slices(logits.cpu(), shape, pixel_aspect)[:, 0] > 0).numpy()
 
-
-@cache
-def box_decoder(runtime: Runtime) -> BoxDecoder:
-    """The :class:`BoxDecoder` on ``runtime``, built once per process."""
-    return BoxDecoder(runtime)

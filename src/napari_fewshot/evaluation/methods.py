@@ -45,11 +45,13 @@ from ..core.features import FeatureCache
 from ..core.heads import HEADS
 from ..core.model import DEFAULT, UNTRAINED
 from ..core.options import DEFAULT_THRESHOLD, SegmentOptions
+from ..core.prediction import SupportBuilder
 from ..core.preprocess import Preprocessing
 from ..core.registration import SliceRegistration
 from ..core.priors import DECAY_MM
 from ..core.runtime import resolve_runtime
-from ..core.sam_decoder import BoxDecoder, box_decoder
+from ..core.sam_decoder import BoxDecoder
+from ..core.store import DEFAULT_STORE
 from .cases import Task
 from .interpolation import interpolate, interpolation_missing
 from .propagation import BoxPromptStep, copy_step, propagate
@@ -72,13 +74,15 @@ THRESHOLD = "threshold"
 
 @dataclass
 class Context:
-    """What the methods of one run share: the device and runtime, and the cache of encoded volumes."""
+    """What the methods of one run share: the device and runtime, the cache of encoded volumes, and how the
+    engine builds a support from painted slices (``None``: the engine's own, :func:`~napari_fewshot.core.prediction.painted_support`)."""
 
     device: str = "auto"
     encoder: str = DEFAULT_ENCODER
     cache: FeatureCache = field(default_factory=FeatureCache)
     backend: str = "auto"
     precision: str = "auto"
+    build_support: SupportBuilder | None = None
 
     @property
     def runtime(self) -> dict[str, str]:
@@ -86,7 +90,7 @@ class Context:
         return dict(device=self.device, backend=self.backend, precision=self.precision)
 
     def decoder(self) -> BoxDecoder:
-        return box_decoder(resolve_runtime(**self.runtime))
+        return DEFAULT_STORE.decoder(resolve_runtime(**self.runtime))
 
 
 class Method:
@@ -141,7 +145,8 @@ class EngineMethod(Method):
                  **volumes) -> np.ndarray:
         result = segment(
             task.case.image, support, spacing=task.case.spacing, encoder=context.encoder, head=self.head,
-            weights=self.weights, options=options, **context.runtime, cache=context.cache, **volumes,
+            weights=self.weights, options=options, **context.runtime, cache=context.cache,
+            build_support=context.build_support, **volumes,
         )
         return result.labels == 1
 

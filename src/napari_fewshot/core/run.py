@@ -1,0 +1,247 @@
+"""One segmentation, stage by stage, and what it returns.
+
+:meth:`~napari_fewshot.core.engine.FewShotSession.segment` makes a
+:class:`SegmentationRun` and calls its stages in order: :meth:`~SegmentationRun.resolve`
+the options for the call and the painting, :meth:`~SegmentationRun.plan`,
+:meth:`~SegmentationRun.encode_painted` (and calibrate the decoder, build the rules),
+:meth:`~SegmentationRun.predict` each structure, :meth:`~SegmentationRun.merged`,
+:meth:`~SegmentationRun.apply_rules`, and package the :class:`Segmentation`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .cancel import CancelCheck
+from .confidence import structure_presence
+from .encoding import Encoding
+from .inputs import checked_labels, checked_slices
+from .options import CallOptions, SegmentOptions, resolve
+from .outward import OUTWARD_MARGIN_MM, expected_reach, planned_range, walk_outward
+from .plan import SlicePlan
+from .postprocess import REGROWTH_MM
+from .prediction import Predictor, merge
+from .priors import apply_distance_decay, apply_location_prior
+from .progress import Progress, RunProgress
+from .rules import DecoderBoundaries, FollowAnatomy, Structure, build_pipeline
+from .runtime import Runtime
+from .support import SupportWarning, painted_slices, painted_structures
+
+if TYPE_CHECKING:
+    from .engine import FewShotSession, Preview
+
+
+@dataclass
+class Segmentation:
+    """What :func:`segment` returns; every volume has the input image's shape and axis order.
+
+    labels : the predicted label values (those of the support; 0 = background), with
+        the support labels' dtype; painted slices hold exactly what was painted.
+    probabilities : per label value, float32 foreground probability in [0, 1].
+    attention : per label value, float32 cosine similarity in [-1, 1] of each voxel's
+        features to the structure's foreground prototypes.
+    support_slices : per label value, the painted slice indices (along ``axis``) used.
+    boundaries : per label value, who drew its boundaries: ``prototype``, ``decoder``,
+        or, when some painted slices trust the decoder and some do not, which drew near
+        which painted slices (asked for the decoder, the slices near a painting it
+        cannot redraw keep the prototype boundaries).
+    presence : per label value, ``[n_slices]`` float64 in [0, 1] along ``axis``: how much
+        what is predicted on each slice resembles the structure's prototypes, on the
+        scale its painted slice sets (:func:`~napari_fewshot.core.confidence.structure_presence`;
+        0 where nothing is predicted, 1 on a slice as painted).
+    weights : the model file whose trained weights were used, or ``none``.
+    runtime : what ran the encoder: backend, precision, device (torch after a fallback from OpenVINO).
+    feature_bytes : memory held by the features of the volume(s) segmented.
+    examined : per label value, the slice indices (along ``axis``) the structure was predicted
+        on; the others were never looked at for it (see ``SegmentOptions.every_slice``) and hold 0.
+    encoded_slices : how many slices this call encoded (0 when every one was cached).
+    seconds : wall time of ``encode`` (0 when the features were cached), the rest (``head``,
+        with the boundaries drawn) and ``total``.
+    """
+
+    labels: np.ndarray
+    probabilities: dict[int, np.ndarray]
+    attention: dict[int, np.ndarray]
+    support_slices: dict[int, tuple[int, ...]]
+    boundaries: dict[int, str]
+    presence: dict[int, np.ndarray]
+    encoder: str
+    head: str
+    weights: str
+    device: str
+    runtime: Runtime
+    feature_bytes: int
+    examined: dict[int, np.ndarray]
+    encoded_slices: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+
+class SegmentationRun:
+    """One segmentation of ``session``'s scan from a painting on ``support``'s, stage by stage
+    (:meth:`~napari_fewshot.core.engine.FewShotSession.segment` calls them in order)."""
+
+    def __init__(self, session: FewShotSession, support: FewShotSession, progress: Progress | None,
+                 preview: Preview | None, cancel: CancelCheck | None) -> None:
+        self.session, self.support, self.preview, self.cancel = session, support, preview, cancel
+        self.same_volume = support is session
+        self.clock = RunProgress(progress)
+        rate = session.store.seconds_per_slice(session.trunk)
+        if rate is not None:
+            self.clock.assume("encode", rate)
+        self.encoding = Encoding(session.trunk, session.store, session.batch_size, self.clock.advance("encode"),
+                                 cancel)
+        sessions = [session] if self.same_volume else [session, support]
+        self.features = [s.features for s in sessions]  # the image's, then the support's when another
+        self.predictor = Predictor(session.model, session.runtime.device, session.aspect, support,
+                                   session.build_support)
+        self.examined: dict[int, np.ndarray] = {}
+        self.structures: dict[int, Structure] = {}
+
+    def resolve(self, support_labels: np.ndarray, options: SegmentOptions, slices: Sequence[int] | None) -> None:
+        """The options for this call, the painting ``[Z, Y, X]`` (slices first) and its structures."""
+        session = self.session
+        self.queries = checked_slices(slices, session.shape, session.axis)
+        self.call: CallOptions = resolve(options, same_volume=self.same_volume,
+                                         whole=len(self.queries) == session.shape[session.axis],
+                                         decoder_refused=session.decoder_refused)
+        labels = checked_labels(support_labels, self.support.shape, self.same_volume)
+        self.painting = np.moveaxis(labels, session.axis, 0)
+        self.painted = painted_structures(self.painting)
+        self.structures = {v: Structure(v, self.painting == v, slices) for v, slices in self.painted.items()}
+        modality, support_modality = session.preprocessing.modality, self.support.preprocessing.modality
+        if modality != support_modality:
+            warnings.warn(
+                f"the image looks like {modality} and the support image like {support_modality}: a structure is "
+                "matched by its look, which differs between modalities. Paint the support on a scan of the image's "
+                "modality (or give modality= if the guess is wrong)",
+                SupportWarning, stacklevel=4,
+            )
+
+    def plan(self) -> None:
+        """What the run expects to encode and predict, and the rules that need setting up before it predicts."""
+        session, chosen = self.session, self.call.options
+        spacing_mm, n_query = session.spacing_mm, len(session.volume)
+        self.margin = math.ceil(OUTWARD_MARGIN_MM / spacing_mm[0])
+        self.within = max(1, round(REGROWTH_MM / spacing_mm[0]))  # slices back a structure's regrowth is measured from
+        self.reach = {v: expected_reach(_largest_painting_mm2(s.painted, s.painted_slices, spacing_mm), spacing_mm[0])
+                      for v, s in self.structures.items()}
+        self.support_needed = np.array(sorted({z for s in self.structures.values() for z in s.painted_slices}))
+        outward = self.call.outward
+        self.slice_plan = SlicePlan(
+            self.clock, self.features[0], self.support_needed if self.same_volume else self.support_needed[:0],
+            {v: np.arange(*planned_range(n_query, s.painted_slices, self.reach[v], self.margin)) if outward
+             else self.queries for v, s in self.structures.items()},
+            spare=2 * self.margin if outward else 0, follow=chosen.follow_anatomy)
+        self.decoder = session.store.decoder(session.trunk.runtime) if chosen.boundaries == "decoder" else None
+        self.follow = None
+        if chosen.follow_anatomy:
+            self.follow = FollowAnatomy(session.volume, spacing_mm, session.preprocessing, session.window, self.clock,
+                                        self.cancel)
+            self.follow.sample(self.painting, self.painted)
+
+    def encode_painted(self) -> None:
+        """Encode the painted slices first (they calibrate the decoder), then what they tell: presence's
+        levels and the decoder's calibration per structure."""
+        self.encoding(self.support, self.features[-1], self.support_needed)
+        session, n_query = self.session, len(self.session.volume)
+        self.levels, calibrations = self.predictor.painted_maps(
+            self.features[-1].tensor, self.painting, self.painted, n_query, self.call.options.threshold,
+            self.decoder, self.clock)
+        boundaries = None
+        if self.decoder is not None:
+            fixed = np.isin(np.arange(n_query), painted_slices(self.painting) if self.same_volume else [])
+            boundaries = DecoderBoundaries(self.decoder, calibrations, features=self.features[0], fixed=fixed,
+                                           n_support=len(self.support.volume), aspect=session.aspect,
+                                           clock=self.clock, cancel=self.cancel)
+            self.slice_plan.draw({v for v in self.structures if boundaries.draws(v)})
+        self.pipeline = build_pipeline(self.call, within=self.within, spacing_mm=session.spacing_mm,
+                                       image=session.volume, window=session.window, decoder=boundaries,
+                                       follow=self.follow)
+
+    def predict(self) -> None:
+        """Each structure's probability and attention, from its painted slices outward or on the slices asked."""
+        shape, chosen = self.session.volume.shape, self.call.options
+        self.probabilities = {v: np.zeros(shape, dtype=np.float32) for v in self.structures}
+        self.attention = {v: np.zeros(shape, dtype=np.float32) for v in self.structures}
+        batch_size = self.session.batch_size or self.session.trunk.batch_size()
+        for value, structure in self.structures.items():
+            if self.call.outward:
+                self.examined[value] = walk_outward(
+                    lambda batch, v=value: self._predict(v, batch), self.probabilities[value], structure.painted,
+                    structure.painted_slices, chosen.threshold, self.pipeline.kept, self.margin, batch_size,
+                    reach=self.reach[value], plan=lambda a, b, v=value: self.slice_plan.expect(v, a, b))
+            else:
+                for start in range(0, len(self.queries), batch_size):
+                    self._predict(value, self.queries[start : start + batch_size])
+                self.examined[value] = np.isin(np.arange(shape[0]), self.queries)
+            self.slice_plan.walked(value, self.examined[value], self.probabilities[value], chosen.threshold)
+
+    def _predict(self, value: int, batch: np.ndarray) -> None:
+        """Encode the slices ``batch`` (those not cached) and predict structure ``value`` there, priors applied."""
+        session, chosen, structure = self.session, self.call.options, self.structures[value]
+        self.encoding(session, self.features[0], batch)
+        probability, slices, spacing_mm = self.probabilities[value], structure.painted_slices, session.spacing_mm
+        self.predictor.structure_maps(self.features[0].tensor, self.features[-1].tensor, structure.painted, slices,
+                                      batch, (probability, self.attention[value]),
+                                      advance=self.clock.advance("head"), cancel=self.cancel)
+        if chosen.location:
+            apply_location_prior(probability, structure.painted, slices, spacing_mm, batch)
+        if chosen.decay_mm is not None:
+            apply_distance_decay(probability, slices, spacing_mm[0], chosen.decay_mm, batch)
+        if self.same_volume:
+            probability[list(slices)] = self.painting[list(slices)] == value
+        if self.preview is not None:
+            self.preview(value, batch, np.moveaxis(probability[batch] > chosen.threshold, 0, session.axis))
+
+    def merged(self) -> np.ndarray:
+        """The label map ``[Z, Y, X]``: the most probable structure above the threshold, painted slices as painted."""
+        labels = merge(self.probabilities, self.call.options.threshold, self.painting.dtype)
+        self.painted_slices = painted_slices(self.painting) if self.same_volume else None  # not on another grid
+        if self.painted_slices is not None:
+            labels[self.painted_slices] = self.painting[self.painted_slices]
+        return labels
+
+    def apply_rules(self, labels: np.ndarray) -> None:
+        """Each structure through the rules, in place; painted slices stay as painted."""
+        for structure in self.structures.values():
+            self.pipeline.apply(labels, structure)
+        self.clock.plan(draw=self.clock.finished["draw"], follow=self.clock.finished["follow"])  # estimates no more
+        if self.painted_slices is not None:
+            labels[self.painted_slices] = self.painting[self.painted_slices]
+
+    def result(self, labels: np.ndarray, started: float) -> Segmentation:
+        """What the run made, every volume back in the image's axis order."""
+        session, axis = self.session, self.session.axis
+        presence = {v: structure_presence(self.attention[v], labels == v, self.levels[v]) for v in self.structures}
+        finished, encoded = time.perf_counter(), self.encoding.seconds
+        return Segmentation(
+            labels=np.moveaxis(labels, 0, axis),
+            probabilities={v: np.moveaxis(p, 0, axis) for v, p in self.probabilities.items()},
+            attention={v: np.moveaxis(a, 0, axis) for v, a in self.attention.items()},
+            support_slices=self.painted,
+            boundaries={v: s.drawn_by for v, s in self.structures.items()},
+            presence=presence,
+            encoder=session.encoder,
+            head=session.head,
+            weights=session.weights,
+            device=str(session.runtime.device),
+            runtime=session.trunk.runtime,
+            feature_bytes=sum(f.nbytes for f in self.features),
+            examined={v: np.flatnonzero(flags) for v, flags in self.examined.items()},
+            encoded_slices=self.encoding.slices,
+            seconds={"encode": encoded, "head": finished - started - encoded, "total": finished - started},
+        )
+
+
+def _largest_painting_mm2(painted: np.ndarray, slices: tuple[int, ...], spacing_mm: tuple[float, float, float]) -> float:
+    """The area (mm²) of the largest painting ``painted`` ``[Z, Y, X]`` bool holds on its painted ``slices``."""
+    pixels = painted[list(slices)].reshape(len(slices), -1).sum(axis=1).max()
+    return float(pixels) * spacing_mm[1] * spacing_mm[2]
