@@ -22,7 +22,7 @@ import time
 import numpy as np
 from kind_table import print_kind_table
 
-from napari_fewshot.core.rules import FOLLOW_MARGIN_MM, FOLLOW_MAX_SIDE
+from napari_fewshot.core.follow import FOLLOW_MARGIN_MM, FOLLOW_MAX_SIDE
 from napari_fewshot.core.preprocess import Preprocessing
 from napari_fewshot.core.registration import SliceRegistration
 from napari_fewshot.evaluation.cases import read_case

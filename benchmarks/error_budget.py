@@ -2,7 +2,7 @@
 
 For every structure of the cases, one session per case segments it from its
 painted slices (default options, as ``evaluate``'s ``alpnet``), and
-:func:`~napari_fewshot.evaluation.budget.dice_budget` scores the prediction as it
+:func:`budget.dice_budget` (``benchmarks/budget.py``) scores the prediction as it
 is and with each error mended from the truth: the slices predicted past the
 structure emptied, the slices missed given the truth, both (the slice range
 right), and the truth drawn on every slice both hold (the boundaries right).
@@ -30,7 +30,7 @@ from kind_table import print_kind_table
 
 from napari_fewshot.core.engine import FewShotSession
 from napari_fewshot.core.features import FeatureCache
-from napari_fewshot.evaluation.budget import DiceBudget, dice_budget, dice_by_distance
+from budget import DiceBudget, dice_budget, dice_by_distance
 from napari_fewshot.evaluation.cases import read_case, tasks_for
 from napari_fewshot.evaluation.kinds import kind
 from napari_fewshot.evaluation.propagation import copy_step, propagate

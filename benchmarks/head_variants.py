@@ -56,7 +56,7 @@ from napari_fewshot.core.heads.base import HeadOutput
 from napari_fewshot.core.preprocess import to_encoder_slices
 from napari_fewshot.core.prototypes import COSINE_SCALE
 from napari_fewshot.core.registration import SliceRegistration
-from napari_fewshot.core.rules import FOLLOW_ITERATIONS, FOLLOW_MARGIN_MM, FOLLOW_MAX_SIDE
+from napari_fewshot.core.follow import FOLLOW_ITERATIONS, FOLLOW_MARGIN_MM, FOLLOW_MAX_SIDE
 
 
 def fit_classifier(support: torch.Tensor, mask: torch.Tensor, l2: float, balanced: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -57,7 +57,7 @@ def encoder_inputs(image: np.ndarray, spacing: tuple[float, float, float], count
 
 def time_encoders(runtimes, encoder, slices: torch.Tensor, rounds: int) -> dict[str, list[float]]:
     """Seconds per slice of each runtime's trunk over ``slices``, once per round (after one warm-up batch)."""
-    from napari_fewshot.core.runtime import trunk_runner
+    from napari_fewshot.core.backends import trunk_runner
 
     trunks = {name: trunk_runner(encoder, runtime) for name, runtime in runtimes.items()}
     for trunk in trunks.values():
@@ -180,7 +180,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from napari_fewshot.core.store import DEFAULT_STORE
-    from napari_fewshot.core.runtime import resolve_runtime
+    from napari_fewshot.core.backends import resolve_runtime
     from napari_fewshot.evaluation.protocols import painted, support_slices
     from napari_fewshot.io import read_volume
 

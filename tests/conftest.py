@@ -15,6 +15,8 @@ import SimpleITK as sitk
 
 
 CLI = str(Path(sys.executable).parent / "napari-fewshot")
+#: The benchmarks' own modules (``benchmarks/``, not in the package) are tested too: ``import budget``.
+sys.path.append(str(Path(__file__).resolve().parent.parent / "benchmarks"))
 #: The tests' own cache folder (converted models, saved features), never the user's: kept between local runs.
 TEST_CACHE = Path(__file__).resolve().parent.parent / ".pytest_cache" / "napari-fewshot"
 os.environ["NAPARI_FEWSHOT_CACHE"] = str(TEST_CACHE)  # subprocesses (the CLI) inherit it

@@ -1,9 +1,8 @@
-"""evaluation/budget.py: a prediction's Dice, as it is and with each of its errors mended from the truth."""
+"""benchmarks/budget.py: a prediction's Dice, as it is and with each of its errors mended from the truth."""
 
 import numpy as np
 import pytest
-
-from napari_fewshot.evaluation.budget import dice_budget, dice_by_distance
+from budget import dice_budget, dice_by_distance
 
 
 def masks() -> tuple[np.ndarray, np.ndarray]:

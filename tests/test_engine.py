@@ -17,7 +17,8 @@ from napari_fewshot.core.postprocess import (
 )
 from napari_fewshot.core.preprocess import Preprocessing, padded_shape
 from napari_fewshot.core.priors import apply_distance_decay, apply_location_prior
-from napari_fewshot.core.runtime import TorchTrunk, resolve_runtime
+from napari_fewshot.core.backends import resolve_runtime
+from napari_fewshot.core.torch_backend import TorchTrunk
 from napari_fewshot.core.support import SupportWarning, assign_supports, painted_structures, walks_from_painted
 
 segment = napari_fewshot.segment

@@ -16,7 +16,7 @@ from napari_fewshot.core.store import DEFAULT_STORE
 from napari_fewshot.core.errors import SegmentationCancelled
 from napari_fewshot.core.openvino_backend import OpenVINOTrunk, model_folder
 from napari_fewshot.core.preprocess import Preprocessing, normalise_intensities, to_encoder_slices
-from napari_fewshot.core.runtime import resolve_runtime
+from napari_fewshot.core.backends import resolve_runtime
 from napari_fewshot.core.sam_decoder import BoxDecoder, square_box
 from napari_fewshot.io import read_volume
 
@@ -71,7 +71,7 @@ def _convert_in_a_new_process(cache: Path, scale: float) -> subprocess.Completed
         "import torch, logging; logging.basicConfig(format='%(message)s')\n"
         "from napari_fewshot.core.encoders import build_encoder\n"
         "from napari_fewshot.core.openvino_backend import OpenVINOTrunk\n"
-        "from napari_fewshot.core.runtime import resolve_runtime\n"
+        "from napari_fewshot.core.backends import resolve_runtime\n"
         "encoder = build_encoder('tiny')\n"
         f"with torch.no_grad():\n    [p.mul_({scale}) for p in encoder.parameters()]\n"
         "x = torch.linspace(0, 1, 3 * 64 * 64).reshape(1, 3, 64, 64)\n"

@@ -15,7 +15,8 @@ from napari_fewshot.core.options import SegmentOptions
 
 
 @pytest.mark.parametrize(("values", "message"), [
-    (dict(threshold=1.5), "threshold must be a probability between 0 and 1; got 1.5"),
+    (dict(threshold=1.5), r"threshold must be a probability between 0 and 1 \(exclusive\); got 1.5"),
+    (dict(threshold=0.0), "threshold must be a probability between 0 and 1"),
     (dict(threshold=float("nan")), "threshold must be a probability"),
     (dict(keep="biggest"), "keep must be one of all, largest, painted; got 'biggest'"),
     (dict(decay_mm=-3.0), "decay_mm must be a length in mm above 0; got -3.0"),
@@ -42,3 +43,35 @@ def test_options_are_frozen_and_the_engine_takes_them_or_their_fields():
     assert np.count_nonzero(replaced.labels) < np.count_nonzero(given.labels)  # a field named replaces the option's
     with pytest.raises(SegmentationError, match="unknown option thresh; the options are threshold, keep"):
         segment(image, support, encoder="tiny", thresh=0.4, cache=cache)
+
+
+def test_every_door_is_generated_from_the_options_declaration():
+    from napari_fewshot._napari.segment_part import option_controls, options_from_controls
+    from napari_fewshot.cli import build_parser
+    from napari_fewshot.core.options import option_fields
+    from napari_fewshot.evaluation.methods import method, method_flags
+
+    names = [name for name, _ in option_fields()]
+    args = build_parser().parse_args(["segment", "--image", "i", "--support-labels", "s", "--output", "o",
+                                      "--no-follow-anatomy", "--keep", "largest", "--decay-mm", "20"])
+    assert all(hasattr(args, name) for name in names)  # a flag per option
+    assert (args.follow_anatomy, args.keep, args.decay_mm, args.ends) == (False, "largest", 20.0, None)
+    flags = method_flags()
+    assert {option for option, _ in flags.values()} <= set(names)
+    assert method("alpnet+nofollow+fill+decoder").options == SegmentOptions(
+        keep="painted", follow_anatomy=False, fill_holes=True, boundaries="decoder")
+    controls = option_controls()
+    assert list(controls) == ["keep", "boundaries", "fill_holes", "every_slice", "follow_anatomy"]
+    assert options_from_controls(controls) == SegmentOptions()  # untouched controls leave the engine's defaults
+    controls["follow_anatomy"].value, controls["keep"].value = False, "largest"
+    assert options_from_controls(controls) == SegmentOptions(follow_anatomy=False, keep="largest")
+
+
+def test_the_options_reference_is_written_from_the_declaration():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "options_reference.py"
+    result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -161,12 +161,14 @@ def test_a_support_slice_painted_on_every_voxel_is_refused_and_mostly_painted_wa
 def test_threshold_must_be_a_probability(capsys):
     command = ["segment", "--image", "ct.nii.gz", "--support-labels", "s.nii.gz", "--output", "m.nii.gz", "--threshold"]
     result = cli(*command, "2")
-    assert result.returncode == 2 and "argument --threshold: '2' is not a probability between 0 and 1" in result.stderr
-    for value in ("-1", "0", "nan", "half"):
+    refused = "argument --threshold: threshold must be a probability between 0 and 1 (exclusive); got"
+    assert result.returncode == 2 and f"{refused} 2.0" in result.stderr
+    for value, message in (("-1", refused), ("0", refused), ("1", refused), ("nan", refused),
+                           ("half", "argument --threshold: 'half' is not a number")):
         with pytest.raises(SystemExit) as exited:
             main([*command, value])
         assert exited.value.code == 2
-        assert f"argument --threshold: '{value}' is not a probability between 0 and 1" in capsys.readouterr().err
+        assert message in capsys.readouterr().err
 
 
 def test_an_unknown_modality_is_refused():

@@ -12,7 +12,9 @@ import torch
 
 from napari_fewshot.core.encoders import build_encoder
 from napari_fewshot.core.errors import SegmentationError
-from napari_fewshot.core.runtime import Runtime, TorchTrunk, physical_cores, resolve_runtime, trunk_runner
+from napari_fewshot.core.backends import resolve_runtime, trunk_runner
+from napari_fewshot.core.runtime import Runtime, physical_cores
+from napari_fewshot.core.torch_backend import TorchTrunk
 
 from conftest import write_itk
 

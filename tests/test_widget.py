@@ -156,8 +156,8 @@ def test_segment_volume_gives_a_prediction_on_the_image_grid_and_maps(qtbot, ses
     assert viewer.dims.current_step[0] == listed[-1]
 
     # Follow anatomy unticked: registration leaves the boundaries alone, and the run's record says so
-    assert record["follow_anatomy"] is None  # on where possible
-    widget.segmenting.follow_anatomy.value = False
+    assert record["follow_anatomy"] is True and record["keep"] == "painted"  # the options as the run resolved them
+    widget.segmenting.options["follow_anatomy"].value = False
     _run(qtbot, widget, widget.segmenting.volume_button)
     assert viewer.layers["scan prediction"].metadata["napari_fewshot"]["follow_anatomy"] is False
 

@@ -6,10 +6,11 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import MISSING, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .core.postprocess import KEEP
 
 if TYPE_CHECKING:
     import numpy as np
@@ -63,17 +64,6 @@ class ProgressBar:
         sys.stderr.flush()
 
 
-def _probability(text: str) -> float:
-    """An option's value as a probability strictly between 0 and 1 (argparse names the option when refused)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a probability between 0 and 1 (e.g. 0.5)")
-    return value
-
-
 def _probability_paths(template: str, values: Sequence[int]) -> dict[int, str]:
     """Where each structure's probability volume goes: ``template`` itself for one, ``{label}`` filled in for several."""
     if len(values) == 1 and "{label}" not in template:
@@ -95,10 +85,10 @@ def _segment(args: argparse.Namespace) -> int:
         return _segment_with_model(args)
     import numpy as np
 
-    from .core.engine import segment
+    from .core.engine import FewShotSession
     from .core.errors import SegmentationError
     from .core.features import FeatureCache
-    from .core.options import SegmentOptions
+    from .core.options import SegmentOptions, option_fields
     from .core.support import painted_structures
     from .io import VolumeError, check_same_grid, check_writable, read_volume
 
@@ -115,27 +105,15 @@ def _segment(args: argparse.Namespace) -> int:
             probability_paths = _probability_paths(args.probabilities, list(painted_structures(support.data)))
             for path in probability_paths.values():
                 check_writable(path, image.geometry, [*inputs, args.output])
-        models = {name: getattr(args, name) for name in ("encoder", "head", "weights") if getattr(args, name)}
-        result = segment(
-            image.data,
-            support.data,
-            support_image=support_image.data if args.support_image else None,
-            spacing=image.geometry.spacing[::-1],
-            support_spacing=support_image.geometry.spacing[::-1],
-            **models,
-            device=args.device,
-            backend=args.backend,
-            precision=args.precision,
-            modality=args.modality,
-            options=SegmentOptions(
-                threshold=args.threshold, keep=args.keep, location=args.location_prior, decay_mm=args.decay_mm,
-                ends=args.ends, intensity_ends=args.intensity_ends, boundaries=args.boundaries,
-                fill_holes=args.fill_holes, every_slice=args.every_slice,
-                hold_between=args.hold_between, hold_past=args.hold_past, follow_anatomy=args.follow_anatomy,
-            ),
-            cache=FeatureCache() if args.no_disk_cache else None,
-            progress=ProgressBar("segmenting"),
-        )
+        settings = dict({name: getattr(args, name) for name in ("encoder", "head", "weights") if getattr(args, name)},
+                        device=args.device, backend=args.backend, precision=args.precision, modality=args.modality,
+                        cache=FeatureCache() if args.no_disk_cache else None)
+        session = FewShotSession(image.data, spacing=image.geometry.spacing[::-1], **settings)
+        painted_on = FewShotSession(support_image.data, spacing=support_image.geometry.spacing[::-1],
+                                    role="support image", **settings) if args.support_image else None
+        options = SegmentOptions(**{name: value for name, _ in option_fields()
+                                    if (value := getattr(args, name)) is not None})
+        result = session.segment(support.data, options, support=painted_on, progress=ProgressBar("segmenting"))
         _write_labels(args.output, result.labels, image, names, [  # all or none: the labels and probabilities of one run
             (path, result.probabilities[value], image.geometry.with_pixel_type("float32"))
             for value, path in probability_paths.items()
@@ -279,63 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_runtime_arguments(seg)
     seg.add_argument("--modality", choices=("CT", "MR"), help="override the detection from the intensities")
-    seg.add_argument("--threshold", type=_probability, default=0.5,
-                     help="background below this probability, between 0 and 1 (default 0.5)")
-    seg.add_argument(
-        "--keep", choices=KEEP,
-        help="3D components kept per structure: all, the largest, or those touching the painting "
-        "(default: painted; all with --support-image)",
-    )
-    seg.add_argument(
-        "--location-prior", action=argparse.BooleanOptionalAction,
-        help="damp each slice's probabilities far in plane from the painting of its support slice, less so the "
-        "farther the slices are apart in mm (default: on, off with --support-image)",
-    )
-    seg.add_argument(
-        "--decay-mm", type=float, metavar="MM",
-        help="scale each slice's probabilities by exp(-d / MM), d its distance in mm to the nearest painted slice "
-        "(default: no decay)",
-    )
-    seg.add_argument(
-        "--ends", action=argparse.BooleanOptionalAction,
-        help="stop each structure past its outermost painted slices at the first empty slice, or where its area "
-        "grows to more than twice the narrowest of the slices within 15 mm before it that are smaller than the "
-        "painted one (default: on, off with --support-image)",
-    )
-    seg.add_argument(
-        "--intensity-ends", action=argparse.BooleanOptionalAction,
-        help="stop each structure past its outermost painted slices at the first slice where fewer than 40%% of its "
-        "pixels have the painting's intensities (default: on, off with --support-image)",
-    )
-    seg.add_argument(
-        "--hold-between", action=argparse.BooleanOptionalAction,
-        help="with several painted slices, keep each structure near the shape interpolated between neighbouring "
-        "paintings; a slice there left empty takes that shape (default: on, off with --support-image; with "
-        "--follow-anatomy only where the carried mask vanishes)",
-    )
-    seg.add_argument(
-        "--hold-past", action=argparse.BooleanOptionalAction,
-        help="with several painted slices, stop each structure at most one gap between paintings past the outermost "
-        "painted slice (default: on, off with --support-image)",
-    )
-    seg.add_argument(
-        "--follow-anatomy", action=argparse.BooleanOptionalAction,
-        help="draw each slice's boundary by carrying the painting from slice to slice with deformable registration, "
-        "inside the structure the prototypes find (as carried between painted slices and within 6 mm past them; "
-        "default: on, off with --support-image)",
-    )
-    seg.add_argument(
-        "--boundaries", metavar="decoder|prototype",
-        help="who draws each slice's boundary: decoder (LiteMedSAM's decoder, prompted by the prototypes' box; "
-        "the default with the litemedsam encoder) or prototype (the head's own mask)",
-    )
-    seg.add_argument("--fill-holes", action="store_true", help="fill holes in each slice of each structure")
+    _add_option_arguments(seg)
     seg.add_argument("--no-disk-cache", action="store_true",
                      help="keep the encoded slices in memory only (default: also in your cache folder, so a scan "
                      "segmented before is not encoded again)")
-    seg.add_argument("--every-slice", action="store_true",
-                     help="encode and predict every slice (default: from the painted slices outward until each "
-                     "structure has ended, and 10 mm beyond; the slices never reached are 0)")
     seg.add_argument(
         "--probabilities", metavar="PATH",
         help="also write foreground probabilities (float32); with several structures put {label} in the name",
@@ -347,12 +272,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_option_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`~napari_fewshot.core.options.SegmentOptions` field, from its declaration: a switch for
+    a yes/no option (``--no-...`` too where its default is "where possible"), a value checked by the option's
+    own check, or one of its choices.  A flag not given leaves the option at its default."""
+    from .core.options import option_field, option_fields
+
+    for name, spec in option_fields():
+        kind = option_field(name).type
+        flag = spec.flag or f"--{name.replace('_', '-')}"
+        arguments: dict[str, Any] = dict(dest=name, default=None, help=spec.help.replace("%", "%%"))
+        if kind == "bool":
+            arguments["action"] = "store_true"
+        elif kind == "bool | None":
+            arguments["action"] = argparse.BooleanOptionalAction
+        elif spec.choices:
+            arguments["choices"] = spec.choices
+        else:
+            arguments.update(type=_option_value(name, spec), metavar=spec.metavar)
+        parser.add_argument(flag, **arguments)
+
+
+def _option_value(name: str, spec: Any) -> Any:
+    """An option's value from its flag's text, refused by argparse (which names the flag) as the option refuses it."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        refusal = spec.refusal(name, value)
+        if refusal is not None:
+            raise argparse.ArgumentTypeError(refusal)
+        return value
+
+    return parse
+
+
 def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """Where the engine runs: the device, and the backend and precision of its encoder and decoder."""
-    from .core.runtime import BACKENDS, PRECISIONS
+    from .core.backends import BACKENDS, PRECISIONS
 
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
-    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+    parser.add_argument("--backend", choices=["auto", *BACKENDS], default="auto",
                         help="what runs the encoder and decoder: auto (default: openvino on the CPU, torch on a GPU), "
                         "torch or openvino (falls back to torch, with a warning, where it cannot run)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
@@ -367,13 +329,39 @@ def _add_choice_arguments(parser: argparse.ArgumentParser, what: str) -> None:
                         help=f"time point or channel of {what}, for a 4D or multi-channel file")
 
 
-def _add_run_arguments(parser: argparse.ArgumentParser, config: type) -> None:
-    """The options every training run has, with the defaults of its ``config`` class."""
-    parser.add_argument("--checkpoint-every", type=int, default=config.checkpoint_every, metavar="N",
-                        help="steps between checkpoints")
-    parser.add_argument("--log-every", type=int, default=config.log_every, metavar="N", help="steps between log lines")
-    parser.add_argument("--seed", type=int, default=config.seed)
-    parser.add_argument("--device", default=config.device, help="auto (default), cpu, cuda or mps")
+def _add_config_arguments(parser: argparse.ArgumentParser, config: type, flags: dict[str, dict[str, Any]]) -> None:
+    """A flag per field of the dataclass ``config`` named in ``flags`` (``--field-name``; the value: argparse's
+    keywords, ``help`` among them), whose default and type come from the field: a switch for a yes/no field, the
+    default said in the help.  :func:`_config` reads them back."""
+    for item in fields(config):
+        if item.name not in flags:
+            continue
+        arguments = dict(flags[item.name], dest=item.name)
+        if item.default is not MISSING:
+            default = item.default
+            arguments["default"] = default
+            if isinstance(default, bool):
+                arguments["action"] = "store_true"
+            elif default is not None:
+                arguments.setdefault("type", type(default))
+                shown = f"{default:g}" if isinstance(default, float) else default
+                arguments["help"] = f"{arguments['help']} (default {shown})"
+        parser.add_argument(f"--{item.name.replace('_', '-')}", **arguments)
+
+
+def _config(args: argparse.Namespace, config: type, **values: Any) -> Any:
+    """The dataclass ``config`` from the flags :func:`_add_config_arguments` made, and ``values``."""
+    given = {item.name: getattr(args, item.name) for item in fields(config) if hasattr(args, item.name)}
+    return config(**{**given, **values})
+
+
+#: The flags every training run has (:func:`_add_config_arguments`).
+RUN_FLAGS: dict[str, dict[str, Any]] = {
+    "checkpoint_every": dict(metavar="N", help="steps between checkpoints"),
+    "log_every": dict(metavar="N", help="steps between log lines"),
+    "seed": dict(help="random seed"),
+    "device": dict(help="auto, cpu, cuda or mps"),
+}
 
 
 def _add_train_parser(commands: argparse._SubParsersAction) -> None:
@@ -387,43 +375,31 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
         "Resumes from OUT/checkpoint.pt when there is one. Under 'torchrun --nproc_per_node=N' the ranks "
         "train together (DistributedDataParallel).",
     )
-    train.add_argument("--images", nargs="+", required=True, metavar="PATH", help="images to train on (no labels)")
-    train.add_argument("--out", required=True, metavar="DIR", help="the run's folder: checkpoint, log, cache, model")
-    train.add_argument("--encoder", default="litemedsam", help="litemedsam (default), resnet101-coco or tiny")
-    train.add_argument("--head", default="dspnet", help="dspnet (default), alpnet or panet")
-    train.add_argument("--freeze-encoder", action="store_true",
-                       help="keep the encoder's trunk fixed: its features are computed once and cached (fast on a CPU)")
-    train.add_argument("--steps", type=int, default=10_000, help="training steps (one episode per rank each)")
-    train.add_argument("--supervoxels", action="store_true",
-                       help="3D supervoxels: the query is a nearby slice of the support's supervoxel")
-    train.add_argument("--query-reach", type=int, default=TrainConfig.query_reach, metavar="N",
-                       help=f"with --supervoxels, the query is at most N slices from the support "
-                       f"(default {TrainConfig.query_reach})")
-    train.add_argument("--absent-queries", type=float, default=TrainConfig.absent_queries, metavar="P",
-                       help="with --supervoxels, the share of episodes whose query is a slice just past the "
-                       f"supervoxel's end, to be predicted empty (default {TrainConfig.absent_queries:g})")
-    train.add_argument("--superpixels", choices=SUPERPIXELS, default="felzenszwalb", help="2D superpixel method")
-    train.add_argument("--slice-mm", type=float, default=0.0, metavar="MM",
-                       help="train on slices at least this far apart (default: every slice)")
-    train.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate (x0.95 every 1000 steps)")
-    _add_run_arguments(train, TrainConfig)
-    train.add_argument("--cache", metavar="DIR", help="where prepared volumes are kept (default: OUT/cache)")
+    _add_config_arguments(train, TrainConfig, {
+        "images": dict(nargs="+", required=True, metavar="PATH", help="images to train on (no labels)"),
+        "out": dict(required=True, metavar="DIR", type=Path, help="the run's folder: checkpoint, log, cache, model"),
+        "encoder": dict(help="litemedsam, resnet101-coco or tiny"),
+        "head": dict(help="dspnet, alpnet or panet"),
+        "freeze_encoder": dict(help="keep the encoder's trunk fixed: its features are computed once and cached "
+                               "(fast on a CPU)"),
+        "steps": dict(help="training steps (one episode per rank each)"),
+        "supervoxels": dict(help="3D supervoxels: the query is a nearby slice of the support's supervoxel"),
+        "query_reach": dict(metavar="N", help="with --supervoxels, the query is at most N slices from the support"),
+        "absent_queries": dict(metavar="P", help="with --supervoxels, the share of episodes whose query is a slice "
+                               "just past the supervoxel's end, to be predicted empty"),
+        "superpixels": dict(choices=SUPERPIXELS, help="2D superpixel method"),
+        "slice_mm": dict(metavar="MM", help="train on slices at least this far apart (0: every slice)"),
+        "lr": dict(help=f"SGD learning rate (x{TrainConfig.lr_gamma:g} every {TrainConfig.lr_step} steps)"),
+        **RUN_FLAGS,
+        "cache": dict(metavar="DIR", type=Path, help="where prepared volumes are kept (default: OUT/cache)"),
+    })
     train.set_defaults(run=_train)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .train.trainer import TrainConfig, train
 
-    config = TrainConfig(
-        images=args.images, out=Path(args.out), encoder=args.encoder, head=args.head,
-        freeze_encoder=args.freeze_encoder, steps=args.steps, supervoxels=args.supervoxels,
-        superpixels=args.superpixels, slice_mm=args.slice_mm, query_reach=args.query_reach,
-        absent_queries=args.absent_queries, lr=args.lr, checkpoint_every=args.checkpoint_every,
-        log_every=args.log_every, seed=args.seed, device=args.device,
-        cache=Path(args.cache) if args.cache else None, command=["napari-fewshot", *sys.argv[1:]],
-    )
+    config = _config(args, TrainConfig, command=["napari-fewshot", *sys.argv[1:]])
     return _run_training(train, config, f"trained for {config.steps} steps")
 
 
@@ -456,34 +432,28 @@ def _add_refine_parser(commands: argparse._SubParsersAction) -> None:
         "structures) and, unlabelled, every other slice of --images. Apply it with 'napari-fewshot segment --model OUT'. "
         "Resumes from OUT/checkpoint.pt when there is one.",
     )
-    refine.add_argument("--images", nargs="+", required=True, metavar="PATH",
-                        help="volumes: the first ones have --labels, the others are unlabelled")
-    refine.add_argument("--labels", nargs="+", required=True, metavar="PATH",
-                        help="label volumes of the first images; their non-zero slices are the labelled slices")
-    refine.add_argument("--out", required=True, metavar="DIR", help="the run's folder: checkpoint, log, model")
-    refine.add_argument("--method", choices=METHODS, default="pccs",
-                        help="supervised, mean-teacher, pccs-frozen (a teacher that never learns) or pccs (default)")
-    refine.add_argument("--steps", type=int, default=2000, help="training steps (default 2000)")
-    refine.add_argument("--batch", type=int, default=8, help="labelled slices per step, as many unlabelled (default 8)")
-    refine.add_argument("--size", type=int, default=256, help="slices are resized to this square (default 256)")
-    refine.add_argument("--uncertainty", choices=UNCERTAINTY, default="entropy",
-                        help="entropy of the student (default) or of mc-dropout teacher passes")
-    refine.add_argument("--modality", choices=("CT", "MR"), help="override the detection from the intensities")
-    _add_run_arguments(refine, RefineConfig)
+    _add_config_arguments(refine, RefineConfig, {
+        "images": dict(nargs="+", required=True, metavar="PATH",
+                       help="volumes: the first ones have --labels, the others are unlabelled"),
+        "labels": dict(nargs="+", required=True, metavar="PATH",
+                       help="label volumes of the first images; their non-zero slices are the labelled slices"),
+        "out": dict(required=True, metavar="DIR", type=Path, help="the run's folder: checkpoint, log, model"),
+        "method": dict(choices=METHODS, help="supervised, mean-teacher, pccs-frozen (a teacher that never learns) "
+                       "or pccs"),
+        "steps": dict(help="training steps"),
+        "batch": dict(help="labelled slices per step, as many unlabelled"),
+        "size": dict(help="slices are resized to this square"),
+        "uncertainty": dict(choices=UNCERTAINTY, help="entropy of the student or of mc-dropout teacher passes"),
+        "modality": dict(choices=("CT", "MR"), help="override the detection from the intensities"),
+        **RUN_FLAGS,
+    })
     refine.set_defaults(run=_refine)
 
 
 def _refine(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .train.refine.trainer import RefineConfig, refine
 
-    config = RefineConfig(
-        images=args.images, labels=args.labels, out=Path(args.out), method=args.method, steps=args.steps,
-        batch=args.batch, size=args.size, uncertainty=args.uncertainty, modality=args.modality,
-        checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=args.seed, device=args.device,
-        command=["napari-fewshot", *sys.argv[1:]],
-    )
+    config = _config(args, RefineConfig, command=["napari-fewshot", *sys.argv[1:]])
     return _run_training(refine, config, f"refined ({config.method}) for {config.steps} steps")
 
 
@@ -512,7 +482,7 @@ class TrainingProgress:
 
 
 def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
-    from .evaluation.methods import BASELINES
+    from .evaluation.methods import BASELINES, method_flags
     from .evaluation.protocols import PROTOCOLS
 
     evaluate = commands.add_parser(
@@ -534,8 +504,8 @@ def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
         default=["alpnet", "alpnet+prototype", "dspnet", "alpnet@none", "dspnet@none+prototype", "panet@none+prototype",
                  *BASELINES],
         help="HEAD[@WEIGHTS][:KEEP][+FLAG...] for the engine (weights: default, none or a model file; keep: "
-        "painted, largest or all; flags: +decoder or +prototype boundaries, +nolocation, +noends, +nointensity, "
-        "+decay, +every, +nobetween, +nopast, +nofollow, +registered, +threshold=P), "
+        "painted, largest or all; flags, each setting one of the segmentation options: "
+        f"{', '.join(f'+{flag}' + ('=VALUE' if value is None else '') for flag, (_, value) in method_flags().items())}), "
         f"or one of {', '.join(BASELINES)}; the first is compared with the others",
     )
     evaluate.add_argument("--encoder", default="litemedsam",

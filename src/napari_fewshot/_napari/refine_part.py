@@ -10,14 +10,16 @@ import numpy as np
 from magicgui.widgets import FileEdit, PushButton, SpinBox
 
 from ..core.refined import REFINED_FILE
+from ..train.refine.trainer import RefineConfig
 from .refining import MIN_LABELLED_SLICES, apply_job, labelled_slices, refine_job, show_refined
 from .runner import Job
 
 if TYPE_CHECKING:
     from .widget import FewShotWidget
 
-#: The refine run's defaults: steps, slice size (px), labelled slices per step.
-REFINE_STEPS, REFINE_SIZE, REFINE_BATCH = 600, 128, 8
+#: The widget's refine run: fewer steps on smaller slices (px) than the command line's, so a user waits less;
+#: labelled slices per step as there.
+REFINE_STEPS, REFINE_SIZE, REFINE_BATCH = 600, 128, RefineConfig.batch
 
 
 class RefinePart:

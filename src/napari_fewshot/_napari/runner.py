@@ -1,7 +1,7 @@
 """Run the engine off the GUI thread, one run at a time, with progress and cancel.
 
-:class:`SegmentationRunner` starts :func:`napari_fewshot.segment` (or another
-job's function: a refine run) in a napari thread worker.  Progress goes to a bar
+:class:`SegmentationRunner` starts a job's function (a segmentation on the scan's
+session, the encoding ahead, a refine run) in a napari thread worker.  Progress goes to a bar
 in napari's activity dock through Qt signals, so the GUI thread only ever
 touches widgets.  A run asked for while another is going cancels that one and
 starts when it has stopped: two runs never work at once.
@@ -20,7 +20,6 @@ from napari.qt.threading import create_worker
 from napari.utils.progress import cancelable_progress
 from qtpy.QtCore import QObject, Signal
 
-from ..core.engine import segment
 from ..core.errors import SegmentationCancelled
 
 
@@ -45,25 +44,25 @@ def _keep_triton_out() -> None:
 
 @dataclass
 class Job:
-    """One call of ``function`` (default :func:`segment`) and what to do with its outcome (called on the GUI thread).
+    """One call of ``function`` and what to do with its outcome (called on the GUI thread).
 
     kwargs : the arguments of ``function`` (its own copies of anything the user may
     edit), which also gets ``progress(done, total, seconds_left)`` and ``cancel()``.  started :
     called when the run begins; done : with what ``function`` returned; failed : with
     the exception; cancelled : with no argument (the run stopped, or was replaced
     before it began).  context : the caller's own notes.  preview : when given,
-    ``function`` also gets ``preview(value, slices, mask)`` (see :func:`segment`),
+    ``function`` also gets ``preview(value, slices, mask)`` (see :func:`~napari_fewshot.core.engine.segment`),
     and this is called with the same arguments on the GUI thread.
     """
 
     description: str
+    function: Callable[..., Any]
     kwargs: dict[str, Any]
     started: Callable[[], None]
     done: Callable[[Any], None]
     failed: Callable[[Exception], None]
     cancelled: Callable[[], None]
     context: dict[str, Any] = field(default_factory=dict)
-    function: Callable[..., Any] = segment
     preview: Callable[[int, Any, Any], None] | None = None
 
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, ProgressBar, PushButton
+from magicgui.widgets.bases import ValueWidget
 from napari.layers import Labels
 
-from ..core.boundaries import BOUNDARIES
 from ..core.engine import Segmentation
-from ..core.options import SegmentOptions
-from ..core.postprocess import KEEP
+from ..core.options import SegmentOptions, option_field, option_fields
 from .corrections import kept_empty
 from .export import PROVENANCE, record_run
 from .results import MAPS, find_layer, prediction_layer, prediction_name, show_segmentation, slice_index
@@ -21,14 +21,47 @@ from .runner import Job
 if TYPE_CHECKING:
     from .widget import FewShotWidget
 
-#: The Boundaries choice that leaves it to the engine (the decoder where it can draw).
+#: The choice that leaves an option to the engine (its default for the run: the decoder where it can draw, the
+#: components touching the painting for a volume).
 AUTO = "auto"
+
+
+def option_controls() -> dict[str, ValueWidget]:
+    """A control per :class:`~napari_fewshot.core.options.SegmentOptions` field with a widget label, by name, from
+    its declaration: a choice (with ``auto``, the engine's default) or a tick box (ticked for an option that is on
+    where possible)."""
+    controls: dict[str, ValueWidget] = {}
+    for name, spec in option_fields():
+        if not spec.label:
+            continue
+        tooltip = spec.tooltip or spec.help
+        if spec.choices:
+            control = ComboBox(label=spec.label, choices=[AUTO, *spec.choices], value=AUTO)
+            tooltip += f". {AUTO}: the engine's default"
+        else:
+            control = CheckBox(text=spec.label, value=option_field(name).default is not False)
+        control.tooltip = tooltip
+        controls[name] = control
+    return controls
+
+
+def options_from_controls(controls: dict[str, ValueWidget]) -> SegmentOptions:
+    """The options the ``controls`` of :func:`option_controls` say: ``auto`` and a ticked "where possible" box
+    leave the option to the engine (None), an unticked one switches it off."""
+    values = {}
+    for name, control in controls.items():
+        where_possible = option_field(name).default is None
+        if isinstance(control, ComboBox):
+            values[name] = None if control.value == AUTO else control.value
+        else:
+            values[name] = (None if control.value else False) if where_possible else control.value
+    return SegmentOptions(**values)
 
 
 class SegmentPart:
     """The Segment buttons (``slice_button``, ``volume_button``, their shortcuts shown on them), the ``progress``
-    bar, and the settings of how the head's maps become labels and layers (``keep``, ``boundaries``,
-    ``fill_holes``, ``every_slice``, ``follow_anatomy``, ``maps``).
+    bar, and the settings of how the head's maps become labels (``options``: a control per option the widget
+    shows, by name, :func:`option_controls`) and layers (``maps``).
 
     ``host`` is the widget holding the part: it has the scan, the support and the
     model settings, the runner and the other parts, and says what happened.
@@ -36,27 +69,7 @@ class SegmentPart:
 
     def __init__(self, host: FewShotWidget, shortcuts: dict[str, str]) -> None:
         self.host = host
-        self.keep = ComboBox(label="Keep", choices=list(KEEP), value="painted")
-        self.keep.tooltip = "Which 3D parts of each structure stay: those touching the painting, the largest, or all"
-        self.boundaries = ComboBox(label="Boundaries", choices=[AUTO, *BOUNDARIES], value=AUTO)
-        self.boundaries.tooltip = (
-            "Who draws each slice's boundary: LiteMedSAM's decoder where the prototypes found the structure "
-            "(sharper; about 0.15 s more per slice on a CPU; needs the litemedsam encoder), or the prototype head "
-            f"(faster, coarser). {AUTO}: the decoder where it can"
-        )
-        self.fill_holes = CheckBox(text="Fill holes", value=False)
-        self.fill_holes.tooltip = "Fill holes inside each structure on every slice (off: a ring-shaped structure keeps its hole)"
-        self.every_slice = CheckBox(text="Every slice", value=False)
-        self.every_slice.tooltip = (
-            "Segment volume encodes and predicts every slice. Unticked (faster), each structure is followed from its "
-            "painted slices outward until it ends, and 10 mm beyond; slices never reached stay empty"
-        )
-        self.follow_anatomy = CheckBox(text="Follow anatomy", value=True)
-        self.follow_anatomy.tooltip = (
-            "Segment volume carries the painting from slice to slice by registration, which draws each slice's "
-            "boundary: as carried between painted slices and near them, further out inside what the prototypes "
-            "found (off: the prototypes' or the decoder's boundary alone)"
-        )
+        self.options = option_controls()
         self.maps = ComboBox(label="Maps", choices=list(MAPS), value="attention")
         self.maps.tooltip = "Per structure, an Image layer (hidden; additive) with the prototype attention or the probability"
         self.slice_button = PushButton(text=f"Segment slice ({shortcuts['segment slice']})")
@@ -67,7 +80,7 @@ class SegmentPart:
         self.progress.tooltip = "Slices of the running segmentation done, of those planned"
         self.slice_button.changed.connect(lambda: self.run("slice"))
         self.volume_button.changed.connect(lambda: self.run("volume"))
-        self.settings = (self.keep, self.boundaries, self.fill_holes, self.every_slice, self.follow_anatomy, self.maps)
+        self.settings = (*self.options.values(), self.maps)
 
     def run(self, kind: str) -> None:
         """Segment the slice on screen (``kind="slice"``) or the volume (``"volume"``) in the background."""
@@ -81,15 +94,11 @@ class SegmentPart:
             host.correcting.take_corrections(image, support, axis)
         n = image.data.shape[axis]
         slices = np.arange(n) if kind == "volume" else np.array([current])
-        segment_options = SegmentOptions(
-            keep=self.keep.value if kind == "volume" else "all",
-            boundaries=None if self.boundaries.value == AUTO else self.boundaries.value,
-            fill_holes=self.fill_holes.value,
-            every_slice=self.every_slice.value,
-            follow_anatomy=None if self.follow_anatomy.value else False,
-        )
+        segment_options = options_from_controls(self.options)
+        if kind == "slice":  # one slice: the components are those of that slice
+            segment_options = replace(segment_options, keep=None)
         model = host.model_options(image)
-        options = dict(model, **asdict(segment_options))  # what the export's sidecar records
+        options = dict(model)  # with the options the run resolved, what the export's sidecar records
         kwargs = dict(
             model,
             options=segment_options,
@@ -100,10 +109,11 @@ class SegmentPart:
             slices=None if kind == "volume" else slices,
         )
         host.yield_ahead()
-        context = dict(image=image, support=support, previewed=set())
+        context = dict(image=image, support=support, previewed=set(), kind="segment")
         what = f"{image.name}: {'every slice' if kind == 'volume' else f'slice {current}'}"
         job = Job(
             description=f"Segmenting {what}",
+            function=partial(host.sessions.segment, image),
             kwargs=kwargs,
             started=lambda: host.say(f"Segmenting {what}..."),
             done=lambda result: self._show(result, context, slices, names, options, support.name),
@@ -192,6 +202,7 @@ class SegmentPart:
             "slices": "all" if len(slices) == image.data.shape[axis] else slices.tolist(),
             "empty_slices": empty,
             **options,
+            **asdict(result.options),
             "weights": result.weights,
             "boundaries": {str(v): drawn_by for v, drawn_by in result.boundaries.items()},
             "device": result.device,

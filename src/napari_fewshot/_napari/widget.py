@@ -12,6 +12,7 @@ functions (:mod:`.corrections`, :func:`~.export.record_run`).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,9 +22,10 @@ from napari.utils.notifications import show_error, show_warning
 
 from ..core.device import available_devices
 from ..core.encoders import ENCODERS
-from ..core.engine import DEFAULT_ENCODER, Segmentation, encode_volume, segment
+from ..core.engine import DEFAULT_ENCODER, Segmentation
 from ..core.heads import DEFAULT_HEAD, HEADS
-from ..core.runtime import BACKENDS, resolve_runtime
+from ..core.backends import BACKENDS, resolve_runtime
+from ..core.sessions import Sessions
 from .correct_part import CorrectPart
 from .export_part import ExportPart
 from .layers import grid_message, layer_attributes, same_grid, support_layer_data
@@ -63,6 +65,7 @@ class FewShotWidget(Container):
         super().__init__(labels=True)
         self._viewer = viewer
         self._runner = SegmentationRunner()
+        self.sessions = Sessions()  # one engine session per scan, for every run on it
         self._seconds_per_slice = dict(CPU_SECONDS_PER_SLICE)
 
         self.use_reader = PushButton(text="Open scans with napari-fewshot", visible=bool(patterns_read_elsewhere()))
@@ -84,7 +87,7 @@ class FewShotWidget(Container):
         self.head.tooltip = "How the painted slices' prototypes are matched to every other slice (alpnet: the default)"
         self.device = ComboBox(label="Device", choices=available_devices(), value="auto")
         self.device.tooltip = "Where the model runs: auto (a GPU when there is one), cpu, cuda or mps"
-        self.backend = ComboBox(label="Backend", choices=list(BACKENDS), value="auto")
+        self.backend = ComboBox(label="Backend", choices=["auto", *BACKENDS], value="auto")
         self.backend.tooltip = (
             "What runs the encoder and decoder: auto (OpenVINO on the CPU, converted once per model and kept in "
             "your cache folder; torch on a GPU), torch, or openvino"
@@ -227,8 +230,9 @@ class FewShotWidget(Container):
             return
         n, current = image.data.shape[options["axis"]], self.current_slice(image)
         order = sorted(range(n), key=lambda z: (abs(z - current), z))  # the slice on screen first, then outward
-        kwargs = dict(options, image=np.asarray(image.data), spacing=tuple(float(s) for s in image.scale),
-                      modality=image.metadata.get("modality"), slices=order)
+        kwargs = dict(self.model_options(image), image=np.asarray(image.data),  # the session Segment will use
+                      spacing=tuple(float(s) for s in image.scale), modality=image.metadata.get("modality"),
+                      slices=order)
 
         def done(_) -> None:
             self._ahead_done = wanted
@@ -239,7 +243,7 @@ class FewShotWidget(Container):
             self.say(f"Encoding ahead stopped: {error}")
 
         self._runner.start(Job(
-            description=f"Encoding {image.name} ahead", kwargs=kwargs, function=encode_volume,
+            description=f"Encoding {image.name} ahead", kwargs=kwargs, function=partial(self.sessions.encode, image),
             started=lambda: None, done=done, failed=failed, cancelled=lambda: None,
             context=dict(image=image, support=None, ahead=wanted),
         ))
@@ -255,7 +259,7 @@ class FewShotWidget(Container):
             return
         if self._is_ahead(job):
             self.device_note.value = f"Encoding '{job.context['image'].name}' ahead: {done} of {total} slices."
-        elif job.function is segment:
+        elif job.context.get("kind") == "segment":
             self.segmenting.show_progress(job, done, total, seconds_left)
 
     # -- helpers ---------------------------------------------------------------------
@@ -295,6 +299,7 @@ class FewShotWidget(Container):
 
     def _layer_removed(self, event: Any) -> None:
         self.correcting.forget(event.value)
+        self.sessions.forget(event.value)
         job = self._runner.job
         if job is not None and any(event.value == job.context[k] for k in ("image", "support")):
             self._runner.cancel_all()

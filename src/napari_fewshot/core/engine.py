@@ -32,7 +32,7 @@ from .prediction import SupportBuilder, painted_support
 from .preprocess import Preprocessing, intensity_window, slice_aspect, spacing_first
 from .progress import Progress, RunProgress
 from .run import Segmentation, SegmentationRun
-from .runtime import resolve_runtime
+from .backends import resolve_runtime
 from .store import DEFAULT_STORE, ModelStore
 
 DEFAULT_ENCODER = "litemedsam"
@@ -214,7 +214,7 @@ def segment(
         untrained where none ships), ``none`` (untrained), or a model file from ``napari-fewshot train``.
     device : ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``mps``.
     backend, precision : what runs the encoder and the decoder
-        (:func:`~napari_fewshot.core.runtime.resolve_runtime`): ``auto`` is OpenVINO in
+        (:func:`~napari_fewshot.core.backends.resolve_runtime`): ``auto`` is OpenVINO in
         bfloat16 on the CPU (float32 where the CPU lacks it), torch with float16 autocast
         on CUDA; ``torch``, ``openvino``; ``f32``, ``bf16``, ``f16``.
     modality : ``CT`` or ``MR``; detected from the intensities when None.

@@ -26,7 +26,7 @@ from torch import nn
 
 from .cancel import CancelCheck, check_cancel
 from .features import encoder_fingerprint
-from .runtime import Runtime
+from .runtime import Decoder, Runtime
 from .user_cache import user_cache_folder
 
 log = logging.getLogger(__name__)
@@ -179,3 +179,16 @@ class OpenVINODecoder:
         with self._lock:
             logits = self._model((embeddings.float().contiguous().numpy(), boxes.float().contiguous().numpy()))[0]
         return torch.from_numpy(np.array(logits))
+
+
+class OpenVINOBackend:
+    """OpenVINO on the CPU: bfloat16 where the CPU has it (float32 else), the decoder at float32."""
+
+    name, label = "openvino", "OpenVINO"
+    precisions = {"cpu": ("bf16", "f32")}
+
+    def trunk(self, encoder: nn.Module, runtime: Runtime) -> OpenVINOTrunk:
+        return OpenVINOTrunk(encoder, runtime)
+
+    def decoder(self, module: nn.Module, digest: str, runtime: Runtime) -> Decoder:
+        return OpenVINODecoder(module, digest, runtime)

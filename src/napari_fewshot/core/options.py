@@ -1,7 +1,11 @@
-"""What a segmentation does with the head's maps: one frozen value, checked when it is made.
+"""How a segmentation turns the head's maps into labels: every option declared once, checked when it is made.
 
 :class:`SegmentOptions` is built once by each caller (the widget, the command line,
 a benchmark's method) and handed to :func:`~napari_fewshot.core.engine.segment`.
+Each of its fields carries an :class:`Option`: the help that the command line's
+``--help``, the options reference and this class's docstring show, the check of its
+value, the flag of ``napari-fewshot segment``, the method flag of ``evaluate`` and,
+where the widget shows it, its label and tooltip; those doors are generated from it.
 What can be checked without the images is checked when the value is made; what
 depends on the call (a support painted on another volume, some slices only, an
 encoder whose embeddings the decoder cannot read) is settled by :func:`resolve`,
@@ -11,82 +15,159 @@ which turns every option left None into what it is for this call.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable, Iterator
+from dataclasses import Field, dataclass, field, fields, replace
 from typing import Any
 
 from .boundaries import BOUNDARIES
 from .errors import SegmentationError
-from .postprocess import KEEP
+from .follow import FOLLOW_NEAR_MM
+from .outward import OUTWARD_MARGIN_MM
+from .postprocess import GROWTH, KEEP, LIKE_FRACTION, REGROWTH_MM
+from .priors import DECAY_MM
 
 #: A voxel is background unless some structure's probability exceeds this.
 DEFAULT_THRESHOLD = 0.5
+#: What an option left None means, in its help.
+WHERE_POSSIBLE = "where possible: the painting on the image itself, every slice predicted"
+
+
+@dataclass(frozen=True)
+class Option:
+    """What every door needs of one :class:`SegmentOptions` field.
+
+    help : what it does and what its default means (the command line's help, the reference, the docstring).
+    check : ``check(value) -> None`` or the words that refuse a value (not asked for None).
+    flag : the command line's flag (default ``--`` and the field's name with hyphens).
+    metavar : the command line's name for its value.
+    choices : the values it takes, when a few names.
+    label, tooltip : the widget's control, when the widget shows the option (tooltip default: help).
+    method_flag : ``evaluate``'s ``+FLAG`` in an engine method's name, which sets the option to
+        ``method_value``; ending in ``=``, the flag takes the value itself (``+threshold=0.4``).
+    method_choices : each of ``choices`` is a method flag that sets the option to it.
+    """
+
+    help: str
+    check: Callable[[Any], str | None] | None = None
+    flag: str = ""
+    metavar: str | None = None
+    choices: tuple[str, ...] = ()
+    label: str = ""
+    tooltip: str = ""
+    method_flag: str = ""
+    method_value: Any = None
+    method_choices: bool = False
+
+    def refusal(self, name: str, value: Any) -> str | None:
+        """Why ``value`` is refused for the option ``name``, or None."""
+        if value is None:
+            return None
+        if self.choices and value not in self.choices:
+            return f"{name} must be one of {', '.join(self.choices)}; got '{value}'"
+        return None if self.check is None else self.check(value)
+
+
+def option(default: Any, **spec: Any) -> Any:
+    """A :class:`SegmentOptions` field with ``default`` and its :class:`Option`."""
+    return field(default=default, metadata={"option": Option(**spec)})
+
+
+def _probability(value: float) -> str | None:
+    # 0 would take every voxel, 1 none but the painted ones; NaN fails too
+    return None if 0.0 < value < 1.0 else f"threshold must be a probability between 0 and 1 (exclusive); got {value}"
+
+
+def _length_mm(value: float) -> str | None:
+    return None if value > 0 and math.isfinite(value) else f"decay_mm must be a length in mm above 0; got {value}"
 
 
 @dataclass(frozen=True)
 class SegmentOptions:
-    """How :func:`~napari_fewshot.core.engine.segment` turns the head's maps into labels.
-
-    threshold : a voxel is background unless some structure's probability exceeds it
-        (0 to 1); otherwise it takes the most probable structure.
-    keep : which 3D connected components of each structure stay: ``all``, the
-        ``largest``, or those touching what was ``painted``.  None: ``painted`` where
-        possible (support on the image, every slice predicted), else ``all``.
-    location : scale each slice's probabilities by an in-plane prior around the painting
-        of its support slice, widening with their distance in mm.  None: where possible.
-    decay_mm : scale each slice's probabilities by ``exp(-d / decay_mm)``, ``d`` its
-        distance in mm to the nearest painted slice (above 0).  None: no decay.
-    ends : stop each structure past its outermost painted slices where it ends: at an empty slice, or
-        where it widens again into a neighbour (:func:`~napari_fewshot.core.postprocess.stop_at_ends`).
-        None: where possible.
-    intensity_ends : stop each structure past its outermost painted slices at the first slice
-        where it no longer has the painting's intensities
-        (:func:`~napari_fewshot.core.postprocess.stop_where_unlike`).  Needs the painting on the
-        image and every slice predicted.  None: where possible.
-    boundaries : ``decoder`` (LiteMedSAM's decoder draws them, prompted by the prototypes'
-        boxes) or ``prototype`` (the head's own mask).  None: the decoder where it can.
-    fill_holes : fill the holes of each structure in every slice.
-    every_slice : encode and predict every slice, not only from the painted slices
-        outward to where each structure ends.
-    hold_between : with several painted slices, keep each structure near the shape
-        interpolated between neighbouring paintings; a slice there left empty takes that
-        shape (:func:`~napari_fewshot.core.between.hold_between`).  With
-        ``follow_anatomy`` the slices between paintings then take the carried mask, so this
-        acts only where the carried mask vanishes.  Needs the painting on the image and
-        every slice predicted.  None: where possible (one painted slice: no change).
-    hold_past : with several painted slices, stop each structure at most one gap between
-        paintings past the outermost painted slice
-        (:func:`~napari_fewshot.core.between.hold_past`).  Needs and defaults as
-        ``hold_between``.
-    follow_anatomy : draw each structure's boundary on every slice by carrying its painting
-        from slice to slice with deformable registration, inside the engine's mask grown by
-        a pixel; a slice where the two do not meet is left empty.  Between the outermost
-        painted slices, and within 6 mm past them, the carried mask is not bounded
-        (:mod:`~napari_fewshot.core.follow`).  Needs the painting on the image and every
-        slice predicted.  None: where possible.
-    """
-
-    threshold: float = DEFAULT_THRESHOLD
-    keep: str | None = None
-    location: bool | None = None
-    decay_mm: float | None = None
-    ends: bool | None = None
-    intensity_ends: bool | None = None
-    boundaries: str | None = None
-    fill_holes: bool = False
-    every_slice: bool = False
-    hold_between: bool | None = None
-    hold_past: bool | None = None
-    follow_anatomy: bool | None = None
+    threshold: float = option(
+        DEFAULT_THRESHOLD, check=_probability, metavar="P", method_flag="threshold=",
+        help="a voxel is background unless some structure's probability exceeds this (between 0 and 1, "
+        f"exclusive); otherwise it takes the most probable structure (default {DEFAULT_THRESHOLD})")
+    keep: str | None = option(
+        None, choices=KEEP, label="Keep",
+        tooltip="Which 3D parts of each structure stay: those touching the painting, the largest, or all",
+        help="which 3D connected components of each structure stay: all, the largest, or those touching what was "
+        f"painted (default: painted {WHERE_POSSIBLE}; else all)")
+    location: bool | None = option(
+        None, flag="--location-prior", method_flag="nolocation", method_value=False,
+        help="scale each slice's probabilities by an in-plane prior around the painting of its support slice, "
+        f"widening with their distance in mm (default: on {WHERE_POSSIBLE})")
+    decay_mm: float | None = option(
+        None, check=_length_mm, metavar="MM", method_flag="decay", method_value=DECAY_MM,
+        help="scale each slice's probabilities by exp(-d / decay_mm), d its distance in mm to the nearest painted "
+        f"slice (default: no decay; evaluate's +decay: {DECAY_MM:g} mm)")
+    ends: bool | None = option(
+        None, method_flag="noends", method_value=False,
+        help="stop each structure past its outermost painted slices where it ends: at the first empty slice, or "
+        f"where its area grows to more than {GROWTH:g} times the narrowest of the slices within {REGROWTH_MM:g} mm "
+        f"before it that are smaller than the painted one (default: on {WHERE_POSSIBLE})")
+    intensity_ends: bool | None = option(
+        None, method_flag="nointensity", method_value=False,
+        help="stop each structure past its outermost painted slices at the first slice where fewer than "
+        f"{LIKE_FRACTION:.0%} of its pixels have the painting's intensities (default: on {WHERE_POSSIBLE})")
+    boundaries: str | None = option(
+        None, choices=BOUNDARIES, method_choices=True, label="Boundaries",
+        tooltip="Who draws each slice's boundary: LiteMedSAM's decoder where the prototypes found the structure "
+        "(sharper; about 0.15 s more per slice on a CPU; needs the litemedsam encoder), or the prototype head "
+        "(faster, coarser)",
+        help="who draws each slice's boundary: decoder (LiteMedSAM's decoder, prompted by the prototypes' box) or "
+        "prototype (the head's own mask) (default: the decoder where it can: the litemedsam encoder with its "
+        "pretrained trunk)")
+    fill_holes: bool = option(
+        False, label="Fill holes", method_flag="fill", method_value=True,
+        tooltip="Fill holes inside each structure on every slice (off: a ring-shaped structure keeps its hole)",
+        help="fill the holes of each structure in every slice")
+    every_slice: bool = option(
+        False, label="Every slice", method_flag="every", method_value=True,
+        tooltip="Segment volume encodes and predicts every slice. Unticked (faster), each structure is followed "
+        f"from its painted slices outward until it ends, and {OUTWARD_MARGIN_MM:g} mm beyond; slices never "
+        "reached stay empty",
+        help="encode and predict every slice (default: from the painted slices outward until each structure has "
+        f"ended, and {OUTWARD_MARGIN_MM:g} mm beyond; the slices never reached are 0)")
+    hold_between: bool | None = option(
+        None, method_flag="nobetween", method_value=False,
+        help="with several painted slices, keep each structure near the shape interpolated between neighbouring "
+        "paintings; a slice there left empty takes that shape (with follow_anatomy only where the carried mask "
+        f"vanishes; default: on {WHERE_POSSIBLE})")
+    hold_past: bool | None = option(
+        None, method_flag="nopast", method_value=False,
+        help="with several painted slices, stop each structure at most one gap between paintings past the "
+        f"outermost painted slice (default: on {WHERE_POSSIBLE})")
+    follow_anatomy: bool | None = option(
+        None, label="Follow anatomy", method_flag="nofollow", method_value=False,
+        tooltip="Segment volume carries the painting from slice to slice by registration, which draws each slice's "
+        "boundary: as carried between painted slices and near them, further out inside what the prototypes "
+        "found (off: the prototypes' or the decoder's boundary alone)",
+        help="draw each slice's boundary by carrying the painting from slice to slice with deformable "
+        "registration, inside the structure the prototypes find grown by a pixel (as carried between painted "
+        f"slices and within {FOLLOW_NEAR_MM:g} mm past them; a slice where the two do not meet is left empty; "
+        f"default: on {WHERE_POSSIBLE})")
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:  # NaN fails too
-            raise SegmentationError(f"threshold must be a probability between 0 and 1; got {self.threshold}")
-        if self.keep is not None and self.keep not in KEEP:
-            raise SegmentationError(f"keep must be one of {', '.join(KEEP)}; got '{self.keep}'")
-        if self.decay_mm is not None and not (self.decay_mm > 0 and math.isfinite(self.decay_mm)):
-            raise SegmentationError(f"decay_mm must be a length in mm above 0; got {self.decay_mm}")
-        if self.boundaries is not None and self.boundaries not in BOUNDARIES:
-            raise SegmentationError(f"boundaries must be one of {', '.join(BOUNDARIES)}; got '{self.boundaries}'")
+        for name, spec in option_fields():
+            refusal = spec.refusal(name, getattr(self, name))
+            if refusal is not None:
+                raise SegmentationError(refusal)
+
+
+def option_fields() -> Iterator[tuple[str, Option]]:
+    """Each :class:`SegmentOptions` field's name and :class:`Option`, in declaration order."""
+    for item in fields(SegmentOptions):
+        yield item.name, item.metadata["option"]
+
+
+def option_field(name: str) -> Field:
+    """The :class:`SegmentOptions` field ``name`` (its ``type`` is the annotation, as text)."""
+    return next(item for item in fields(SegmentOptions) if item.name == name)
+
+
+SegmentOptions.__doc__ = "How :func:`~napari_fewshot.core.engine.segment` turns the head's maps into labels.\n\n" + "\n".join(
+    f"{name} : {spec.help}." for name, spec in option_fields()
+)
 
 
 @dataclass(frozen=True)

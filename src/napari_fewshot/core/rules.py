@@ -39,7 +39,7 @@ from .between import hold_between, hold_past
 from .boundaries import BOUNDARIES, BoxCalibration, draw_boundaries
 from .cancel import CancelCheck, check_cancel
 from .features import VolumeFeatures
-from .follow import follow_anatomy
+from .follow import FOLLOW_ITERATIONS, FOLLOW_MARGIN_MM, FOLLOW_MAX_SIDE, FOLLOW_NEAR_MM, follow_anatomy
 from .options import CallOptions
 from .postprocess import connected_to, fill_holes, largest_component, set_structure, stop_at_ends, stop_where_unlike
 from .prediction import per_query
@@ -47,17 +47,6 @@ from .preprocess import Preprocessing
 from .progress import RunProgress
 from .registration import SliceRegistration
 from .sam_decoder import BoxDecoder
-
-#: Around a structure's mask, the mm of each slice that registration sees when it carries the boundary, and the
-#: most pixels along a side it registers at full resolution (a wider box is binned to fit).
-FOLLOW_MARGIN_MM, FOLLOW_MAX_SIDE = 20.0, 128
-#: Within this many mm past the outermost painted slices the carried boundary is not bounded by the engine's mask.
-FOLLOW_NEAR_MM = 6.0
-#: Demons iterations per carried slice.  20 carry one step as well (``benchmarks/carry_steps.py``: Dice 0.857 against
-#: 0.858, 7 ms a step against 16) but lose over a walk: the broad benchmark's mean drops 0.007 (one painted slice)
-#: and 0.009 (three), ribs by up to 0.2.  With the field smoothed less (``registration.SMOOTHING``), 30, 50 and
-#: 100 carry the paintings onto the slices between three of them at 0.795, 0.797 and 0.800 mean slice Dice.
-FOLLOW_ITERATIONS = 50
 
 
 @dataclass

@@ -62,6 +62,7 @@ class Segmentation:
     examined : per label value, the slice indices (along ``axis``) the structure was predicted
         on; the others were never looked at for it (see ``SegmentOptions.every_slice``) and hold 0.
     encoded_slices : how many slices this call encoded (0 when every one was cached).
+    options : the options the call ran with, each left None resolved (:func:`~napari_fewshot.core.options.resolve`).
     seconds : wall time of ``encode`` (0 when the features were cached), the rest (``head``,
         with the boundaries drawn) and ``total``.
     """
@@ -80,6 +81,7 @@ class Segmentation:
     feature_bytes: int
     examined: dict[int, np.ndarray]
     encoded_slices: int
+    options: SegmentOptions
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -237,6 +239,7 @@ class SegmentationRun:
             feature_bytes=sum(f.nbytes for f in self.features),
             examined={v: np.flatnonzero(flags) for v, flags in self.examined.items()},
             encoded_slices=self.encoding.slices,
+            options=self.call.options,
             seconds={"encode": encoded, "head": finished - started - encoded, "total": finished - started},
         )
 

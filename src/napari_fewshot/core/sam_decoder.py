@@ -16,7 +16,8 @@ from torch import nn
 from .encoders.litemedsam import LiteMedSAMEncoder, load_lite_medsam
 from .features import state_digest
 from .preprocess import from_encoder_slices, to_encoder_slices
-from .runtime import Runtime, on_runtime, resolve_runtime
+from .backends import decoder_runner, resolve_runtime
+from .runtime import Runtime
 
 SIZE = LiteMedSAMEncoder.input_size
 
@@ -59,17 +60,9 @@ class BoxDecoder:
     def __init__(self, runtime: Runtime | None = None) -> None:
         runtime = runtime or resolve_runtime("torch", "f32", "cpu")
         model = load_lite_medsam()
-        module = BoxPromptDecoder(model.prompt_encoder, model.mask_decoder).to(runtime.device).eval()
-
-        def openvino():
-            from .openvino_backend import OpenVINODecoder
-
-            return OpenVINODecoder(module, state_digest(module.state_dict().items(), "litemedsam-box-decoder"), runtime)
-
-        def torch_(torch_runtime: Runtime):
-            return lambda embeddings, boxes: module(embeddings.to(torch_runtime.device, torch.float32), boxes)
-
-        self._logits = on_runtime(runtime.exact(), openvino, torch_, "LiteMedSAM's decoder")
+        module = BoxPromptDecoder(model.prompt_encoder, model.mask_decoder).eval()
+        digest = state_digest(module.state_dict().items(), "litemedsam-box-decoder")
+        self._logits = decoder_runner(module, digest, runtime, "LiteMedSAM's decoder")
         self.device = runtime.device
 
     @torch.inference_mode()

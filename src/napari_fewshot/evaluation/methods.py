@@ -4,19 +4,11 @@
   with a head (``dspnet``, ``alpnet``, ``panet``), weights (``default``: the
   shipped model, ``none``: untrained, or a model file), the 3D components it
   keeps (``painted``: those touching the painting, the engine's default; ``largest``;
-  ``all``; the cross-volume protocol keeps all), and flags: who draws the boundaries
-  (``+decoder``: LiteMedSAM's decoder prompted by the prototypes, the engine's
-  default with the ``litemedsam`` encoder; ``+prototype``: the head), ``+nolocation``
-  (no in-plane location prior), ``+noends``, ``+nointensity`` (no stop where a
-  structure loses the painting's intensities), ``+decay``, ``+every`` (every slice
-  predicted, not only from the painting outward to where the structure ends),
-  ``+nobetween`` (several painted slices do not hold each structure near the shape
-  between them), ``+nopast`` (nor stop it one gap past the outermost),
-  ``+nofollow`` (the boundaries are not carried from slice to slice by registration),
-  ``+registered`` (on every slice where the engine predicts the structure, the
-  registration peer's mask instead, where it has one: the crude fusion the
-  engine's ``follow_anatomy`` is measured against), and ``+threshold=P`` (the
-  probability a structure must exceed, default ``0.5``);
+  ``all``; the cross-volume protocol keeps all), and flags, each of which sets one
+  of :class:`~napari_fewshot.core.options.SegmentOptions` (its ``method_flag``:
+  ``+prototype`` or ``+decoder`` for who draws the boundaries, ``+nolocation``,
+  ``+noends``, ``+nofollow`` and the like for a rule switched off, ``+threshold=P``;
+  :func:`method_flags` lists them);
 - ``litemedsam-box``: the painted mask's box prompts LiteMedSAM on the next slice,
   each predicted mask's box the one after, until the mask vanishes;
 - ``registration``: the mask warped slice to slice by demons registration;
@@ -33,49 +25,50 @@ in the cross-volume protocol.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ..core.boundaries import BOUNDARIES
-from ..core.engine import DEFAULT_ENCODER, encode_volume, segment
+from ..core.engine import DEFAULT_ENCODER, FewShotSession, encode_volume
 from ..core.errors import SegmentationError
 from ..core.features import FeatureCache
 from ..core.heads import HEADS
 from ..core.model import DEFAULT, UNTRAINED
-from ..core.options import DEFAULT_THRESHOLD, SegmentOptions
+from ..core.options import SegmentOptions, option_fields
 from ..core.prediction import SupportBuilder
 from ..core.preprocess import Preprocessing
 from ..core.registration import SliceRegistration
-from ..core.priors import DECAY_MM
-from ..core.runtime import resolve_runtime
+from ..core.backends import resolve_runtime
+from ..core.sessions import Sessions
 from ..core.sam_decoder import BoxDecoder
 from ..core.store import DEFAULT_STORE
-from .cases import Task
+from .cases import Case, Task
 from .interpolation import interpolate, interpolation_missing
 from .propagation import BoxPromptStep, copy_step, propagate
 from .protocols import extent, query_thirds
 
 BASELINES = ("litemedsam-box", "registration", "interpolation", "copy")
-#: The flags that switch the engine's location prior off, its stop at each structure's ends off, its stop where a
-#: structure loses the painting's intensities off, its distance decay on, its prediction of every slice on, its
-#: holding of structures near the shape between several paintings off, its stop one gap past the outermost
-#: painting off, and its boundaries carried by registration off.
-NO_LOCATION, NO_ENDS, NO_INTENSITY, DECAY, EVERY = "nolocation", "noends", "nointensity", "decay", "every"
-NO_BETWEEN, NO_PAST, NO_FOLLOW = "nobetween", "nopast", "nofollow"
-#: The flag that draws the engine's slices with the registration peer's masks.
-REGISTERED = "registered"
-#: What may follow ``+`` in an engine method's name: who draws the boundaries, or a prior switched.
-FLAGS = (*BOUNDARIES, NO_LOCATION, NO_ENDS, NO_INTENSITY, DECAY, EVERY, NO_BETWEEN, NO_PAST, NO_FOLLOW, REGISTERED)
-#: The flag that sets the engine's threshold, as ``+threshold=P``.
-THRESHOLD = "threshold"
+def method_flags() -> dict[str, tuple[str, Any]]:
+    """What may follow ``+`` in an engine method's name: each flag, and the option it sets to which value (the
+    value None for a flag that takes its own, ``FLAG=VALUE``), from :class:`SegmentOptions`' declarations."""
+    flags: dict[str, tuple[str, Any]] = {}
+    for name, spec in option_fields():
+        if spec.method_choices:
+            flags.update({choice: (name, choice) for choice in spec.choices})
+        if spec.method_flag:
+            flags[spec.method_flag.rstrip("=")] = (name, None if spec.method_flag.endswith("=") else spec.method_value)
+    return flags
+
 
 
 @dataclass
 class Context:
-    """What the methods of one run share: the device and runtime, the cache of encoded volumes, and how the
-    engine builds a support from painted slices (``None``: the engine's own, :func:`~napari_fewshot.core.prediction.painted_support`)."""
+    """What the methods of one run share: the device and runtime, the cache of encoded volumes, how the engine
+    builds a support from painted slices (``None``: the engine's own,
+    :func:`~napari_fewshot.core.prediction.painted_support`), and the engine's session of each case."""
 
     device: str = "auto"
     encoder: str = DEFAULT_ENCODER
@@ -83,6 +76,7 @@ class Context:
     backend: str = "auto"
     precision: str = "auto"
     build_support: SupportBuilder | None = None
+    sessions: Sessions = field(default_factory=Sessions)
 
     @property
     def runtime(self) -> dict[str, str]:
@@ -120,67 +114,51 @@ class EngineMethod(Method):
             )
         if weights and weights not in (DEFAULT, UNTRAINED) and not Path(weights).is_file():
             raise ValueError(f"method '{name}': weights must be default, none or a model file")
-        valued = dict(flag.split("=", 1) for flag in flags if "=" in flag)
-        flags = [flag for flag in flags if "=" not in flag]
-        unknown = [flag for flag in flags if flag not in FLAGS] + [key for key in valued if key != THRESHOLD]
-        if unknown:
-            raise ValueError(f"method '{name}': {', '.join(unknown)} is not one of the flags "
-                             f"{', '.join(FLAGS)}, {THRESHOLD}=P")
+        known = method_flags()
+        valued = {key for key, (_, value) in known.items() if value is None}
+        values: dict[str, Any] = dict(keep=keep or "painted")
+        for flag in flags:
+            key, _, text = flag.partition("=")
+            if key not in known or (key in valued) != bool(text):
+                choices = [f"{k}=VALUE" if k in valued else k for k in known]
+                raise ValueError(f"method '{name}': {flag} is not one of the flags {', '.join(choices)}")
+            option, value = known[key]
+            values[option] = _number(text, key, name) if key in valued else value
         self.name, self.head, self.weights = name, head, weights or DEFAULT
-        self.registered = REGISTERED in flags
         try:
-            self.options = SegmentOptions(
-                threshold=_probability(valued[THRESHOLD], name) if THRESHOLD in valued else DEFAULT_THRESHOLD,
-                keep=keep or "painted", boundaries=next((flag for flag in flags if flag in BOUNDARIES), None),
-                location=False if NO_LOCATION in flags else None, ends=False if NO_ENDS in flags else None,
-                intensity_ends=False if NO_INTENSITY in flags else None,
-                decay_mm=DECAY_MM if DECAY in flags else None, every_slice=EVERY in flags,
-                hold_between=False if NO_BETWEEN in flags else None, hold_past=False if NO_PAST in flags else None,
-                follow_anatomy=False if NO_FOLLOW in flags else None,
-            )
+            self.options = SegmentOptions(**values)
         except SegmentationError as error:
             raise ValueError(f"method '{name}': {error}") from error
 
+    def _session(self, case: Case, context: Context, role: str = "image") -> FewShotSession:
+        return context.sessions.session(
+            case, case.image, spacing=case.spacing, encoder=context.encoder, head=self.head, weights=self.weights,
+            cache=context.cache, build_support=context.build_support, role=role, **context.runtime)
+
     def _segment(self, task: Task, context: Context, support: np.ndarray, options: SegmentOptions,
-                 **volumes) -> np.ndarray:
-        result = segment(
-            task.case.image, support, spacing=task.case.spacing, encoder=context.encoder, head=self.head,
-            weights=self.weights, options=options, **context.runtime, cache=context.cache,
-            build_support=context.build_support, **volumes,
-        )
+                 slices: np.ndarray | None = None) -> np.ndarray:
+        painted_on = None if task.support_case is None else self._session(task.support_case, context, "support image")
+        result = self._session(task.case, context).segment(support, options, slices=slices, support=painted_on)
         return result.labels == 1
 
     def __call__(self, task: Task, context: Context) -> np.ndarray:
         if task.support_case is None:
             prediction = self._segment(task, context, task.painting(), self.options)
-            return registered_inside(prediction, RegistrationMethod()(task, context)) if self.registered else prediction
+            return prediction
         prediction = np.zeros(task.truth.shape, dtype=bool)
         for third, slice_index in zip(query_thirds(task.truth), task.support_slices):
             if len(third):
-                masks = self._segment(
-                    task, context, task.painting((slice_index,)),
-                    replace(self.options, keep="all"),
-                    support_image=task.support_case.image, support_spacing=task.support_case.spacing, slices=third,
-                )
+                masks = self._segment(task, context, task.painting((slice_index,)),
+                                      replace(self.options, keep="all"), slices=third)
                 prediction[third] = masks[third]
         return prediction
 
 
-def _probability(text: str, name: str) -> float:
+def _number(text: str, flag: str, name: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise ValueError(f"method '{name}': {THRESHOLD}= takes a probability, such as {THRESHOLD}=0.4; "
-                         f"got '{text}'") from None
-
-
-def registered_inside(prediction: np.ndarray, registered: np.ndarray) -> np.ndarray:
-    """``prediction`` ``[Z, Y, X]`` bool with each slice that holds it replaced by ``registered``'s (same shape)
-    where that slice of ``registered`` is not empty: where and whether from one, the boundary from the other."""
-    fused = prediction.copy()
-    use = prediction.any(axis=(1, 2)) & registered.any(axis=(1, 2))
-    fused[use] = registered[use]
-    return fused
+        raise ValueError(f"method '{name}': {flag}= takes a number, such as {flag}=0.4; got '{text}'") from None
 
 
 def _seeds(task: Task) -> dict[int, np.ndarray]:
@@ -241,10 +219,20 @@ class CopyMethod(Method):
         return prediction
 
 
+#: The methods by name other than the engine's: the peers (``BASELINES``), and what a benchmark adds
+#: (:func:`register_method`).
+METHODS: dict[str, Callable[[], Method]] = dict(
+    zip(BASELINES, (BoxPromptMethod, RegistrationMethod, InterpolationMethod, CopyMethod), strict=True)
+)
+
+
+def register_method(name: str, make: Callable[[], Method]) -> None:
+    """Make ``evaluate --methods name`` run ``make()`` (a benchmark's own method, kept out of this package)."""
+    METHODS[name] = make
+
+
 def method(name: str) -> Method:
     """The method called ``name`` (see the module's docstring); ``ValueError`` names the choices."""
-    baselines = {"litemedsam-box": BoxPromptMethod, "registration": RegistrationMethod,
-                 "interpolation": InterpolationMethod, "copy": CopyMethod}
-    if name in baselines:
-        return baselines[name]()
+    if name in METHODS:
+        return METHODS[name]()
     return EngineMethod(name)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..core.engine import encode_volume
-from ..core.runtime import resolve_runtime
+from ..core.backends import resolve_runtime
 from .cases import Case, Task, tasks_for
 from .kinds import kind
 from .memory import peak_mib, reset_peak

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,6 @@ import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
 
-from .. import __version__
 from .anatomy import anatomy_codes
 from .dicom import DicomSource, find_series
 from .errors import VolumeReadError, VolumeWriteError
@@ -151,7 +152,7 @@ def seg_writer(
             instance_number=1,
             manufacturer="napari-fewshot",
             manufacturer_model_name="napari-fewshot",
-            software_versions=__version__,
+            software_versions=_software_version(),
             device_serial_number="napari-fewshot",
             series_description="napari-fewshot segmentation",
             content_label="SEGMENTATION",
@@ -189,7 +190,7 @@ def _segment(number: int, name: str) -> hd.seg.SegmentDescription:
         segmented_property_type=kind,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
         algorithm_identification=hd.AlgorithmIdentificationSequence(
-            name="napari-fewshot", family=codes.cid7162.ArtificialIntelligence, version=__version__
+            name="napari-fewshot", family=codes.cid7162.ArtificialIntelligence, version=_software_version()
         ),
     )
 
@@ -384,3 +385,12 @@ def _frame(seg: hd.seg.Segmentation, frame: int) -> tuple[str | None, list[float
         for image in derivation.get("SourceImageSequence", []):
             uid = str(image.ReferencedSOPInstanceUID)
     return uid, [float(v) for v in _group(seg, frame, "PlanePositionSequence").ImagePositionPatient]
+
+
+@cache
+def _software_version() -> str:
+    """napari-fewshot's version as installed (its distribution's metadata: ``io`` imports nothing above it)."""
+    try:
+        return version("napari-fewshot")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"

@@ -20,7 +20,8 @@ import torch
 from ..core.encoders import Encoder
 from ..core.features import VolumeFeatures, encode_slices, encoder_fingerprint, pooled
 from ..core.preprocess import Preprocessing, normalise_intensities, to_encoder_slices
-from ..core.runtime import TorchTrunk, resolve_runtime
+from ..core.backends import resolve_runtime
+from ..core.torch_backend import TorchTrunk
 from ..io import read_volume
 from ..io.write import atomic_write
 from .pseudolabels import PARAMETERS, body_mask, superpixels, supervoxels

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .metrics import dice
+from napari_fewshot.evaluation.metrics import dice
 
 
 @dataclass(frozen=True)
