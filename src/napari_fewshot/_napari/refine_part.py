@@ -33,7 +33,7 @@ class RefinePart:
     def __init__(self, host: FewShotWidget) -> None:
         self.host = host
         self.steps = SpinBox(label="Refine steps", min=1, max=100_000, value=REFINE_STEPS)
-        self.steps.tooltip = "Training steps of the refine run (docs/benchmarks.md: 600 steps take 25 s on a GPU)"
+        self.steps.tooltip = "Training steps of the refine run (600 steps take 25 s on a GPU)"
         self.folder = FileEdit(label="Model folder", mode="d")
         self.folder.tooltip = (
             "Where refined models are kept, each run in a new folder inside it (empty: a temporary folder); "

@@ -39,9 +39,9 @@ from .structures import format_names, layer_names, names_features, parse_names
 if TYPE_CHECKING:
     import napari
 
-#: Seconds to encode one slice on the CPU by encoder and backend, measured on the project's 2-core
-#: machine (docs/benchmarks.md, issue 17: OpenVINO in bfloat16 0.14-0.44 s, eager torch 2.1-6.1 s,
-#: with the load); replaced by the rate the last run measured here.
+#: Seconds to encode one slice on the CPU by encoder and backend, measured on the project's 2-core machine
+#: (docs/experiments/06-where-the-encoder-runs.md: OpenVINO in bfloat16 0.14-0.44 s, eager torch 2.1-6.1 s, with
+#: the load); replaced by the rate the last run measured here.
 CPU_SECONDS_PER_SLICE = {("litemedsam", "openvino"): 0.3, ("litemedsam", "torch"): 2.2}
 #: Whether the widget starts with "Encode ahead" ticked.
 ENCODE_AHEAD = True

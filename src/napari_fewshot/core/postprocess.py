@@ -79,8 +79,8 @@ def stop_at_ends(
     after a slight dip.
 
     How the rule was chosen (the broad development benchmark, 84 structures, the engine's
-    default options; docs/benchmarks.md): it replaces growing more than ``growth`` from
-    one slice to the next and beyond the painted slice's area, which let a structure run
+    default options; ``docs/experiments/19-where-a-structure-ends.md``): it replaces
+    growing more than ``growth`` from one slice to the next and beyond the painted slice's area, which let a structure run
     on into a neighbour no larger than the painting.  Mean whole-volume Dice from one /
     three painted slices, that rule 0.584 / 0.797, this one 0.599 / 0.798 (from one
     slice small organs 0.563 to 0.602, large organs 0.805 to 0.831, bone 0.462 to 0.476;
@@ -121,8 +121,9 @@ def stop_where_unlike(
     :func:`stop_at_ends`.
 
     How it was chosen (the broad development benchmark, 84 structures, the engine's
-    default masks cut offline; docs/benchmarks.md): percentiles 5 to 95, margins of 0 to
-    0.1 of the window and fractions of 0.3 to 0.6 were tried.  Without the margin a
+    default masks cut offline;
+    ``docs/experiments/26-where-a-structure-loses-the-painting-s-intensities-it-ends.md``):
+    percentiles 5 to 95, margins of 0 to 0.1 of the window and fractions of 0.3 to 0.6 were tried.  Without the margin a
     thin vessel painted with 9 pixels was cut next to its painting (an iliac artery
     0.29 to 0.03); with 0.025 and 0.4 every protocol gained and vessels lost nothing.
     """

@@ -23,8 +23,8 @@ from .preprocess import Preprocessing, intensity_window, normalise_intensities
 
 
 #: The standard deviation (pixels of the registered image) of the Gaussian that smooths the demons' field
-#: after every iteration.  Chosen on the development data's 84 structures (docs/benchmarks.md), the painting
-#: carried slice by slice from its nearest painted slice; mean slice Dice on the 1618 slices between three
+#: after every iteration.  Chosen on the development data's 84 structures
+#: (docs/experiments/21-the-carried-boundary-s-field-smoothed-less.md), the painting carried slice by slice from its nearest painted slice; mean slice Dice on the 1618 slices between three
 #: paintings: 0.5 gives 0.783, 0.75 0.797, 1.0 0.783, 1.5 (before) 0.759, 2.5 0.716; on the 2615 slices of
 #: each structure's extent from one painting, 0.75 gives 0.563 and 1.5 0.512.  In the engine it raised the
 #: mean whole-volume Dice from 0.599 to 0.635 (one painted slice) and 0.798 to 0.829 (three).

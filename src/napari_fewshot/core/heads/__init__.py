@@ -10,8 +10,8 @@ from .dspnet import DSPNetHead
 from .panet import PANetHead
 
 HEADS: dict[str, Callable[[], Head]] = {"dspnet": DSPNetHead, "alpnet": ALPNetHead, "panet": PANetHead}
-#: Measured best on abdomen-ct and brain-mr-mni, untrained and with the shipped trained
-#: models alike (docs/benchmarks.md); DSPNet comes close only once trained.
+#: Measured best on abdomen-ct and brain-mr-mni, untrained and with the shipped trained models alike
+#: (docs/experiments/01-trained-vs-untrained-heads.md); DSPNet comes close only once trained.
 DEFAULT_HEAD = "alpnet"
 
 
