@@ -196,7 +196,7 @@ def test_methods_are_named_by_head_weights_and_components_kept():
 def test_threshold_flag_sets_the_engines_threshold_and_refuses_what_is_not_a_probability():
     assert method("alpnet+threshold=0.35+nopast").options.threshold == 0.35
     assert method("alpnet").options.threshold == 0.5
-    with pytest.raises(ValueError, match="threshold= takes a number, such as threshold=0.4; got 'high'"):
+    with pytest.raises(ValueError, match="threshold=high: 'high' is not a number"):
         method("alpnet+threshold=high")
     with pytest.raises(ValueError, match=r"threshold must be a probability between 0 and 1 \(exclusive\); got 1.5"):
         method("alpnet+threshold=1.5")

@@ -296,15 +296,11 @@ def _add_option_arguments(parser: argparse.ArgumentParser) -> None:
 def _option_value(name: str, spec: Any) -> Any:
     """An option's value from its flag's text, refused by argparse (which names the flag) as the option refuses it."""
 
-    def parse(text: str) -> float:
+    def parse(text: str) -> Any:
         try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        refusal = spec.refusal(name, value)
-        if refusal is not None:
-            raise argparse.ArgumentTypeError(refusal)
-        return value
+            return spec.parse(name, text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
 
     return parse
 

@@ -58,6 +58,19 @@ class Option:
     method_value: Any = None
     method_choices: bool = False
 
+    def parse(self, name: str, text: str) -> Any:
+        """The value of option ``name`` written as ``text`` (a number, of the field's type), or ``ValueError``
+        with why it is refused."""
+        kind = int if option_field(name).type.startswith("int") else float
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
+        refusal = self.refusal(name, value)
+        if refusal is not None:
+            raise ValueError(refusal)
+        return value
+
     def refusal(self, name: str, value: Any) -> str | None:
         """Why ``value`` is refused for the option ``name``, or None."""
         if value is None:

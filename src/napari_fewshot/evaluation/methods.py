@@ -114,7 +114,7 @@ class EngineMethod(Method):
             )
         if weights and weights not in (DEFAULT, UNTRAINED) and not Path(weights).is_file():
             raise ValueError(f"method '{name}': weights must be default, none or a model file")
-        known = method_flags()
+        known, specs = method_flags(), dict(option_fields())
         valued = {key for key, (_, value) in known.items() if value is None}
         values: dict[str, Any] = dict(keep=keep or "painted")
         for flag in flags:
@@ -123,7 +123,12 @@ class EngineMethod(Method):
                 choices = [f"{k}=VALUE" if k in valued else k for k in known]
                 raise ValueError(f"method '{name}': {flag} is not one of the flags {', '.join(choices)}")
             option, value = known[key]
-            values[option] = _number(text, key, name) if key in valued else value
+            if key in valued:
+                try:
+                    value = specs[option].parse(option, text)
+                except ValueError as error:
+                    raise ValueError(f"method '{name}': {flag}: {error}") from None
+            values[option] = value
         self.name, self.head, self.weights = name, head, weights or DEFAULT
         try:
             self.options = SegmentOptions(**values)
@@ -152,13 +157,6 @@ class EngineMethod(Method):
                                       replace(self.options, keep="all"), slices=third)
                 prediction[third] = masks[third]
         return prediction
-
-
-def _number(text: str, flag: str, name: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"method '{name}': {flag}= takes a number, such as {flag}=0.4; got '{text}'") from None
 
 
 def _seeds(task: Task) -> dict[int, np.ndarray]:
