@@ -145,15 +145,17 @@ class FewShotSession:
         progress: Progress | None = None,
         preview: Preview | None = None,
         cancel: CancelCheck | None = None,
+        **option_values: Any,
     ) -> Segmentation:
         """Segment the scan from the structures painted in ``support_labels`` (see :func:`segment`).
 
         ``support``: the session of the volume the labels were painted on, when it is
         not this one (another patient's scan), made with the same encoder and runtime.
+        ``option_values`` replace fields of ``options`` by name (``session.segment(labels, keep="largest")``).
         """
         started = time.perf_counter()
         run = SegmentationRun(self, self._support(support), progress, preview, cancel)
-        run.resolve(support_labels, options or SegmentOptions(), slices)
+        run.resolve(support_labels, with_values(options, option_values), slices)
         run.plan()
         run.encode_painted()
         try:
@@ -252,7 +254,7 @@ def segment(
     Raises :class:`~napari_fewshot.core.errors.SegmentationError` for bad input,
     with the fix in its message.
     """
-    options = with_values(options, option_values)
+    options = with_values(options, option_values)  # refused before any model loads
     settings = dict(encoder=encoder, head=head, weights=weights, device=device, backend=backend, precision=precision,
                     modality=modality, axis=axis, batch_size=batch_size, cache=cache, store=store,
                     build_support=build_support)
