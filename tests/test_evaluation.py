@@ -200,7 +200,7 @@ def test_threshold_flag_sets_the_engines_threshold_and_refuses_what_is_not_a_pro
         method("alpnet+threshold=high")
     with pytest.raises(ValueError, match=r"threshold must be a probability between 0 and 1 \(exclusive\); got 1.5"):
         method("alpnet+threshold=1.5")
-    with pytest.raises(ValueError, match="size=3 is not one of the flags threshold=VALUE, nolocation, .*, registered"):
+    with pytest.raises(ValueError, match="size=3 is not one of the flags threshold=VALUE, nolocation, .*, nofollow"):
         method("alpnet+size=3")
 
 

@@ -85,6 +85,13 @@ def option(default: Any, **spec: Any) -> Any:
     return field(default=default, metadata={"option": Option(**spec)})
 
 
+def where_possible(method_flag: str, help: str, **spec: Any) -> Any:
+    """A yes/no :class:`SegmentOptions` field left None: on where possible; ``evaluate``'s ``+method_flag`` switches
+    it off."""
+    return option(None, method_flag=method_flag, method_value=False, help=f"{help} (default: on {WHERE_POSSIBLE})",
+                  **spec)
+
+
 def _probability(value: float) -> str | None:
     # 0 would take every voxel, 1 none but the painted ones; NaN fails too
     return None if 0.0 < value < 1.0 else f"threshold must be a probability between 0 and 1 (exclusive); got {value}"
@@ -105,23 +112,23 @@ class SegmentOptions:
         tooltip="Which 3D parts of each structure stay: those touching the painting, the largest, or all",
         help="which 3D connected components of each structure stay: all, the largest, or those touching what was "
         f"painted (default: painted {WHERE_POSSIBLE}; else all)")
-    location: bool | None = option(
-        None, flag="--location-prior", method_flag="nolocation", method_value=False,
+    location: bool | None = where_possible(
+        "nolocation", flag="--location-prior",
         help="scale each slice's probabilities by an in-plane prior around the painting of its support slice, "
-        f"widening with their distance in mm (default: on {WHERE_POSSIBLE})")
+        "widening with their distance in mm")
     decay_mm: float | None = option(
         None, check=_length_mm, metavar="MM", method_flag="decay", method_value=DECAY_MM,
         help="scale each slice's probabilities by exp(-d / decay_mm), d its distance in mm to the nearest painted "
         f"slice (default: no decay; evaluate's +decay: {DECAY_MM:g} mm)")
-    ends: bool | None = option(
-        None, method_flag="noends", method_value=False,
+    ends: bool | None = where_possible(
+        "noends",
         help="stop each structure past its outermost painted slices where it ends: at the first empty slice, or "
         f"where its area grows to more than {GROWTH:g} times the narrowest of the slices within {REGROWTH_MM:g} mm "
-        f"before it that are smaller than the painted one (default: on {WHERE_POSSIBLE})")
-    intensity_ends: bool | None = option(
-        None, method_flag="nointensity", method_value=False,
+        "before it that are smaller than the painted one")
+    intensity_ends: bool | None = where_possible(
+        "nointensity",
         help="stop each structure past its outermost painted slices at the first slice where fewer than "
-        f"{LIKE_FRACTION:.0%} of its pixels have the painting's intensities (default: on {WHERE_POSSIBLE})")
+        f"{LIKE_FRACTION:.0%} of its pixels have the painting's intensities")
     boundaries: str | None = option(
         None, choices=BOUNDARIES, method_choices=True, label="Boundaries",
         tooltip="Who draws each slice's boundary: LiteMedSAM's decoder where the prototypes found the structure "
@@ -141,24 +148,23 @@ class SegmentOptions:
         "reached stay empty",
         help="encode and predict every slice (default: from the painted slices outward until each structure has "
         f"ended, and {OUTWARD_MARGIN_MM:g} mm beyond; the slices never reached are 0)")
-    hold_between: bool | None = option(
-        None, method_flag="nobetween", method_value=False,
+    hold_between: bool | None = where_possible(
+        "nobetween",
         help="with several painted slices, keep each structure near the shape interpolated between neighbouring "
-        "paintings; a slice there left empty takes that shape (with follow_anatomy only where the carried mask "
-        f"vanishes; default: on {WHERE_POSSIBLE})")
-    hold_past: bool | None = option(
-        None, method_flag="nopast", method_value=False,
+        "paintings; a slice there left empty takes that shape (with follow_anatomy, only where the carried mask "
+        "vanishes)")
+    hold_past: bool | None = where_possible(
+        "nopast",
         help="with several painted slices, stop each structure at most one gap between paintings past the "
-        f"outermost painted slice (default: on {WHERE_POSSIBLE})")
-    follow_anatomy: bool | None = option(
-        None, label="Follow anatomy", method_flag="nofollow", method_value=False,
+        "outermost painted slice")
+    follow_anatomy: bool | None = where_possible(
+        "nofollow", label="Follow anatomy",
         tooltip="Segment volume carries the painting from slice to slice by registration, which draws each slice's "
         "boundary: as carried between painted slices and near them, further out inside what the prototypes "
         "found (off: the prototypes' or the decoder's boundary alone)",
         help="draw each slice's boundary by carrying the painting from slice to slice with deformable "
         "registration, inside the structure the prototypes find grown by a pixel (as carried between painted "
-        f"slices and within {FOLLOW_NEAR_MM:g} mm past them; a slice where the two do not meet is left empty; "
-        f"default: on {WHERE_POSSIBLE})")
+        f"slices and within {FOLLOW_NEAR_MM:g} mm past them; a slice where the two do not meet is left empty)")
 
     def __post_init__(self) -> None:
         for name, spec in option_fields():

@@ -1,0 +1,112 @@
+"""What the widget's parts share, so that each asks it and none calls another.
+
+The widget makes one :class:`WidgetState` and hands it to its parts (segmenting,
+correcting, refining, exporting).  It holds what more than one part reads (the
+viewer, the runner, the scan sessions, the hand corrections kept between runs),
+asks the widget for the chosen scan and settings, says what happened on the
+status line, and carries the events a part sends for the others to react to:
+``segmented`` after a run is shown, ``labels_shown`` when a part puts a Labels layer
+worth exporting, ``support_edited`` when the support gained slices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from napari.layers import Labels
+from napari.utils.notifications import show_error, show_info, show_warning
+from psygnal import Signal
+
+from ..core.sessions import Sessions
+from .corrections import corrected_slices
+from .results import find_layer, prediction_name, slice_index
+from .runner import SegmentationRunner
+
+
+class Corrections:
+    """The hand corrections of each prediction layer: what the widget last wrote into it (``written``) and the
+    slices the user cleared (``cleared``: the structure is absent there, which a label volume cannot say as a
+    support, so later runs keep them empty).  Layers compare equal through napari's plugin proxies; identity
+    does not hold, so they key by equality."""
+
+    def __init__(self) -> None:
+        self.written: dict[Any, np.ndarray] = {}
+        self.cleared: dict[Any, set[tuple[int, int]]] = {}
+
+    def forget(self, layer: Any) -> None:
+        """``layer`` was closed: nothing about it is kept."""
+        self.written.pop(layer, None)
+        self.cleared.pop(layer, None)
+
+
+class WidgetState:
+    """The widget's shared state (see the module).
+
+    scan : ``scan()`` -> ``(image, support)``, the layers chosen (either may be None).
+    settings : ``settings(image)`` -> the model a run on ``image`` uses (encoder, head, device, backend, axis).
+    place : ``place(image)`` -> ``(axis, slice)``: the axis the viewer slices along and the slice on screen.
+    names : ``names()`` -> the structure names, or None when the text does not parse (the widget said why).
+    say : writes the status line.
+    """
+
+    #: a run was shown: ``(result, prediction layer, axis, names, whole)``
+    segmented = Signal(object, object, int, dict, bool)
+    #: a part put a Labels layer worth exporting (a prediction, a refined result)
+    labels_shown = Signal(object)
+    #: the support gained slices (added by hand, or corrections taken into it)
+    support_edited = Signal()
+
+    def __init__(self, viewer: Any, *, scan: Callable[[], tuple[Any, Any]], settings: Callable[[Any], dict[str, Any]],
+                 place: Callable[[Any], tuple[int, int]], names: Callable[[], dict[int, str] | None],
+                 say: Callable[[str], None]) -> None:
+        self.viewer = viewer
+        self.runner = SegmentationRunner()
+        self.sessions = Sessions()  # one engine session per scan, for every run on it
+        self.corrections = Corrections()
+        self.scan, self.settings, self.place, self.names, self.say = scan, settings, place, names, say
+
+    def refuse(self, message: str, error: bool = False) -> None:
+        """Tell the user why nothing happened (status line and a napari notification); returns None."""
+        self.say(message)
+        (show_error if error else show_warning)(message)
+
+    def failed(self, error: Exception) -> None:
+        """A run failed: its message (the project's errors name the fix), or the error's type and message."""
+        own = error.__class__.__module__.startswith("napari_fewshot")
+        self.refuse(f"Segmentation failed: {error if own else f'{type(error).__name__}: {error}'}", error=True)
+
+    def prediction(self, image: Any) -> Labels | None:
+        """The prediction layer of ``image``, when there is one."""
+        return find_layer(self.viewer, prediction_name(image), Labels, image.data.shape)
+
+    def take_corrections(self, image: Any, support: Labels, axis: int) -> None:
+        """Slices of ``image``'s prediction changed by hand since the last run join the support (slices along
+        ``axis``), so no correction is lost; slices cleared by hand are kept empty."""
+        prediction = self.prediction(image)
+        written = None if prediction is None else self.corrections.written.get(prediction)
+        if written is None or written.shape != prediction.data.shape:
+            return
+        corrected, cleared = corrected_slices(np.asarray(prediction.data), written, axis)
+        self.corrections.cleared.setdefault(prediction, set()).update((axis, z) for z in cleared)
+        slices = copy_slices(prediction, support, corrected, axis)
+        self.support_edited.emit()
+        if slices or cleared:
+            added = (f"Slices {', '.join(map(str, slices))} corrected in '{prediction.name}' were added to the "
+                     "support. " if slices else "")
+            empty = f"Slices {', '.join(map(str, cleared))}, cleared by hand, stay empty." if cleared else ""
+            show_info((added + empty).strip())
+
+
+def copy_slices(source: Any, target: Any, slices: list[int], axis: int) -> list[int]:
+    """Copy ``slices`` (along ``axis``) of Labels layer ``source`` into ``target`` as one undoable edit.
+
+    Returns the slices that changed ``target`` (those it already held are left out).
+    """
+    region = np.zeros(source.data.shape, dtype=bool)
+    region[slice_index(slices, axis, source.data.shape)] = True
+    where = np.nonzero(region & (source.data != target.data))
+    if len(where[0]):
+        target.data_setitem(where, np.asarray(source.data)[where])
+    return np.unique(where[axis]).tolist()
