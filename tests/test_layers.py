@@ -82,3 +82,14 @@ def test_no_module_imports_itself_back():
                     seen.add(imported)
                     stack.append((imported, (*path, imported)))
     assert not cycles, cycles[0]
+
+
+def test_the_widgets_parts_share_its_state_and_import_neither_each_other_nor_the_widget():
+    parts = {f"napari_fewshot._napari.{name}" for name in ("segment_part", "correct_part", "refine_part", "export_part")}
+    modules = _modules()
+    for part in parts:
+        source = modules[part].read_text(encoding="utf-8")
+        imported = {name for name in modules if name.startswith("napari_fewshot._napari.")
+                    and f"from .{name.rsplit('.', 1)[1]} import" in source}
+        assert not imported & (parts | {"napari_fewshot._napari.widget"}), f"{part} imports {sorted(imported)}"
+        assert "from .state import WidgetState" in source

@@ -1,49 +1,31 @@
-"""The widget's correcting part: the slices to check, adding a slice to the support, taking hand corrections.
+"""The widget's correcting part: the slices to check after a run, and adding the slice on screen to the support.
 
-It remembers what the widget wrote into each prediction layer (``written``) and
-the slices the user cleared (``cleared``); the differences found before the
-next run (:mod:`.corrections`) join the support, so no correction is lost.
+The hand corrections themselves are kept in the widget's state
+(:class:`~.state.Corrections`) and join the support before the next run.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from magicgui.widgets import PushButton, Select
-from napari.layers import Labels
-from napari.utils.notifications import show_info
 
 from ..core.confidence import check_reason, slice_confidence, slices_to_check
 from ..core.engine import Segmentation
-from .corrections import corrected_slices
 from .layers import grid_message, same_grid
-from .results import find_layer, prediction_name, slice_index
-
-if TYPE_CHECKING:
-    import napari
-
-    from .widget import FewShotWidget
+from .state import WidgetState, copy_slices
 
 #: How many slices the "Slices to check" list shows.
 SLICES_TO_CHECK = 10
 
 
 class CorrectPart:
-    """The list "Slices to check" (``check``) and the button "Add slice to support" (``add``, with its ``shortcut``).
+    """The list "Slices to check" (``check``, filled after each run of the volume) and the button "Add slice to
+    support" (``add``, with its ``shortcut``); ``state``: the widget's shared state."""
 
-    ``host`` is the widget holding the part: it has the viewer, the scan and the
-    support, the slice on screen, the refine count, and says what happened.
-    """
-
-    def __init__(self, host: FewShotWidget, shortcut: str) -> None:
-        self.host = host
-        #: per prediction layer, what the widget last wrote into it, to find hand corrections
-        #: (layers compare equal through napari's plugin proxies; identity does not hold)
-        self.written: dict[Any, np.ndarray] = {}
-        #: per prediction layer, (axis, slice) the user cleared: the structure is absent there,
-        #: which a label volume cannot say as a support, so later runs keep those slices empty
-        self.cleared: dict[Any, set[tuple[int, int]]] = {}
+    def __init__(self, state: WidgetState, shortcut: str) -> None:
+        self.state = state
         self._listed: list[tuple[str, int]] = []  # the last run's slices to check (kept when layers change)
         self.check = Select(label="Slices to check", choices=lambda _: self._listed)
         self.check.tooltip = (
@@ -57,6 +39,12 @@ class CorrectPart:
         )
         self.add.changed.connect(self.add_slice_to_support)
         self.check.changed.connect(self._go_to)
+        state.segmented.connect(self._segmented)
+
+    def _segmented(self, result: Segmentation, image: Any, prediction: Any, axis: int, names: dict[int, str],
+                   whole: bool) -> None:
+        if whole:
+            self.list(result, axis, names)
 
     def list(self, result: Segmentation, axis: int, names: dict[int, str]) -> None:
         """List the slices of ``result`` (slices along ``axis``) worth a look, and why."""
@@ -73,62 +61,29 @@ class CorrectPart:
 
     def add_slice_to_support(self) -> None:
         """Copy the prediction of the slice on screen into the support layer (undoable there with Ctrl-Z)."""
-        host = self.host
-        image, support = host.image.value, host.support.value
-        prediction = None if image is None else find_layer(host.viewer, prediction_name(image), Labels, image.data.shape)
+        state = self.state
+        image, support = state.scan()
+        prediction = None if image is None else state.prediction(image)
         if prediction is None or support is None:
-            return host.refuse("Segment first: there is no prediction to add to the support.")
+            return state.refuse("Segment first: there is no prediction to add to the support.")
         if not same_grid(image, support):
-            return host.refuse(grid_message(image, support))
-        axis, current = host.slice_axis(image), host.current_slice(image)
+            return state.refuse(grid_message(image, support))
+        axis, current = state.place(image)
         if not np.take(prediction.data, current, axis=axis).any():
-            self.cleared.setdefault(prediction, set()).add((axis, current))
-            host.say(f"Slice {current} is empty: later runs keep it empty. Press Segment volume (features are cached).")
+            state.corrections.cleared.setdefault(prediction, set()).add((axis, current))
+            state.say(f"Slice {current} is empty: later runs keep it empty. Press Segment volume (features are cached).")
             return
-        _copy_slices(prediction, support, [current], axis)
-        host.refining.count()
-        host.say(f"Slice {current} is now part of the support; press Segment volume (features are cached).")
-
-    def take_corrections(self, image: napari.layers.Image, support: napari.layers.Labels, axis: int) -> None:
-        """Slices of the prediction changed by hand since the last run join the support, so no correction is lost."""
-        prediction = find_layer(self.host.viewer, prediction_name(image), Labels, image.data.shape)
-        written = None if prediction is None else self.written.get(prediction)
-        if written is None or written.shape != prediction.data.shape:
-            return
-        corrected, cleared = corrected_slices(np.asarray(prediction.data), written, axis)
-        self.cleared.setdefault(prediction, set()).update((axis, z) for z in cleared)
-        slices = _copy_slices(prediction, support, corrected, axis)
-        self.host.refining.count()
-        if slices or cleared:
-            added = f"Slices {', '.join(map(str, slices))} corrected in '{prediction.name}' were added to the support. " if slices else ""
-            empty = f"Slices {', '.join(map(str, cleared))}, cleared by hand, stay empty." if cleared else ""
-            show_info((added + empty).strip())
-
-    def forget(self, layer: Any) -> None:
-        """``layer`` was closed: nothing about it is kept."""
-        self.written.pop(layer, None)
-        self.cleared.pop(layer, None)
+        copy_slices(prediction, support, [current], axis)
+        state.support_edited.emit()
+        state.say(f"Slice {current} is now part of the support; press Segment volume (features are cached).")
 
     def _go_to(self, value: list[int]) -> None:
-        host = self.host
-        image = host.image.value
+        state = self.state
+        image = state.scan()[0]
         if not value or image is None:
             return
-        axis = host.slice_axis(image)
-        point = list(image.world_to_data(host.viewer.dims.point))
+        axis = state.place(image)[0]
+        point = list(image.world_to_data(state.viewer.dims.point))
         point[axis] = value[-1]
         world = image.data_to_world(point)
-        host.viewer.dims.set_point(range(len(world)), world)
-
-
-def _copy_slices(source: Any, target: Any, slices: list[int], axis: int) -> list[int]:
-    """Copy ``slices`` (along ``axis``) of Labels layer ``source`` into ``target`` as one undoable edit.
-
-    Returns the slices that changed ``target`` (those it already held are left out).
-    """
-    region = np.zeros(source.data.shape, dtype=bool)
-    region[slice_index(slices, axis, source.data.shape)] = True
-    where = np.nonzero(region & (source.data != target.data))
-    if len(where[0]):
-        target.data_setitem(where, np.asarray(source.data)[where])
-    return np.unique(where[axis]).tolist()
+        state.viewer.dims.set_point(range(len(world)), world)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from magicgui.widgets import FileEdit, PushButton, create_widget
 from napari.utils.notifications import show_info
@@ -12,21 +12,16 @@ from ..io import VolumeWriteError
 from ..io.formats import is_seg_path
 from .export import export_labels
 from .layers import layer_attributes
+from .state import WidgetState
 from .structures import layer_names
-
-if TYPE_CHECKING:
-    from .widget import FewShotWidget
 
 
 class ExportPart:
-    """Which Labels layer to export (``layer``), to which file (``path``), and the ``button``.
+    """Which Labels layer to export (``layer``: the last one a run showed, or any other), to which file
+    (``path``), and the ``button``; ``state``: the widget's shared state."""
 
-    ``host`` is the widget holding the part: it names the structures and says
-    what happened.
-    """
-
-    def __init__(self, host: FewShotWidget) -> None:
-        self.host = host
+    def __init__(self, state: WidgetState) -> None:
+        self.state = state
         self.layer = create_widget(label="Export", annotation="napari.layers.Labels")
         self.layer.tooltip = "The Labels layer to export: the prediction after a run, or any other (a support, refined)"
         self.path = FileEdit(label="To file", mode="w", filter="*.nii.gz *.nii *.nrrd *.mha *.dcm")
@@ -38,28 +33,33 @@ class ExportPart:
         )
         self.button.changed.connect(lambda: self.export_mask())
         self.widgets = (self.layer, self.path, self.button)
+        state.labels_shown.connect(self._shown)
+
+    def _shown(self, layer: Any) -> None:
+        self.layer.reset_choices()
+        self.layer.value = layer
 
     def export_mask(self, path: str | None = None) -> list[str]:
         """Write the chosen Labels layer (default: the prediction) to ``path`` (default: the file field); returns
         the files written (the mask and its sidecar), none when refused."""
-        layer, host = self.layer.value, self.host
+        layer, state = self.layer.value, self.state
         target = str(path or self.path.value or "")
         if layer is None:
-            return host.refuse("Nothing to export: segment first, or choose a Labels layer.") or []
+            return state.refuse("Nothing to export: segment first, or choose a Labels layer.") or []
         if not target or target == ".":
-            return host.refuse("Choose a file to export to (.nii.gz, .nii, .nrrd, .mha, or .dcm for DICOM SEG).") or []
-        names = layer_names(layer.features) or host.structure_names() or {}
+            return state.refuse("Choose a file to export to (.nii.gz, .nii, .nrrd, .mha, or .dcm for DICOM SEG).") or []
+        names = layer_names(layer.features) or state.names() or {}
         folder = Path(target).parent
         if not folder.exists():
             try:
                 folder.mkdir(parents=True)
             except OSError as error:
-                return host.refuse(f"Could not make the folder {folder} to export into: {error}", error=True) or []
+                return state.refuse(f"Could not make the folder {folder} to export into: {error}", error=True) or []
             show_info(f"Made the folder {folder} to export into.")
         try:
             written = export_labels(target, layer.data, layer_attributes(layer), names)
         except VolumeWriteError as error:
-            return host.refuse(str(error), error=True) or []
+            return state.refuse(str(error), error=True) or []
         what = " as DICOM SEG" if is_seg_path(written[0]) else ""
-        host.say(f"Exported '{layer.name}' to {written[0]}{what} (sidecar {written[1].name}).")
+        state.say(f"Exported '{layer.name}' to {written[0]}{what} (sidecar {written[1].name}).")
         return [str(p) for p in written]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from magicgui.widgets import FileEdit, PushButton, SpinBox
@@ -13,9 +13,7 @@ from ..core.refined import REFINED_FILE
 from ..train.refine.trainer import RefineConfig
 from .refining import MIN_LABELLED_SLICES, apply_job, labelled_slices, refine_job, show_refined
 from .runner import Job
-
-if TYPE_CHECKING:
-    from .widget import FewShotWidget
+from .state import WidgetState
 
 #: The widget's refine run: fewer steps on smaller slices (px) than the command line's, so a user waits less;
 #: labelled slices per step as there.
@@ -25,13 +23,12 @@ REFINE_STEPS, REFINE_SIZE, REFINE_BATCH = 600, 128, RefineConfig.batch
 class RefinePart:
     """The refine and apply buttons (``refine``, ``apply``) and their settings (``steps``, ``folder``).
 
-    ``host`` is the widget holding the part: it has the scan, the support, the
-    device, the runner and the correcting part (corrections join the support
-    before a run), and says what happened.
+    ``state``: the widget's shared state (the scan, the support, the runner; hand
+    corrections join the support before a run).
     """
 
-    def __init__(self, host: FewShotWidget) -> None:
-        self.host = host
+    def __init__(self, state: WidgetState) -> None:
+        self.state = state
         self.steps = SpinBox(label="Refine steps", min=1, max=100_000, value=REFINE_STEPS)
         self.steps.tooltip = "Training steps of the refine run (600 steps take 25 s on a GPU)"
         self.folder = FileEdit(label="Model folder", mode="d")
@@ -49,19 +46,20 @@ class RefinePart:
         self.refine.changed.connect(self.refine_with_annotations)
         self.apply.changed.connect(self.apply_refined_model)
         self._watched: Any = None
+        state.support_edited.connect(self.count)
 
     def refine_with_annotations(self) -> None:
         """Train a network on the support's labelled slices and the rest of the scan (PCCS) in the background."""
-        host = self.host
-        checked = host.checked_layers()
+        state = self.state
+        checked = state.checked()
         if checked is None:
             return
         image, support, names = checked
-        axis = host.slice_axis(image)
-        host.correcting.take_corrections(image, support, axis)
+        axis = state.place(image)[0]
+        state.take_corrections(image, support, axis)
         labelled = labelled_slices(support.data, axis)
         if labelled < MIN_LABELLED_SLICES:
-            return host.refuse(
+            return state.refuse(
                 f"'{support.name}' has {labelled} labelled slices; paint or correct at least {MIN_LABELLED_SLICES} "
                 "(Add slice to support) before refining."
             )
@@ -76,8 +74,8 @@ class RefinePart:
         kwargs = dict(
             image=np.asarray(image.data), labels=np.array(support.data, copy=True), out=out,
             spacing=tuple(float(s) for s in image.scale), axis=axis, modality=image.metadata.get("modality"),
-            steps=self.steps.value, size=REFINE_SIZE, batch=REFINE_BATCH, device=host.device.value,
-            describe=host.runner.described.emit,
+            steps=self.steps.value, size=REFINE_SIZE, batch=REFINE_BATCH, device=state.settings(image)["device"],
+            describe=state.runner.described.emit,
         )
         provenance = dict(method="pccs", steps=self.steps.value, size=REFINE_SIZE, support_layer=support.name,
                           labelled_slices=labelled, axis=axis)
@@ -86,17 +84,17 @@ class RefinePart:
 
     def apply_refined_model(self) -> None:
         """Segment the chosen image with the refined model in the model folder, in the background."""
-        host = self.host
-        image, folder = host.image.value, str(self.folder.value or "")
+        state = self.state
+        image, folder = state.scan()[0], str(self.folder.value or "")
         if image is None:
-            return host.refuse("Open a scan first (File > Open, or File > Open Sample > napari-fewshot).")
+            return state.refuse("Open a scan first (File > Open, or File > Open Sample > napari-fewshot).")
         if not folder or folder == "." or not (Path(folder) / REFINED_FILE).is_file():
-            return host.refuse("Choose a model folder holding a refined model (Refine with my annotations writes one).")
-        axis = host.slice_axis(image)
+            return state.refuse("Choose a model folder holding a refined model (Refine with my annotations writes one).")
+        axis = state.place(image)[0]
         kwargs = dict(image=np.asarray(image.data), model=Path(folder) / REFINED_FILE, axis=axis,
                       spacing=tuple(float(s) for s in image.scale), modality=image.metadata.get("modality"),
-                      device=host.device.value)
-        self._start(image, host.structure_names() or {}, f"Applying the refined model to '{image.name}'", apply_job,
+                      device=state.settings(image)["device"])
+        self._start(image, state.names() or {}, f"Applying the refined model to '{image.name}'", apply_job,
                     kwargs, dict(axis=axis))
 
     def watch(self, support: Any) -> None:
@@ -113,8 +111,8 @@ class RefinePart:
 
     def count(self, event: Any = None) -> None:
         """Count the support's labelled slices (from its data): 'Refine' says how many until it is enabled."""
-        support, image = self.host.support.value, self.host.image.value
-        axis = self.host.slice_axis(image) if image is not None else 0
+        image, support = self.state.scan()
+        axis = self.state.place(image)[0] if image is not None else 0
         count = 0 if support is None else labelled_slices(support.data, min(axis, support.data.ndim - 1))
         self.refine.enabled = count >= MIN_LABELLED_SLICES
         missing = f" ({count} of {MIN_LABELLED_SLICES} slices)" if count < MIN_LABELLED_SLICES else ""
@@ -123,22 +121,22 @@ class RefinePart:
     def _start(self, image: Any, names: dict[int, str], what: str, function: Any, kwargs: dict[str, Any],
                provenance: dict[str, Any]) -> None:
         """Run a refine or apply job; its labels go to '<image> refined' and its model to the model folder."""
-        host = self.host
+        state = self.state
 
         def done(outcome: tuple[np.ndarray, Path]) -> None:
             labels, model = outcome
-            if image not in host.viewer.layers:
+            if image not in state.viewer.layers:
                 return
             self.folder.value = str(model.parent)
-            layer = show_refined(host.viewer, image, labels, names, {**provenance, "model": str(model)})
-            host.exporting.layer.reset_choices()
-            host.say(f"{what}: done. The result is '{layer.name}'; the model is in {model.parent}.")
+            layer = show_refined(state.viewer, image, labels, names, {**provenance, "model": str(model)})
+            state.labels_shown.emit(layer)
+            state.say(f"{what}: done. The result is '{layer.name}'; the model is in {model.parent}.")
 
-        host.runner.start(Job(
+        state.runner.start(Job(
             description=what, kwargs=kwargs, function=function,
-            started=lambda: host.say(f"{what}..."),
+            started=lambda: state.say(f"{what}..."),
             done=done,
-            failed=host.failed,
-            cancelled=lambda: host.say(f"Cancelled ({what})."),
-            context=dict(image=image, support=host.support.value),
+            failed=state.failed,
+            cancelled=lambda: state.say(f"Cancelled ({what})."),
+            context=dict(image=image, support=state.scan()[1]),
         ))

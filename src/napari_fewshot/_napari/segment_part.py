@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, ProgressBar, PushButton
@@ -17,9 +17,7 @@ from .corrections import kept_empty
 from .export import PROVENANCE, record_run
 from .results import MAPS, find_layer, prediction_layer, prediction_name, show_segmentation, slice_index
 from .runner import Job
-
-if TYPE_CHECKING:
-    from .widget import FewShotWidget
+from .state import WidgetState
 
 #: The choice that leaves an option to the engine (its default for the run: the decoder where it can draw, the
 #: components touching the painting for a volume).
@@ -63,12 +61,12 @@ class SegmentPart:
     bar, and the settings of how the head's maps become labels (``options``: a control per option the widget
     shows, by name, :func:`option_controls`) and layers (``maps``).
 
-    ``host`` is the widget holding the part: it has the scan, the support and the
-    model settings, the runner and the other parts, and says what happened.
+    ``state``: the widget's shared state (the scan, the support and the model settings, the runner and the
+    sessions, the hand corrections); a run shown is told to the other parts as ``state.segmented``.
     """
 
-    def __init__(self, host: FewShotWidget, shortcuts: dict[str, str]) -> None:
-        self.host = host
+    def __init__(self, state: WidgetState, shortcuts: dict[str, str]) -> None:
+        self.state = state
         self.options = option_controls()
         self.maps = ComboBox(label="Maps", choices=list(MAPS), value="attention")
         self.maps.tooltip = "Per structure, an Image layer (hidden; additive) with the prototype attention or the probability"
@@ -84,20 +82,20 @@ class SegmentPart:
 
     def run(self, kind: str) -> None:
         """Segment the slice on screen (``kind="slice"``) or the volume (``"volume"``) in the background."""
-        host = self.host
-        checked = host.checked_layers()
+        state = self.state
+        checked = state.checked()
         if checked is None:
             return
         image, support, names = checked
-        axis, current = host.slice_axis(image), host.current_slice(image)
+        axis, current = state.place(image)
         if kind == "volume":
-            host.correcting.take_corrections(image, support, axis)
+            state.take_corrections(image, support, axis)
         n = image.data.shape[axis]
         slices = np.arange(n) if kind == "volume" else np.array([current])
         segment_options = options_from_controls(self.options)
         if kind == "slice":  # one slice: the components are those of that slice
             segment_options = replace(segment_options, keep=None)
-        model = host.model_options(image)
+        model = state.settings(image)
         options = dict(model)  # with the options the run resolved, what the export's sidecar records
         kwargs = dict(
             model,
@@ -108,29 +106,29 @@ class SegmentPart:
             modality=image.metadata.get("modality"),
             slices=None if kind == "volume" else slices,
         )
-        host.yield_ahead()
+        state.segment_starting.emit()
         context = dict(image=image, support=support, previewed=set(), kind="segment")
         what = f"{image.name}: {'every slice' if kind == 'volume' else f'slice {current}'}"
         job = Job(
             description=f"Segmenting {what}",
-            function=partial(host.sessions.segment, image),
+            function=partial(state.sessions.segment, image),
             kwargs=kwargs,
-            started=lambda: host.say(f"Segmenting {what}..."),
+            started=lambda: state.say(f"Segmenting {what}..."),
             done=lambda result: self._show(result, context, slices, names, options, support.name),
-            failed=host.failed,
+            failed=state.failed,
             cancelled=lambda: self._cancelled(what, context),
             context=context,
             preview=(lambda value, done, mask: self._show_preview(context, value, done, mask, axis))
             if kind == "volume" else None,
         )
-        host.runner.start(job)
-        if host.runner.job is not job:
-            host.say(f"Segmenting {what} once the current run has stopped...")
+        state.runner.start(job)
+        if state.runner.job is not job:
+            state.say(f"Segmenting {what} once the current run has stopped...")
 
     def show_progress(self, job: Job, done: int, total: int, seconds_left: float | None) -> None:
         """``job``'s slices done of those planned, and the time left, on the bar and the status line."""
         left = "" if seconds_left is None else f", about {duration(seconds_left)} left"
-        self.host.say(f"{job.description}: {done} of {'' if done >= total else '~'}{total} slices{left}")
+        self.state.say(f"{job.description}: {done} of {'' if done >= total else '~'}{total} slices{left}")
         self.progress.max, self.progress.value = total, done
         self.progress.visible = True
 
@@ -143,7 +141,7 @@ class SegmentPart:
         the widget's own, not as a correction.  A layer the run made is removed
         again if the scan is closed during the run.
         """
-        viewer, correcting = self.host.viewer, self.host.correcting
+        viewer, corrections = self.state.viewer, self.state.corrections
         image = context["image"]
         if image not in viewer.layers:
             return
@@ -152,14 +150,14 @@ class SegmentPart:
         if prediction is not before:
             context["made"] = prediction
         previewed = context["previewed"]
-        if not previewed or prediction not in correcting.written:  # the run's first batch, or a layer made anew
+        if not previewed or prediction not in corrections.written:  # the run's first batch, or a layer made anew
             prediction.data[...] = 0
-            correcting.written[prediction] = np.zeros_like(prediction.data)
-        cleared = {z for a, z in correcting.cleared.get(prediction, ()) if a == axis}
+            corrections.written[prediction] = np.zeros_like(prediction.data)
+        cleared = {z for a, z in corrections.cleared.get(prediction, ()) if a == axis}
         shown = [i for i, z in enumerate(slices) if z not in cleared]
         where = slice_index([slices[i] for i in shown], axis, image.data.shape)
         mask = np.take(mask, shown, axis=axis)
-        for data in (prediction.data, correcting.written[prediction]):
+        for data in (prediction.data, corrections.written[prediction]):
             part = data[where]
             part[part == value] = 0
             part[mask] = value
@@ -170,10 +168,10 @@ class SegmentPart:
     def _cancelled(self, what: str, context: dict[str, Any]) -> None:
         shown = len(context["previewed"])
         if shown:
-            self.host.say(f"Cancelled ({what}); the prediction shows the {shown} slices segmented so far, before the "
+            self.state.say(f"Cancelled ({what}); the prediction shows the {shown} slices segmented so far, before the "
                           "3D clean-up and the boundaries.")
         else:
-            self.host.say(f"Cancelled ({what}); the previous prediction is unchanged.")
+            self.state.say(f"Cancelled ({what}); the previous prediction is unchanged.")
 
     def _show(
         self,
@@ -184,15 +182,14 @@ class SegmentPart:
         options: dict[str, Any],
         support_name: str,
     ) -> None:
-        host = self.host
-        viewer, correcting, image = host.viewer, host.correcting, context["image"]
+        state = self.state
+        viewer, corrections, image = state.viewer, state.corrections, context["image"]
         if image not in viewer.layers:
             return  # closed during the run: the widget has said so
-        host.measured(result)
         axis = options["axis"]
         previous = find_layer(viewer, prediction_name(image), Labels, image.data.shape)
         painted = {z for slices in result.support_slices.values() for z in slices}
-        empty = kept_empty(correcting.cleared.get(previous, set()), axis, painted)
+        empty = kept_empty(corrections.cleared.get(previous, set()), axis, painted)
         if empty:
             result.labels[slice_index(empty, axis, result.labels.shape)] = 0
         provenance = {
@@ -215,16 +212,13 @@ class SegmentPart:
             viewer, image, result, slices=slices, axis=axis, names=names, maps=self.maps.value,
             provenance=record_run(earlier, provenance, replaces_all=whole),
         )
-        correcting.written[prediction] = np.array(prediction.data, copy=True)
-        host.exporting.layer.reset_choices()
-        host.exporting.layer.value = prediction
+        corrections.written[prediction] = np.array(prediction.data, copy=True)
+        state.labels_shown.emit(prediction)
         if context["support"] in viewer.layers:  # painting goes on where it was, not on the new layers
             viewer.layers.selection.active = context["support"]
-        if whole:
-            correcting.list(result, axis, names)
-            host.device_note.value = f"Features of '{image.name}' ready where this run went: segmenting again takes seconds."
+        state.segmented.emit(result, image, prediction, axis, names, whole)
         seconds = result.seconds
-        host.say(
+        state.say(
             f"Segmented {'the volume' if whole else f'slice {slices[0]}'} in {seconds['total']:.1f} s "
             f"(encoding {result.encoded_slices} slices: {seconds['encode']:.1f} s; head and boundaries: "
             f"{seconds['head']:.1f} s) on {result.runtime}."

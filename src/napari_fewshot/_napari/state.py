@@ -21,6 +21,7 @@ from psygnal import Signal
 
 from ..core.sessions import Sessions
 from .corrections import corrected_slices
+from .layers import grid_message, same_grid
 from .results import find_layer, prediction_name, slice_index
 from .runner import SegmentationRunner
 
@@ -51,12 +52,14 @@ class WidgetState:
     say : writes the status line.
     """
 
-    #: a run was shown: ``(result, prediction layer, axis, names, whole)``
-    segmented = Signal(object, object, int, dict, bool)
+    #: a run was shown: ``(result, image, prediction layer, axis, names, whole)``
+    segmented = Signal(object, object, object, int, dict, bool)
     #: a part put a Labels layer worth exporting (a prediction, a refined result)
     labels_shown = Signal(object)
     #: the support gained slices (added by hand, or corrections taken into it)
     support_edited = Signal()
+    #: a segment run is about to start (the encoding ahead yields to it)
+    segment_starting = Signal()
 
     def __init__(self, viewer: Any, *, scan: Callable[[], tuple[Any, Any]], settings: Callable[[Any], dict[str, Any]],
                  place: Callable[[Any], tuple[int, int]], names: Callable[[], dict[int, str] | None],
@@ -76,6 +79,20 @@ class WidgetState:
         """A run failed: its message (the project's errors name the fix), or the error's type and message."""
         own = error.__class__.__module__.startswith("napari_fewshot")
         self.refuse(f"Segmentation failed: {error if own else f'{type(error).__name__}: {error}'}", error=True)
+
+    def checked(self) -> tuple[Any, Labels, dict[int, str]] | None:
+        """The scan, the support and the structure names, when a run can use them; else None, the user told why."""
+        image, support = self.scan()
+        if image is None:
+            return self.refuse("Open a scan first (File > Open, or File > Open Sample > napari-fewshot).")
+        if image.ndim != 3 or image.rgb:
+            return self.refuse(f"'{image.name}' is not a 3D grey-value volume; choose a scan (z, y, x).")
+        if support is None:
+            return self.refuse("Make a support layer ('New support layer') and paint the structure on one slice.")
+        if not same_grid(image, support):
+            return self.refuse(grid_message(image, support))
+        names = self.names()
+        return None if names is None else (image, support, names)
 
     def prediction(self, image: Any) -> Labels | None:
         """The prediction layer of ``image``, when there is one."""

@@ -1,13 +1,15 @@
 """The plugin's dock widget: paint a support, segment, check the least sure slices, correct, refine, export.
 
-Thin by design: the widget holds the scan, the support, the structure names
-and the model settings, the one :class:`SegmentationRunner` (a thread worker,
-one run at a time; model work never runs on the GUI thread) and the encoding
-ahead, and lays out its parts, each with its controls and actions:
-segmenting (:class:`SegmentPart`), checking and correcting
+Thin by design: the widget holds the scan, the support, the structure names,
+the model settings and the encoding ahead, and lays out its parts, each with its
+controls and actions: segmenting (:class:`SegmentPart`), checking and correcting
 (:class:`CorrectPart`), refining (:class:`RefinePart`) and exporting
-(:class:`ExportPart`).  What the parts decide without Qt lives in plain
-functions (:mod:`.corrections`, :func:`~.export.record_run`).
+(:class:`ExportPart`).  The parts share one :class:`~.state.WidgetState` (the
+viewer, the one :class:`SegmentationRunner`: a thread worker, one run at a time,
+model work never on the GUI thread; the scan sessions; the hand corrections) and
+tell each other what happened through its events, never calling each other.
+What the parts decide without Qt lives in plain functions (:mod:`.corrections`,
+:func:`~.export.record_run`).
 """
 
 from __future__ import annotations
@@ -18,21 +20,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, LineEdit, PushButton, create_widget
 from napari.layers import Labels
-from napari.utils.notifications import show_error, show_warning
+from napari.utils.notifications import show_warning
 
 from ..core.device import available_devices
 from ..core.encoders import ENCODERS
 from ..core.engine import DEFAULT_ENCODER, Segmentation
-from ..core.heads import DEFAULT_HEAD, HEADS
 from ..core.backends import BACKENDS, resolve_runtime
-from ..core.sessions import Sessions
+from ..core.heads import DEFAULT_HEAD, HEADS
 from .correct_part import CorrectPart
 from .export_part import ExportPart
-from .layers import grid_message, layer_attributes, same_grid, support_layer_data
+from .layers import layer_attributes, support_layer_data
 from .reader_preference import patterns_read_elsewhere, prefer_this_reader
 from .refine_part import RefinePart
 from .results import find_layer, prediction_name
 from .runner import Job, SegmentationRunner
+from .state import WidgetState
 from .segment_part import SegmentPart, duration
 from .structures import format_names, layer_names, names_features, parse_names
 
@@ -64,8 +66,12 @@ class FewShotWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self._viewer = viewer
-        self._runner = SegmentationRunner()
-        self.sessions = Sessions()  # one engine session per scan, for every run on it
+        self.state = WidgetState(
+            viewer, scan=lambda: (self.image.value, self.support.value), settings=self.model_options,
+            place=lambda image: (self.slice_axis(image), self.current_slice(image)), names=self.structure_names,
+            say=self.say,
+        )
+        self._runner = self.state.runner
         self._seconds_per_slice = dict(CPU_SECONDS_PER_SLICE)
 
         self.use_reader = PushButton(text="Open scans with napari-fewshot", visible=bool(patterns_read_elsewhere()))
@@ -102,10 +108,12 @@ class FewShotWidget(Container):
         self.cancel = PushButton(text="Cancel", enabled=False)
         self.cancel.tooltip = "Stop the run; the slices segmented so far stay in the prediction"
         self.status = Label(value="")
-        self.segmenting = SegmentPart(self, SHORTCUTS)
-        self.correcting = CorrectPart(self, SHORTCUTS["add to support"])
-        self.refining = RefinePart(self)
-        self.exporting = ExportPart(self)
+        self.segmenting = SegmentPart(self.state, SHORTCUTS)
+        self.correcting = CorrectPart(self.state, SHORTCUTS["add to support"])
+        self.refining = RefinePart(self.state)
+        self.exporting = ExportPart(self.state)
+        self.state.segment_starting.connect(self._yield_ahead)
+        self.state.segmented.connect(self._segmented)
         for widget in (self.device_note, self.status):
             widget.native.setWordWrap(True)
         # the expert knobs, folded away under one button
@@ -196,18 +204,21 @@ class FewShotWidget(Container):
         """The model a run on ``image`` uses: :meth:`encoding_options` and the head."""
         return dict(self.encoding_options(image), head=self.head.value)
 
-    def yield_ahead(self) -> None:
+    def _yield_ahead(self) -> None:
         """A segment run is starting: encoding ahead yields to it and goes on after it."""
         if self._is_ahead(self._runner.job):
             self._ahead_done = None
 
-    def measured(self, result: Segmentation) -> None:
-        """A run ended: one that encoded enough slices on the CPU times the encoder for the first-run estimate
-        (a slice or two would time the model's loading)."""
+    def _segmented(self, result: Segmentation, image: Any, prediction: Any, axis: int, names: dict[int, str],
+                   whole: bool) -> None:
+        """A run was shown: one that encoded enough slices on the CPU times the encoder for the first-run estimate
+        (a slice or two would time the model's loading); after a volume the note says its features are ready."""
         encoded = result.encoded_slices
         if encoded >= MEASURED_SLICES and result.device == "cpu":
             self._seconds_per_slice[result.encoder, result.runtime.backend] = result.seconds["encode"] / encoded
             self._update_device_note()
+        if whole:
+            self.device_note.value = f"Features of '{image.name}' ready where this run went: segmenting again takes seconds."
 
     def _encode_ahead(self) -> None:
         """Encode the chosen scan in the background, from the slice on screen outward, when no run is going.
@@ -243,7 +254,7 @@ class FewShotWidget(Container):
             self.say(f"Encoding ahead stopped: {error}")
 
         self._runner.start(Job(
-            description=f"Encoding {image.name} ahead", kwargs=kwargs, function=partial(self.sessions.encode, image),
+            description=f"Encoding {image.name} ahead", kwargs=kwargs, function=partial(self.state.sessions.encode, image),
             started=lambda: None, done=done, failed=failed, cancelled=lambda: None,
             context=dict(image=image, support=None, ahead=wanted),
         ))
@@ -263,19 +274,6 @@ class FewShotWidget(Container):
             self.segmenting.show_progress(job, done, total, seconds_left)
 
     # -- helpers ---------------------------------------------------------------------
-    def checked_layers(self) -> tuple[Any, Any, dict[int, str]] | None:
-        image, support = self.image.value, self.support.value
-        if image is None:
-            return self.refuse("Open a scan first (File > Open, or File > Open Sample > napari-fewshot).")
-        if image.ndim != 3 or image.rgb:
-            return self.refuse(f"'{image.name}' is not a 3D grey-value volume; choose a scan (z, y, x).")
-        if support is None:
-            return self.refuse("Make a support layer ('New support layer') and paint the structure on one slice.")
-        if not same_grid(image, support):
-            return self.refuse(grid_message(image, support))
-        names = self.structure_names()
-        return None if names is None else (image, support, names)
-
     def structure_names(self) -> dict[int, str] | None:
         try:
             return parse_names(self.names.value)
@@ -293,13 +291,9 @@ class FewShotWidget(Container):
         index = image.world_to_data(self._viewer.dims.point)[axis]
         return int(np.clip(round(index), 0, image.data.shape[axis] - 1))
 
-    def failed(self, error: Exception) -> None:
-        message = str(error) if error.__class__.__module__.startswith("napari_fewshot") else f"{type(error).__name__}: {error}"
-        self.refuse(f"Segmentation failed: {message}", error=True)
-
     def _layer_removed(self, event: Any) -> None:
-        self.correcting.forget(event.value)
-        self.sessions.forget(event.value)
+        self.state.corrections.forget(event.value)
+        self.state.sessions.forget(event.value)
         job = self._runner.job
         if job is not None and any(event.value == job.context[k] for k in ("image", "support")):
             self._runner.cancel_all()
@@ -393,5 +387,4 @@ class FewShotWidget(Container):
 
     def refuse(self, message: str, error: bool = False) -> None:
         """Tell the user why nothing happened (status line and a napari notification); returns None."""
-        self.say(message)
-        (show_error if error else show_warning)(message)
+        self.state.refuse(message, error)
