@@ -116,8 +116,8 @@ class SegmentationRun:
                                          decoder_refused=session.decoder_refused)
         labels = checked_labels(support_labels, self.support.shape, self.same_volume)
         self.painting = np.moveaxis(labels, session.axis, 0)
-        self.painted = painted_structures(self.painting)
-        self.structures = {v: Structure(v, self.painting == v, slices) for v, slices in self.painted.items()}
+        self.support_slices = painted_structures(self.painting)
+        self.structures = {v: Structure(v, self.painting, slices) for v, slices in self.support_slices.items()}
         modality, support_modality = session.preprocessing.modality, self.support.preprocessing.modality
         if modality != support_modality:
             warnings.warn(
@@ -147,7 +147,7 @@ class SegmentationRun:
         if chosen.follow_anatomy:
             self.follow = FollowAnatomy(session.volume, spacing_mm, session.preprocessing, session.window, self.clock,
                                         self.cancel)
-            self.follow.sample(self.painting, self.painted)
+            self.follow.sample(self.painting, self.support_slices)
 
     def encode_painted(self) -> None:
         """Encode the painted slices first (they calibrate the decoder), then what they tell: presence's
@@ -155,7 +155,7 @@ class SegmentationRun:
         self.encoding(self.support, self.features[-1], self.support_needed)
         session, n_query = self.session, len(self.session.volume)
         self.levels, calibrations = self.predictor.painted_maps(
-            self.features[-1].tensor, self.painting, self.painted, n_query, self.call.options.threshold,
+            self.features[-1].tensor, self.painting, self.support_slices, n_query, self.call.options.threshold,
             self.decoder, self.clock)
         boundaries = None
         if self.decoder is not None:
@@ -191,11 +191,12 @@ class SegmentationRun:
         session, chosen, structure = self.session, self.call.options, self.structures[value]
         self.encoding(session, self.features[0], batch)
         probability, slices, spacing_mm = self.probabilities[value], structure.painted_slices, session.spacing_mm
-        self.predictor.structure_maps(self.features[0].tensor, self.features[-1].tensor, structure.painted, slices,
-                                      batch, (probability, self.attention[value]),
-                                      advance=self.clock.advance("head"), cancel=self.cancel)
+        painted = structure.painted
+        self.predictor.structure_maps(self.features[0].tensor, self.features[-1].tensor, painted, slices, batch,
+                                      (probability, self.attention[value]), advance=self.clock.advance("head"),
+                                      cancel=self.cancel)
         if chosen.location:
-            apply_location_prior(probability, structure.painted, slices, spacing_mm, batch)
+            apply_location_prior(probability, painted, slices, spacing_mm, batch)
         if chosen.decay_mm is not None:
             apply_distance_decay(probability, slices, spacing_mm[0], chosen.decay_mm, batch)
         if self.same_volume:
@@ -228,7 +229,7 @@ class SegmentationRun:
             labels=np.moveaxis(labels, 0, axis),
             probabilities={v: np.moveaxis(p, 0, axis) for v, p in self.probabilities.items()},
             attention={v: np.moveaxis(a, 0, axis) for v, a in self.attention.items()},
-            support_slices=self.painted,
+            support_slices=self.support_slices,
             boundaries={v: s.drawn_by for v, s in self.structures.items()},
             presence=presence,
             encoder=session.encoder,
