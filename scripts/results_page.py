@@ -94,14 +94,14 @@ def readme_table(runs: list[dict], gpu: dict | None) -> str:
                  for _, m, rows in columns]
         lines.append(f"| {kind} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
     lines.append("| seconds (CPU) | " + " | ".join(f"{_median_seconds(rows, m):.1f}" for _, m, rows in columns) + " |")
-    machine = runs[0]["machine"].split(",")[1].strip() if "," in runs[0]["machine"] else runs[0]["machine"]
-    note = (f"Mean whole-volume Dice over the development data's {len({(r['case'], r['value']) for r in runs[0]['rows']})}"
-            f" structures; seconds: the median per structure with the scan's features cached, on a {machine} CPU "
-            f"({runs[0]['runtime']}).")
+    structures = len({(r["case"], r["value"]) for r in runs[0]["rows"]})
+    note = (f"Mean whole-volume Dice over the development data's {structures} structures; seconds: the median per "
+            f"structure with the scan's features cached, on the development machine ({runs[0]['machine']}; "
+            f"{runs[0]['runtime']}).")
     if gpu is not None:
         first = _methods(gpu["rows"])[0]
-        note += (f" On a GPU ({gpu['runtime']}, {gpu['date']}) the engine took "
-                 f"{_median_seconds(gpu['rows'], first):.1f} s.")
+        note += (f" On a GPU ({gpu['runtime']}, {gpu['date']}, the default of that day, before later rules) the "
+                 f"engine took {_median_seconds(gpu['rows'], first):.1f} s.")
     return "\n".join([*lines, "", note + " Every number, and the command: [docs/results.md](docs/results.md)."])
 
 

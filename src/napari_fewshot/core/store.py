@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
+from .backends import trunk_runner
 from .encoders import Encoder, EncoderUnavailable, build_encoder
 from .errors import SegmentationError
 from .heads import Head, build_head
 from .model import FewShotModel, apply_model_file, model_source, read_model
-from .backends import trunk_runner
 from .runtime import Runtime, Trunk
 from .sam_decoder import BoxDecoder
 

@@ -18,7 +18,6 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ..core.engine import encode_volume
 from ..core.backends import resolve_runtime
 from .cases import Case, Task, tasks_for
 from .kinds import kind
@@ -66,12 +65,15 @@ def evaluate(
     :func:`score`, the median seconds of ``repeats`` runs and the peak resident
     memory (MiB) while the method ran.
     """
-    encode = {}
+    encode, ran = {}, None
     for encoder in dict.fromkeys(e for m in methods if (e := m.encoder(context)) is not None):
         for case in cases:
             reset_peak()
             started = time.perf_counter()
-            encode_volume(case.image, spacing=case.spacing, encoder=encoder, cache=context.cache, **context.runtime)
+            session = context.sessions.session(case, case.image, spacing=case.spacing, encoder=encoder,
+                                               cache=context.cache, **context.runtime)
+            session.encode()
+            ran = session.trunk.runtime  # what encoded: float32 where the CPU lacks bfloat16, torch after a fallback
             name = case.name if encoder == context.encoder else f"{case.name} ({encoder})"
             encode[name] = {"seconds": time.perf_counter() - started, "slices": len(case.image), "peak_mib": peak_mib()}
             log(f"{name}: encoded {len(case.image)} slices in {encode[name]['seconds']:.1f} s")
@@ -85,7 +87,8 @@ def evaluate(
                     rows.append(_measure(method, task, context, repeats, tolerance_mm))
                     log(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items() if k != "seconds_all"))
     return {
-        "machine": machine(), "device": str(context.device), "runtime": str(resolve_runtime(**context.runtime)),
+        "machine": machine(), "device": str(context.device),
+        "runtime": str(ran or resolve_runtime(**context.runtime)),
         "encoder": context.encoder, "repeats": repeats,
         "nsd_tolerance_mm": tolerance_mm, "date": time.strftime("%Y-%m-%d"),
         "cases": {c.name: {"shape": list(c.image.shape), "spacing_mm": list(c.spacing)} for c in cases},
