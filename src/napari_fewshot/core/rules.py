@@ -53,20 +53,15 @@ from .sam_decoder import BoxDecoder
 class Structure:
     """One structure as the rules see it.
 
-    value : its label value.  painting : ``[Z, Y, X]`` the support labels (on the support's
-    grid), where ``value`` marks it.  painted_slices : the slices it was painted on (indices
-    along the first axis).  drawn_by : who drew its boundaries (set by :class:`DecoderBoundaries`).
+    value : its label value.  painted : ``[Z, Y, X]`` bool, where it was painted (on the
+    support's grid).  painted_slices : the slices it was painted on (indices along the
+    first axis).  drawn_by : who drew its boundaries (set by :class:`DecoderBoundaries`).
     """
 
     value: int
-    painting: np.ndarray
+    painted: np.ndarray
     painted_slices: tuple[int, ...]
     drawn_by: str = BOUNDARIES[0]
-
-    @property
-    def painted(self) -> np.ndarray:
-        """``[Z, Y, X]`` bool, where the structure was painted (made when asked: a scan's worth per structure)."""
-        return self.painting == self.value
 
 
 class Rule:
@@ -235,7 +230,7 @@ class Pipeline:
     def kept(self, mask: np.ndarray, painted: np.ndarray, painted_slices: tuple[int, ...]) -> np.ndarray:
         """What the walk's rules keep of ``mask`` ``[Z, Y, X]`` bool, a structure painted as ``painted`` on
         ``painted_slices`` (of this block of slices)."""
-        structure = Structure(True, painted, painted_slices)  # the block's painting itself: True marks it
+        structure = Structure(0, painted, painted_slices)
         for rule in self.walk:
             mask = rule(mask, structure)
         return mask

@@ -105,7 +105,7 @@ class SegmentationRun:
         self.predictor = Predictor(session.model, session.runtime.device, session.aspect, support,
                                    session.build_support)
         self.examined: dict[int, np.ndarray] = {}
-        self.structures: dict[int, Structure] = {}
+        self.drawn_by: dict[int, str] = {}
 
     def resolve(self, support_labels: np.ndarray, options: SegmentOptions, slices: Sequence[int] | None) -> None:
         """The options for this call, the painting ``[Z, Y, X]`` (slices first) and its structures."""
@@ -117,7 +117,6 @@ class SegmentationRun:
         labels = checked_labels(support_labels, self.support.shape, self.same_volume)
         self.painting = np.moveaxis(labels, session.axis, 0)
         self.support_slices = painted_structures(self.painting)
-        self.structures = {v: Structure(v, self.painting, slices) for v, slices in self.support_slices.items()}
         modality, support_modality = session.preprocessing.modality, self.support.preprocessing.modality
         if modality != support_modality:
             warnings.warn(
@@ -133,14 +132,14 @@ class SegmentationRun:
         spacing_mm, n_query = session.spacing_mm, len(session.volume)
         self.margin = math.ceil(OUTWARD_MARGIN_MM / spacing_mm[0])
         self.within = max(1, round(REGROWTH_MM / spacing_mm[0]))  # slices back a structure's regrowth is measured from
-        self.reach = {v: expected_reach(_largest_painting_mm2(s.painted, s.painted_slices, spacing_mm), spacing_mm[0])
-                      for v, s in self.structures.items()}
-        self.support_needed = np.array(sorted({z for s in self.structures.values() for z in s.painted_slices}))
+        self.reach = {v: expected_reach(_largest_painting_mm2(self.painting == v, slices, spacing_mm), spacing_mm[0])
+                      for v, slices in self.support_slices.items()}
+        self.support_needed = np.array(sorted({z for slices in self.support_slices.values() for z in slices}))
         outward = self.call.outward
         self.slice_plan = SlicePlan(
             self.clock, self.features[0], self.support_needed if self.same_volume else self.support_needed[:0],
-            {v: np.arange(*planned_range(n_query, s.painted_slices, self.reach[v], self.margin)) if outward
-             else self.queries for v, s in self.structures.items()},
+            {v: np.arange(*planned_range(n_query, slices, self.reach[v], self.margin)) if outward
+             else self.queries for v, slices in self.support_slices.items()},
             spare=2 * self.margin if outward else 0, follow=chosen.follow_anatomy)
         self.decoder = session.store.decoder(session.trunk.runtime) if chosen.boundaries == "decoder" else None
         self.follow = None
@@ -163,7 +162,7 @@ class SegmentationRun:
             boundaries = DecoderBoundaries(self.decoder, calibrations, features=self.features[0], fixed=fixed,
                                            n_support=len(self.support.volume), aspect=session.aspect,
                                            clock=self.clock, cancel=self.cancel)
-            self.slice_plan.draw({v for v in self.structures if boundaries.draws(v)})
+            self.slice_plan.draw({v for v in self.support_slices if boundaries.draws(v)})
         self.pipeline = build_pipeline(self.call, within=self.within, spacing_mm=session.spacing_mm,
                                        image=session.volume, window=session.window, decoder=boundaries,
                                        follow=self.follow)
@@ -171,14 +170,14 @@ class SegmentationRun:
     def predict(self) -> None:
         """Each structure's probability and attention, from its painted slices outward or on the slices asked."""
         shape, chosen = self.session.volume.shape, self.call.options
-        self.probabilities = {v: np.zeros(shape, dtype=np.float32) for v in self.structures}
-        self.attention = {v: np.zeros(shape, dtype=np.float32) for v in self.structures}
+        self.probabilities = {v: np.zeros(shape, dtype=np.float32) for v in self.support_slices}
+        self.attention = {v: np.zeros(shape, dtype=np.float32) for v in self.support_slices}
         batch_size = self.session.batch_size or self.session.trunk.batch_size()
-        for value, structure in self.structures.items():
+        for value, slices in self.support_slices.items():
             if self.call.outward:
                 self.examined[value] = walk_outward(
-                    lambda batch, v=value: self._predict(v, batch), self.probabilities[value], structure.painted,
-                    structure.painted_slices, chosen.threshold, self.pipeline.kept, self.margin, batch_size,
+                    lambda batch, v=value: self._predict(v, batch), self.probabilities[value], self.painting == value,
+                    slices, chosen.threshold, self.pipeline.kept, self.margin, batch_size,
                     reach=self.reach[value], plan=lambda a, b, v=value: self.slice_plan.expect(v, a, b))
             else:
                 for start in range(0, len(self.queries), batch_size):
@@ -188,10 +187,10 @@ class SegmentationRun:
 
     def _predict(self, value: int, batch: np.ndarray) -> None:
         """Encode the slices ``batch`` (those not cached) and predict structure ``value`` there, priors applied."""
-        session, chosen, structure = self.session, self.call.options, self.structures[value]
+        session, chosen = self.session, self.call.options
         self.encoding(session, self.features[0], batch)
-        probability, slices, spacing_mm = self.probabilities[value], structure.painted_slices, session.spacing_mm
-        painted = structure.painted
+        probability, slices, spacing_mm = self.probabilities[value], self.support_slices[value], session.spacing_mm
+        painted = self.painting == value
         self.predictor.structure_maps(self.features[0].tensor, self.features[-1].tensor, painted, slices, batch,
                                       (probability, self.attention[value]), advance=self.clock.advance("head"),
                                       cancel=self.cancel)
@@ -214,8 +213,10 @@ class SegmentationRun:
 
     def apply_rules(self, labels: np.ndarray) -> None:
         """Each structure through the rules, in place; painted slices stay as painted."""
-        for structure in self.structures.values():
+        for value, slices in self.support_slices.items():  # its painting made here, one structure at a time
+            structure = Structure(value, self.painting == value, slices)
             self.pipeline.apply(labels, structure)
+            self.drawn_by[value] = structure.drawn_by
         self.clock.plan(draw=self.clock.finished["draw"], follow=self.clock.finished["follow"])  # estimates no more
         if self.painted_slices is not None:
             labels[self.painted_slices] = self.painting[self.painted_slices]
@@ -223,14 +224,14 @@ class SegmentationRun:
     def result(self, labels: np.ndarray, started: float) -> Segmentation:
         """What the run made, every volume back in the image's axis order."""
         session, axis = self.session, self.session.axis
-        presence = {v: structure_presence(self.attention[v], labels == v, self.levels[v]) for v in self.structures}
+        presence = {v: structure_presence(self.attention[v], labels == v, self.levels[v]) for v in self.support_slices}
         finished, encoded = time.perf_counter(), self.encoding.seconds
         return Segmentation(
             labels=np.moveaxis(labels, 0, axis),
             probabilities={v: np.moveaxis(p, 0, axis) for v, p in self.probabilities.items()},
             attention={v: np.moveaxis(a, 0, axis) for v, a in self.attention.items()},
             support_slices=self.support_slices,
-            boundaries={v: s.drawn_by for v, s in self.structures.items()},
+            boundaries=self.drawn_by,
             presence=presence,
             encoder=session.encoder,
             head=session.head,
