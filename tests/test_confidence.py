@@ -40,14 +40,15 @@ def test_slices_to_check_list_where_structures_end_then_the_weakest():
     sure = np.array([1.0, 0.9, 0.5, 0.9, 0.8, 0.95, 1.0, 1.0])
     held = {1: np.array([0, 1, 1, 1, 1, 1, 0, 0], bool), 2: np.array([1, 1, 1, 1, 0, 0, 0, 0], bool)}
     presence = {1: np.array([0, 0.9, 0.9, 0.1, 0.7, 0.6, 0, 0]), 2: np.array([0.8, 0.8, 0.8, 0.8, 0, 0, 0, 0])}
-    listed = slices_to_check(sure, presence, held, painted=[2])
+    listed = slices_to_check(sure, presence, held, known={1: [2], 2: [2]})
     # structure 1 begins on 1 and ends on 5; structure 2 reaches the volume's first slice and ends on 3
     assert [(c.slice, c.ends) for c in listed[:4]] == [
         (0, ((2, "scan start"),)), (1, ((1, "first"),)), (3, ((2, "last"),)), (5, ((1, "last"),)),
     ]
     assert listed[2].weakest == (1, 0.1)  # on slice 3 structure 1 is the least present
     assert [c.slice for c in listed[4:]] == [4]  # min(sure, presence) 0.7; slice 2 is painted
-    assert len(slices_to_check(sure, presence, held, painted=[2], count=2)) == 2
+    assert len(slices_to_check(sure, presence, held, known={1: [2], 2: [2]}, count=2)) == 2
+    assert [c.structure for c in listed] == [2, 1, 2, 1, 1]
     names = {1: "liver", 2: "spleen"}
     assert [check_reason(c, names) for c in listed] == [
         "slice 0: spleen reaches the scan's first slice: it may go on beyond the scan",
@@ -56,3 +57,14 @@ def test_slices_to_check_list_where_structures_end_then_the_weakest():
         "slice 5: liver ends here: is the slice after empty?",
         "slice 4: least sure boundary",
     ]
+
+
+def test_a_slice_known_for_one_structure_is_still_listed_for_another():
+    sure = np.ones(6)
+    held = {1: np.array([0, 1, 1, 1, 0, 0], bool), 2: np.array([0, 0, 1, 1, 1, 0], bool)}
+    presence = {1: np.full(6, 0.9), 2: np.array([0, 0, 0.2, 0.9, 0.9, 0])}
+    # structure 2 painted on 4 (its last slice: known), structure 1 marked absent on... nothing; 1 painted on 2
+    listed = slices_to_check(sure, presence, held, known={1: [2], 2: [4]})
+    assert [(c.slice, c.ends) for c in listed[:3]] == [(1, ((1, "first"),)), (2, ((2, "first"),)), (3, ((1, "last"),))]
+    assert listed[1].weakest == (2, 0.2)  # painted for 1, so only 2 is weighed on slice 2
+    assert 4 not in [c.slice for c in listed]  # 2 is known there and 1 is not predicted

@@ -63,6 +63,49 @@ def test_several_structures_are_merged_and_painted_slices_kept_exactly(volume):
     assert np.all(strict.labels[strict.labels > 0] == result.labels[strict.labels > 0])
 
 
+def test_structures_painted_on_their_own_slices_each_reach_their_full_extent(volume):
+    image, truth = volume  # both span slices 4-20
+    support = one_slice_support(truth, z=10, values=(1,)) + one_slice_support(truth, z=14, values=(2,))
+    cache = FeatureCache()
+    together = segment(image, support, encoder="tiny", head="alpnet", cache=cache)
+    for value, z in ((1, 10), (2, 14)):
+        alone = segment(image, np.where(support == value, support, 0), encoder="tiny", head="alpnet", cache=cache)
+        held = (together.labels == value).reshape(len(truth), -1).any(axis=1)
+        assert held[6:19].all(), f"structure {value} is cut short by the other's painted slice"
+        assert dice(together.labels == value, truth == value) > dice(alone.labels == value, truth == value) - 0.01
+    assert (together.labels[10] == 2).any() and (together.labels[14] == 1).any()  # unknown there, so predicted
+    np.testing.assert_array_equal(together.labels[10] == 1, support[10] == 1)  # and each as painted on its slice
+    np.testing.assert_array_equal(together.labels[14] == 2, support[14] == 2)
+
+
+def test_an_absent_slice_bounds_a_structure_on_its_side(volume):
+    image, truth = volume
+    support = one_slice_support(truth, values=(1, 2))
+    cache = FeatureCache()
+    before = segment(image, support, encoder="tiny", head="alpnet", cache=cache)
+    after = segment(image, support, encoder="tiny", head="alpnet", cache=cache, absent={1: [16]})
+    assert (before.labels[16:] == 1).any() and not (after.labels[16:] == 1).any()
+    np.testing.assert_array_equal(after.labels[:16] == 1, before.labels[:16] == 1)  # the other side untouched
+    np.testing.assert_array_equal(after.labels == 2, before.labels == 2)  # and the other structure
+    assert after.absent_slices == {1: (16,)} and not after.probabilities[1][16:].any()
+    # between two paintings an absent slice clears only itself
+    three = np.where(np.isin(np.arange(len(truth)), [8, 16])[:, None, None] & (truth == 1), 1, 0).astype(np.uint8)
+    gap = segment(image, three, encoder="tiny", head="alpnet", cache=cache, absent={1: [12]})
+    held = (gap.labels == 1).reshape(len(truth), -1).any(axis=1)
+    assert not held[12] and held[9:12].all() and held[13:16].all()
+
+
+@pytest.mark.parametrize("absent, message", [
+    ({3: [5]}, "structure 3 is marked absent but painted on no slice"),
+    ({1: [12]}, "structure 1 is both painted and marked absent on slice"),
+    ({1: [99]}, "absent slices must be slice indices from 0 to 23"),
+])
+def test_absent_slices_that_cannot_hold_are_refused(volume, absent, message):
+    image, truth = volume
+    with pytest.raises(SegmentationError, match=message):
+        segment(image, one_slice_support(truth), encoder="tiny", cache=FeatureCache(), absent=absent)
+
+
 def test_features_are_computed_once_per_volume_across_new_supports(volume):
     image, truth = volume
     cache, calls = FeatureCache(), []

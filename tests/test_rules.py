@@ -7,7 +7,8 @@ import pytest
 
 from napari_fewshot.core.options import SegmentOptions, resolve
 from napari_fewshot.core.rules import (
-    FillHoles, HoldBetween, HoldPast, IntensityStop, KeepComponents, Pipeline, StopAtEnds, Structure, build_pipeline,
+    FillHoles, HoldBetween, HoldPast, IntensityStop, KeepComponents, KeepToLimits, Pipeline, StopAtEnds, Structure,
+    build_pipeline,
 )
 
 
@@ -32,12 +33,22 @@ def _pipeline(image: np.ndarray | None = None, **values) -> Pipeline:
 def test_the_default_rules_in_their_order_and_the_walk_asks_the_clean_up():
     pipeline = _pipeline(follow_anatomy=False)
     kinds = [type(rule) for rule in pipeline.rules]
-    assert kinds == [HoldBetween, HoldPast, KeepComponents, StopAtEnds, IntensityStop]
+    assert kinds == [HoldBetween, HoldPast, KeepComponents, StopAtEnds, IntensityStop, KeepToLimits]
     assert [type(rule) for rule in pipeline.walk] == [KeepComponents, StopAtEnds]
     switched = _pipeline(follow_anatomy=False, hold_between=False, intensity_ends=False, ends=False, fill_holes=True,
                          keep="largest")
-    assert [type(rule) for rule in switched.rules] == [HoldPast, KeepComponents, FillHoles]
+    assert [type(rule) for rule in switched.rules] == [HoldPast, KeepComponents, FillHoles, KeepToLimits]
     assert switched.rules[1].keep == "largest" and [type(rule) for rule in switched.walk] == [KeepComponents]
+
+
+def test_what_a_rule_grew_past_an_absent_slice_goes():
+    cone = _cone()
+    structure = _structure(cone, (4, 14))
+    structure.absent, structure.limits = (9,), (0, 17)
+    kept = KeepToLimits()(cone, structure)
+    assert not kept[9].any() and not kept[18:].any()
+    np.testing.assert_array_equal(kept[:9], cone[:9])
+    np.testing.assert_array_equal(kept[10:18], cone[10:18])
 
 
 def test_a_structure_grown_by_a_rule_claims_only_background():

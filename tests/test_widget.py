@@ -141,7 +141,7 @@ def test_segment_volume_gives_a_prediction_on_the_image_grid_and_maps(qtbot, ses
 
     # the slices worth a look and why: where each structure begins and ends, then the weakest; a click goes there
     listed = list(widget.correcting.check.choices)
-    assert 0 < len(listed) <= 10 and PAINTED not in listed
+    assert 0 < len(listed) <= 10 and PAINTED not in [z for z, _ in listed]
     text = [widget.correcting.check.native.item(i).text() for i in range(widget.correcting.check.native.count())]
     for value, name in ((1, "bright"), (2, "dark")):
         held = np.flatnonzero((prediction.data == value).any(axis=(1, 2)))
@@ -152,8 +152,11 @@ def test_segment_volume_gives_a_prediction_on_the_image_grid_and_maps(qtbot, ses
     other = viewer.add_points([[1, 2, 3]], name="unrelated")
     viewer.layers.remove(other)
     assert list(widget.correcting.check.choices) == listed
+    assert text[0].startswith("next: slice ")  # the top says which slice to look at next, and for which structure
+    z, structure = listed[-1]
+    support.selected_label = 3 - structure
     widget.correcting.check.value = [listed[-1]]
-    assert viewer.dims.current_step[0] == listed[-1]
+    assert viewer.dims.current_step[0] == z and support.selected_label == structure
 
     # Follow anatomy unticked: registration leaves the boundaries alone, and the run's record says so
     assert record["follow_anatomy"] is True and record["keep"] == "painted"  # the options as the run resolved them
@@ -205,17 +208,20 @@ def test_correction_loop_reuses_the_features_and_keeps_every_correction(qtbot, s
     assert any("Slices 18 corrected" in message for message in _messages())
     assert prediction.metadata["napari_fewshot"]["support_slices"]["1"] == [6, PAINTED, 18]
 
-    # a slice where the structure is absent: cleared by hand (or added while empty), it stays empty
-    assert prediction.data[19].any() and prediction.data[4].any()
-    prediction.data_setitem(np.nonzero(np.arange(24)[:, None, None] == np.full((1, 48, 48), 19)), 0)
-    _go_to(viewer, 4)
+    # a structure erased from a slice is absent there and past there; another kept on that slice is painted
+    assert (prediction.data[8] == 2).any() and (prediction.data[8] == 1).any() and prediction.data[4].any()
+    prediction.data_setitem(np.nonzero((prediction.data == 2) & (np.arange(24) == 8)[:, None, None]), 0)
+    _go_to(viewer, 4)  # a slice emptied and added: every structure is absent there
     prediction.data_setitem(np.nonzero(np.arange(24)[:, None, None] == np.full((1, 48, 48), 4)), 0)
     widget.correcting.add.native.click()
-    assert "Slice 4 is empty: later runs keep it empty" in widget.status.value
+    assert "Slice 4 is empty: bright, dark marked absent there" in widget.status.value
     _run(qtbot, widget, widget.segmenting.volume_button)
-    assert not prediction.data[19].any() and not prediction.data[4].any() and prediction.data[10].any()
-    assert prediction.metadata["napari_fewshot"]["empty_slices"] == [4, 19]
-    assert any("Slices 4, 19, cleared by hand, stay empty" in message for message in _messages())
+    held = {v: np.flatnonzero((prediction.data == v).any(axis=(1, 2))) for v in (1, 2)}
+    assert held[1].min() > 4 and held[2].min() > 4  # absent on 4, below every painting: nothing there or below
+    assert 8 in held[1] and 8 not in held[2] and {7, 9} <= set(held[2])  # dark painted on 6 and 12: 8 alone goes
+    assert prediction.metadata["napari_fewshot"]["absent_slices"] == {"1": [4], "2": [4, 8]}
+    assert any("marked absent (nothing of it there or past there): bright on slice 4; dark on slice 8" in m
+               for m in _messages())
 
 
 def test_the_prediction_fills_in_as_batches_finish_and_cancel_keeps_them(qtbot, session):

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from magicgui.widgets import PushButton, Select
 
-from ..core.confidence import check_reason, slice_confidence, slices_to_check
+from ..core.confidence import check_reason
 from ..core.engine import Segmentation
 from .layers import grid_message, same_grid
 from .state import WidgetState, copy_slices
@@ -26,11 +26,14 @@ class CorrectPart:
 
     def __init__(self, state: WidgetState, shortcut: str) -> None:
         self.state = state
-        self._listed: list[tuple[str, int]] = []  # the last run's slices to check (kept when layers change)
+        # the last run's slices to check, as (reason, (slice, structure)) (kept when layers change)
+        self._listed: list[tuple[str, tuple[int, int | None]]] = []
         self.check = Select(label="Slices to check", choices=lambda _: self._listed)
         self.check.tooltip = (
             "Slices of the last run worth a look, and why: where each structure begins or ends (or runs off the scan), "
-            "where it looks unlike the painting, then the least sure boundaries; click one to go there"
+            "where it looks unlike the painting, then the least sure boundaries. Click one to go there with its "
+            "structure's label chosen on the support layer: paint it if it is there, or erase the prediction "
+            "there if it is not"
         )
         self.add = PushButton(text=f"Add slice to support ({shortcut})")
         self.add.tooltip = (
@@ -48,12 +51,9 @@ class CorrectPart:
 
     def list(self, result: Segmentation, axis: int, names: dict[int, str]) -> None:
         """List the slices of ``result`` (slices along ``axis``) worth a look, and why."""
-        sure = slice_confidence(result.probabilities.values(), axis)
-        labels = np.moveaxis(result.labels, axis, 0).reshape(result.labels.shape[axis], -1)
-        predicted = {value: (labels == value).any(axis=1) for value in result.presence}
-        painted = {z for slices in result.support_slices.values() for z in slices}
-        listed = slices_to_check(sure, result.presence, predicted, painted, SLICES_TO_CHECK)
-        self._listed = [(check_reason(item, names), item.slice) for item in listed]
+        listed = result.slices_to_check(SLICES_TO_CHECK)
+        self._listed = [(("next: " if i == 0 else "") + check_reason(item, names), (item.slice, item.structure))
+                        for i, item in enumerate(listed)]
         self.check.changed.disconnect(self._go_to)
         self.check.reset_choices()
         self.check.value = []
@@ -69,21 +69,29 @@ class CorrectPart:
         if not same_grid(image, support):
             return state.refuse(grid_message(image, support))
         axis, current = state.place(image)
-        if not np.take(prediction.data, current, axis=axis).any():
-            state.corrections.cleared.setdefault(prediction, set()).add((axis, current))
-            state.say(f"Slice {current} is empty: later runs keep it empty. Press Segment volume (features are cached).")
+        if not np.take(prediction.data, current, axis=axis).any():  # every structure painted is absent here
+            values = [int(v) for v in np.unique(support.data) if v != 0]
+            state.corrections.absent.setdefault(prediction, set()).update((axis, current, v) for v in values)
+            names = state.names() or {}
+            called = ", ".join(names.get(v, f"structure {v}") for v in values)
+            state.say(f"Slice {current} is empty: {called} marked absent there, so later runs predict nothing of "
+                      "them there or past there. Press Segment volume (features are cached).")
             return
         copy_slices(prediction, support, [current], axis)
         state.support_edited.emit()
         state.say(f"Slice {current} is now part of the support; press Segment volume (features are cached).")
 
-    def _go_to(self, value: list[int]) -> None:
+    def _go_to(self, value: list[tuple[int, int | None]]) -> None:
+        """Go to the slice chosen, its structure's label chosen on the support layer."""
         state = self.state
-        image = state.scan()[0]
+        image, support = state.scan()
         if not value or image is None:
             return
+        where, structure = value[-1]
         axis = state.place(image)[0]
         point = list(image.world_to_data(state.viewer.dims.point))
-        point[axis] = value[-1]
+        point[axis] = where
         world = image.data_to_world(point)
         state.viewer.dims.set_point(range(len(world)), world)
+        if support is not None and structure is not None:
+            support.selected_label = structure

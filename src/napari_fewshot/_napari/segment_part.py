@@ -13,7 +13,7 @@ from napari.layers import Labels
 
 from ..core.engine import Segmentation
 from ..core.options import SegmentOptions, option_field, option_fields
-from .corrections import kept_empty
+from .corrections import absent_slices
 from .export import PROVENANCE, record_run
 from .results import MAPS, find_layer, prediction_layer, prediction_name, show_segmentation, slice_index
 from .runner import Job
@@ -90,6 +90,9 @@ class SegmentPart:
         axis, current = state.place(image)
         if kind == "volume":
             state.take_corrections(image, support, axis)
+        prediction = state.prediction(image)
+        painting = np.array(support.data, copy=True)  # painting goes on during the run
+        absent = absent_slices(state.corrections.absent.get(prediction, set()), axis, painting)
         n = image.data.shape[axis]
         slices = np.arange(n) if kind == "volume" else np.array([current])
         segment_options = options_from_controls(self.options)
@@ -101,7 +104,8 @@ class SegmentPart:
             model,
             options=segment_options,
             image=np.asarray(image.data),
-            support_labels=np.array(support.data, copy=True),  # painting goes on during the run
+            support_labels=painting,
+            absent=absent,
             spacing=tuple(float(s) for s in image.scale),
             modality=image.metadata.get("modality"),
             slices=None if kind == "volume" else slices,
@@ -136,10 +140,9 @@ class SegmentPart:
                       axis: int) -> None:
         """Write structure ``value`` as predicted so far on ``slices`` into the prediction layer.
 
-        The first preview of a run empties the layer (the run replaces all of it);
-        slices the user cleared by hand stay empty, and what is written counts as
-        the widget's own, not as a correction.  A layer the run made is removed
-        again if the scan is closed during the run.
+        The first preview of a run empties the layer (the run replaces all of it), and what
+        is written counts as the widget's own, not as a correction.  A layer the run made is
+        removed again if the scan is closed during the run.
         """
         viewer, corrections = self.state.viewer, self.state.corrections
         image = context["image"]
@@ -153,16 +156,13 @@ class SegmentPart:
         if not previewed or prediction not in corrections.written:  # the run's first batch, or a layer made anew
             prediction.data[...] = 0
             corrections.written[prediction] = np.zeros_like(prediction.data)
-        cleared = {z for a, z in corrections.cleared.get(prediction, ()) if a == axis}
-        shown = [i for i, z in enumerate(slices) if z not in cleared]
-        where = slice_index([slices[i] for i in shown], axis, image.data.shape)
-        mask = np.take(mask, shown, axis=axis)
+        where = slice_index(slices, axis, image.data.shape)
         for data in (prediction.data, corrections.written[prediction]):
             part = data[where]
             part[part == value] = 0
             part[mask] = value
             data[where] = part
-        previewed.update(int(slices[i]) for i in shown)
+        previewed.update(int(z) for z in slices)
         prediction.refresh()
 
     def _cancelled(self, what: str, context: dict[str, Any]) -> None:
@@ -188,16 +188,12 @@ class SegmentPart:
             return  # closed during the run: the widget has said so
         axis = options["axis"]
         previous = find_layer(viewer, prediction_name(image), Labels, image.data.shape)
-        painted = {z for slices in result.support_slices.values() for z in slices}
-        empty = kept_empty(corrections.cleared.get(previous, set()), axis, painted)
-        if empty:
-            result.labels[slice_index(empty, axis, result.labels.shape)] = 0
         provenance = {
             "image": image.metadata.get("geometry", {}).get("source") or image.name,
             "support_layer": support_name,
             "support_slices": {str(v): list(s) for v, s in result.support_slices.items()},
             "slices": "all" if len(slices) == image.data.shape[axis] else slices.tolist(),
-            "empty_slices": empty,
+            "absent_slices": {str(v): list(s) for v, s in result.absent_slices.items()},
             **options,
             **asdict(result.options),
             "weights": result.weights,

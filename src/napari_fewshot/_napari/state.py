@@ -20,7 +20,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 
 from ..core.sessions import Sessions
-from .corrections import corrected_slices
+from .corrections import Mark, corrected_slices
 from .layers import grid_message, same_grid
 from .results import find_layer, prediction_name, slice_index
 from .runner import SegmentationRunner
@@ -28,18 +28,18 @@ from .runner import SegmentationRunner
 
 class Corrections:
     """The hand corrections of each prediction layer: what the widget last wrote into it (``written``) and the
-    slices the user cleared (``cleared``: the structure is absent there, which a label volume cannot say as a
-    support, so later runs keep them empty).  Layers compare equal through napari's plugin proxies; identity
-    does not hold, so they key by equality."""
+    structures the user erased from a slice (``absent``: :data:`~.corrections.Mark` s; a label volume cannot say
+    "absent" as a support, so later runs are told).  Layers compare equal through napari's plugin proxies;
+    identity does not hold, so they key by equality."""
 
     def __init__(self) -> None:
         self.written: dict[Any, np.ndarray] = {}
-        self.cleared: dict[Any, set[tuple[int, int]]] = {}
+        self.absent: dict[Any, set[Mark]] = {}
 
     def forget(self, layer: Any) -> None:
         """``layer`` was closed: nothing about it is kept."""
         self.written.pop(layer, None)
-        self.cleared.pop(layer, None)
+        self.absent.pop(layer, None)
 
 
 class WidgetState:
@@ -100,20 +100,22 @@ class WidgetState:
 
     def take_corrections(self, image: Any, support: Labels, axis: int) -> None:
         """Slices of ``image``'s prediction changed by hand since the last run join the support (slices along
-        ``axis``), so no correction is lost; slices cleared by hand are kept empty."""
+        ``axis``), so no correction is lost; a structure erased from a slice is marked absent there."""
         prediction = self.prediction(image)
         written = None if prediction is None else self.corrections.written.get(prediction)
         if written is None or written.shape != prediction.data.shape:
             return
-        corrected, cleared = corrected_slices(np.asarray(prediction.data), written, axis)
-        self.corrections.cleared.setdefault(prediction, set()).update((axis, z) for z in cleared)
+        corrected, erased = corrected_slices(np.asarray(prediction.data), written, axis)
+        self.corrections.absent.setdefault(prediction, set()).update(erased)
         slices = copy_slices(prediction, support, corrected, axis)
         self.support_edited.emit()
-        if slices or cleared:
+        if slices or erased:
             added = (f"Slices {', '.join(map(str, slices))} corrected in '{prediction.name}' were added to the "
                      "support. " if slices else "")
-            empty = f"Slices {', '.join(map(str, cleared))}, cleared by hand, stay empty." if cleared else ""
-            show_info((added + empty).strip())
+            names = self.names() or {}
+            gone = "; ".join(f"{names.get(v, f'structure {v}')} on slice {z}" for _, z, v in sorted(erased))
+            marked = f"Erased by hand, so marked absent (nothing of it there or past there): {gone}." if erased else ""
+            show_info((added + marked).strip())
 
 
 def copy_slices(source: Any, target: Any, slices: list[int], axis: int) -> list[int]:

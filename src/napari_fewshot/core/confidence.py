@@ -76,23 +76,29 @@ class SliceToCheck:
     on it (``weakest``: label value and presence, None when none is), and the structures
     whose prediction begins or ends on it (``ends``: label value and ``first`` or ``last``;
     on the volume's first or last slice, ``scan start`` or ``scan end``: it may go on
-    beyond the scan)."""
+    beyond the scan).  ``structure``: the label value to look at there first (the first
+    of ``ends``, else the weakest)."""
 
     slice: int
     sure: float
     weakest: tuple[int, float] | None
     ends: tuple[tuple[int, str], ...]
 
+    @property
+    def structure(self) -> int | None:
+        return self.ends[0][0] if self.ends else None if self.weakest is None else self.weakest[0]
+
 
 def slices_to_check(
     sure: np.ndarray,
     presence: dict[int, np.ndarray],
     predicted: dict[int, np.ndarray],
-    painted: Iterable[int],
+    known: dict[int, Iterable[int]],
     count: int = 10,
 ) -> list[SliceToCheck]:
-    """The unpainted slices most worth a look, at most ``count``: where each structure's prediction
-    begins and ends, then the predicted slices least sure or least present.
+    """The slices most worth a look, at most ``count``: where each structure's prediction begins and ends,
+    then the predicted slices least sure or least present; a structure counts only on the slices it is not
+    ``known`` on (per label value, the slices the user painted it on or marked it absent on).
 
     sure : ``[Z]`` from :func:`slice_confidence`; presence, predicted : per label value,
     ``[Z]`` from :func:`structure_presence` and ``[Z]`` bool (slices holding that
@@ -101,16 +107,18 @@ def slices_to_check(
     then the rest by min(sure, weakest presence), lowest first (ties: lower slice first).
     """
     n = len(sure)
-    unpainted = ~np.isin(np.arange(n), list(painted))
+    unknown = {v: ~np.isin(np.arange(n), list(known.get(v, ()))) for v in predicted}
     ends: dict[int, list[tuple[int, str]]] = {}
     for value, held in predicted.items():
         slices = np.flatnonzero(held)
         for z, which, edge, at_edge in ((slices[:1], "first", 0, "scan start"), (slices[-1:], "last", n - 1, "scan end")):
-            if z.size and unpainted[z[0]]:
+            if z.size and unknown[value][z[0]]:
                 ends.setdefault(int(z[0]), []).append((value, at_edge if z[0] == edge else which))
     weakest = {}
-    for z in np.flatnonzero(np.any(list(predicted.values()), axis=0) & unpainted):
-        weakest[int(z)] = min(((v, float(presence[v][z])) for v, held in predicted.items() if held[z]), key=lambda p: p[1])
+    for z in range(n):
+        open_here = [(v, float(presence[v][z])) for v, held in predicted.items() if held[z] and unknown[v][z]]
+        if open_here:
+            weakest[z] = min(open_here, key=lambda p: p[1])
     score = {z: min(float(sure[z]), weakest[z][1]) for z in weakest}
     rest = sorted((z for z in score if z not in ends), key=lambda z: (score[z], z))
     chosen = (sorted(ends) + rest)[:count]

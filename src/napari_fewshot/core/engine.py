@@ -11,7 +11,7 @@ Arrays in (numpy, file units), arrays out; no napari or Qt here.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -141,6 +141,7 @@ class FewShotSession:
         options: SegmentOptions | None = None,
         *,
         slices: Sequence[int] | None = None,
+        absent: Mapping[int, Iterable[int]] | None = None,
         support: FewShotSession | None = None,
         progress: Progress | None = None,
         preview: Preview | None = None,
@@ -155,7 +156,7 @@ class FewShotSession:
         """
         started = time.perf_counter()
         run = SegmentationRun(self, self._support(support), progress, preview, cancel)
-        run.resolve(support_labels, with_values(options, option_values), slices)
+        run.resolve(support_labels, with_values(options, option_values), slices, absent)
         run.plan()
         run.encode_painted()
         try:
@@ -192,6 +193,7 @@ def segment(
     modality: Modality | None = None,
     axis: int = 0,
     slices: Sequence[int] | None = None,
+    absent: Mapping[int, Iterable[int]] | None = None,
     options: SegmentOptions | None = None,
     batch_size: int | None = None,
     cache: FeatureCache | None = None,
@@ -207,7 +209,8 @@ def segment(
     image : ``[Z, Y, X]`` intensities in file units (HU for CT), any numeric dtype.
     support_labels : integer labels on the grid of ``support_image`` (``image`` when
         that is None); value ``v`` painted on a slice makes it a support slice of
-        structure ``v``.  Slices are taken along ``axis``.
+        structure ``v``: its whole truth on that slice, while the structures not painted
+        there are unknown there (predicted as on any slice).  Slices are taken along ``axis``.
     spacing, support_spacing : voxel size in mm per array axis of ``image`` and of
         ``support_image`` (default: ``spacing``); slices are padded to a physical
         square before encoding, so non-square pixels keep their shape.
@@ -223,6 +226,10 @@ def segment(
     slices : the slice indices (along ``axis``) to predict; default every slice.
         Only these and the painted slices are encoded (a quick preview of one
         slice); the other slices of the result are 0, painted slices keep their painting.
+    absent : per label value, the slice indices (along ``axis``) where that structure is not
+        (``{2: [40]}``): it is predicted neither there nor past there on the side away from
+        its painted slices (an absent slice between two paintings clears only that slice).
+        Each structure marked must be painted, and not on a slice it is marked absent on.
     options : how the head's maps become labels (:class:`~napari_fewshot.core.options.SegmentOptions`:
         threshold, components kept, location prior, decay, ends, boundaries, hole filling,
         every slice or outward); ``option_values`` replace its fields by name
@@ -262,8 +269,8 @@ def segment(
     support = None if support_image is None else FewShotSession(
         support_image, spacing=spacing if support_spacing is None else support_spacing, role="support image", **settings
     )
-    return session.segment(support_labels, options, slices=slices, support=support, progress=progress,
-                           preview=preview, cancel=cancel)
+    return session.segment(support_labels, options, slices=slices, absent=absent, support=support,
+                           progress=progress, preview=preview, cancel=cancel)
 
 
 def encode_volume(

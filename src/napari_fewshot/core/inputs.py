@@ -6,7 +6,7 @@ Each check returns the value as the engine uses it, or raises
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -59,3 +59,41 @@ def checked_slices(slices: Sequence[int] | None, shape: tuple[int, ...], axis: i
     if wanted.size == 0 or not np.issubdtype(wanted.dtype, np.integer) or wanted[0] < 0 or wanted[-1] >= n:
         raise SegmentationError(f"slices must be slice indices from 0 to {n - 1} along axis {axis}; got {slices}")
     return wanted.astype(int)
+
+
+def checked_absent(absent: Mapping[int, Iterable[int]] | None, structures: dict[int, tuple[int, ...]],
+                   n_slices: int, same_volume: bool) -> dict[int, tuple[int, ...]]:
+    """Per painted structure, the sorted slices (of ``n_slices``) the user marked it absent on, or a clear error.
+
+    ``structures``: each painted label value with its painted slices.  A structure marked absent must be
+    painted somewhere, and not on a slice it is marked absent on; marks need the painting on the image.
+    """
+    if not absent:
+        return {}
+    if not same_volume:
+        raise SegmentationError(
+            "absent slices say where a structure is not on the painted scan; with a support painted on another "
+            "scan, leave absent out (or paint the support on the image itself)"
+        )
+    checked = {}
+    for value, slices in absent.items():
+        value = int(value)
+        if value not in structures:
+            raise SegmentationError(
+                f"structure {value} is marked absent but painted on no slice; paint it on one slice where it is, "
+                "or drop its absent slices"
+            )
+        marked = np.unique(np.asarray(list(slices), dtype=np.int64).reshape(-1))
+        if marked.size and (marked[0] < 0 or marked[-1] >= n_slices):
+            raise SegmentationError(
+                f"structure {value}'s absent slices must be slice indices from 0 to {n_slices - 1}; got {list(slices)}"
+            )
+        both = sorted(set(marked.tolist()) & set(structures[value]))
+        if both:
+            raise SegmentationError(
+                f"structure {value} is both painted and marked absent on slice(s) {', '.join(map(str, both))}; "
+                "erase its painting there or drop the absent mark"
+            )
+        if marked.size:
+            checked[value] = tuple(int(z) for z in marked)
+    return checked

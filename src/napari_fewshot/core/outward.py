@@ -41,11 +41,14 @@ def expected_reach(painted_area_mm2: float, slice_mm: float) -> float:
     return REACH_PER_RADIUS * math.sqrt(painted_area_mm2 / math.pi) / slice_mm
 
 
-def planned_range(n: int, painted_slices: tuple[int, ...], reach: float, margin: int) -> tuple[int, int]:
-    """The slices ``range(first, stop)`` of a scan of ``n`` slices that :func:`walk_outward` expects to
-    examine before it has predicted any: ``reach`` and the ``margin`` past the outermost ``painted_slices``."""
+def planned_range(limits: tuple[int, int], painted_slices: tuple[int, ...], reach: float,
+                  margin: int) -> tuple[int, int]:
+    """The slices ``range(first, stop)`` that :func:`walk_outward` expects to examine before it has predicted
+    any: ``reach`` and the ``margin`` past the outermost ``painted_slices``, within ``limits`` (the first and
+    last slice the structure may be on)."""
     low, high = min(painted_slices), max(painted_slices)
-    return low - round(_clipped(reach + margin, low, -1, n)), high + round(_clipped(reach + margin, high, 1, n)) + 1
+    return (low - round(_clipped(reach + margin, low, -1, limits)),
+            high + round(_clipped(reach + margin, high, 1, limits)) + 1)
 
 
 def walk_outward(
@@ -59,6 +62,7 @@ def walk_outward(
     batch: int,
     reach: float = 0.0,
     plan: Callable[[int, int], None] | None = None,
+    limits: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Predict one structure from its painted slices outward; returns the slices examined, ``[Z]`` bool.
 
@@ -75,21 +79,25 @@ def walk_outward(
         (:func:`expected_reach`), until its predictions tell better.
     plan : told ``plan(first, last)``, the slices the walk expects to examine (a range), before
         the first prediction and after every batch.
+    limits : the first and last slice the structure may be on (default the scan's): the walk never
+        goes past them (a slice the user marked it absent on bounds it,
+        :func:`~napari_fewshot.core.support.limits`).
     """
     n = len(probability)
+    limits = (0, n - 1) if limits is None else limits
     low, high = min(painted_slices), max(painted_slices)
     examined = np.zeros(n, dtype=bool)
     examined[low : high + 1] = True
-    first, stop = planned_range(n, painted_slices, reach, margin)
+    first, stop = planned_range(limits, painted_slices, reach, margin)
     left = {-1: low - first, 1: stop - 1 - high}
     _tell(plan, examined, left)
     predict(np.arange(low, high + 1))
     for step in (-1, 1):
         start = low if step < 0 else high
         edge, size = start, batch
-        while 0 <= edge + step < n and size > 0:
+        while limits[0] <= edge + step <= limits[1] and size > 0:
             nxt = np.arange(edge + step, edge + step * (size + 1), step)
-            nxt = nxt[(nxt >= 0) & (nxt < n)]
+            nxt = nxt[(nxt >= limits[0]) & (nxt <= limits[1])]
             predict(np.sort(nxt))
             examined[nxt] = True
             edge = int(nxt[-1])
@@ -99,7 +107,7 @@ def walk_outward(
                 size = min(batch, margin - abs(edge - end))
                 left[step] = max(size, 0)
             else:
-                left[step] = _clipped(_reach_left(area, start, edge, reach) + margin, edge, step, n)
+                left[step] = _clipped(_reach_left(area, start, edge, reach) + margin, edge, step, limits)
             _tell(plan, examined, left)
         left[step] = 0
     return examined
@@ -112,9 +120,9 @@ def _tell(plan: Callable[[int, int], None] | None, examined: np.ndarray, left: d
         plan(int(first) - round(left[-1]), int(last) + round(left[1]))
 
 
-def _clipped(slices: float, edge: int, step: int, n: int) -> float:
-    """``slices`` past ``edge`` in direction ``step``, no further than the scan's ``n`` slices go."""
-    return max(0.0, min(slices, n - 1 - edge if step > 0 else edge))
+def _clipped(slices: float, edge: int, step: int, limits: tuple[int, int]) -> float:
+    """``slices`` past ``edge`` in direction ``step``, no further than the slices ``limits`` (first, last)."""
+    return max(0.0, min(slices, limits[1] - edge if step > 0 else edge - limits[0]))
 
 
 def _reach_left(area: np.ndarray, start: int, edge: int, reach: float) -> float:

@@ -19,7 +19,8 @@ The rules, in the order the pipeline runs them:
 - :class:`KeepComponents`, :class:`StopAtEnds`, :class:`FillHoles`: the clean-up;
 - :class:`FollowAnatomy`: registration carries the painting from slice to slice and
   draws the boundary (then the clean-up again, without the ends);
-- :class:`IntensityStop`: a structure ends where it loses the painting's intensities.
+- :class:`IntensityStop`: a structure ends where it loses the painting's intensities;
+- :class:`KeepToLimits`: nothing of a structure where the user marked it absent, nor past that.
 
 A new rule is one class here, a line in :func:`build_pipeline`, a field of
 :class:`~napari_fewshot.core.options.SegmentOptions` that switches it, and its test.
@@ -55,12 +56,16 @@ class Structure:
 
     value : its label value.  painted : ``[Z, Y, X]`` bool, where it was painted (on the
     support's grid).  painted_slices : the slices it was painted on (indices along the
-    first axis).  drawn_by : who drew its boundaries (set by :class:`DecoderBoundaries`).
+    first axis).  absent : the slices the user marked it absent on; limits : the first and
+    last slice it may be on (:func:`~napari_fewshot.core.support.limits`; None: any).
+    drawn_by : who drew its boundaries (set by :class:`DecoderBoundaries`).
     """
 
     value: int
     painted: np.ndarray
     painted_slices: tuple[int, ...]
+    absent: tuple[int, ...] = ()
+    limits: tuple[int, int] | None = None
     drawn_by: str = BOUNDARIES[0]
 
 
@@ -121,6 +126,19 @@ class HoldPast(Rule):
         return hold_past(mask, structure.painted_slices)
 
 
+class KeepToLimits(Rule):
+    """Nothing of the structure on the slices it was marked absent on, nor past them (its ``limits``), whatever
+    a rule before grew there."""
+
+    def __call__(self, mask: np.ndarray, structure: Structure) -> np.ndarray:
+        kept = mask.copy()
+        if structure.limits is not None:
+            first, last = structure.limits
+            kept[:first] = kept[last + 1 :] = False
+        kept[list(structure.absent)] = False
+        return kept
+
+
 @dataclass(frozen=True)
 class IntensityStop(Rule):
     """End the structure past its outermost painted slices where it loses the painting's intensities
@@ -142,17 +160,18 @@ class DecoderBoundaries(Rule):
     :meth:`after` names), for each structure some painted slice of which trusts it (its calibration).
 
     calibrations : per structure, :func:`~napari_fewshot.core.boundaries.calibrate`'s verdict on its painted
-    slices; each slice follows the painted slice(s) it takes its support from, and the painted slices themselves
-    (``fixed``, ``[Z]`` bool) stay as painted.  features : the image's cached features (LiteMedSAM's embeddings
+    slices; each slice follows the painted slice(s) it takes its support from, and, when the painting is on the
+    image (``painted_fixed``), a structure's painted slices stay as painted.  features : the image's cached
+    features (LiteMedSAM's embeddings
     ``[Z, 256, 64, 64]``, read when the rule runs); n_support : the support volume's slices; aspect : the
     image's pixel aspect.
     """
 
     def __init__(self, decoder: BoxDecoder, calibrations: dict[int, BoxCalibration], *, features: VolumeFeatures,
-                 fixed: np.ndarray, n_support: int, aspect: float, clock: RunProgress,
+                 painted_fixed: bool, n_support: int, aspect: float, clock: RunProgress,
                  cancel: CancelCheck | None) -> None:
         self.decoder, self.calibrations, self.before = decoder, calibrations, ()
-        self.features, self.fixed, self.n_support, self.aspect = features, fixed, n_support, aspect
+        self.features, self.painted_fixed, self.n_support, self.aspect = features, painted_fixed, n_support, aspect
         self.clock, self.cancel = clock, cancel
 
     def after(self, rules: Sequence[Rule]) -> DecoderBoundaries:
@@ -176,10 +195,12 @@ class DecoderBoundaries(Rule):
         def spread(values: np.ndarray) -> np.ndarray:
             return per_query(values, n_query, self.n_support, slices)
 
-        trusted = spread(calibration.decoder_dice) > spread(calibration.prototype_dice)
+        fixed = ~(spread(calibration.decoder_dice) > spread(calibration.prototype_dice))
+        if self.painted_fixed:
+            fixed[list(slices)] = True
         structure.drawn_by = _drawn_by(calibration.trusted, slices)
         return draw_boundaries(mask, self.features.tensor, self.decoder, spread(calibration.scales), self.aspect,
-                               fixed=self.fixed | ~trusted, advance=self.clock.advance("draw"), cancel=self.cancel)
+                               fixed=fixed, advance=self.clock.advance("draw"), cancel=self.cancel)
 
 
 class FollowAnatomy(Rule):
@@ -260,7 +281,7 @@ def build_pipeline(options: CallOptions, *, within: int, spacing_mm: tuple[float
         rules += [follow, KeepComponents(chosen.keep), *fill]
     if chosen.intensity_ends:
         rules.append(IntensityStop(image, window))
-    return Pipeline(rules, walk=clean_up)
+    return Pipeline([*rules, KeepToLimits()], walk=clean_up)
 
 
 def _drawn_by(trusted: np.ndarray, painted: tuple[int, ...]) -> str:

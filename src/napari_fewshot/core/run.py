@@ -13,16 +13,16 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .cancel import CancelCheck
-from .confidence import structure_presence
+from .confidence import SliceToCheck, slice_confidence, slices_to_check, structure_presence
 from .encoding import Encoding
-from .inputs import checked_labels, checked_slices
+from .inputs import checked_absent, checked_labels, checked_slices
 from .options import CallOptions, SegmentOptions, resolve
 from .outward import OUTWARD_MARGIN_MM, expected_reach, planned_range, walk_outward
 from .plan import SlicePlan
@@ -32,7 +32,7 @@ from .priors import apply_distance_decay, apply_location_prior
 from .progress import Progress, RunProgress
 from .rules import DecoderBoundaries, FollowAnatomy, Structure, build_pipeline
 from .runtime import Runtime
-from .support import SupportWarning, painted_slices, painted_structures
+from .support import SupportWarning, as_painted, limits, painted_structures
 
 if TYPE_CHECKING:
     from .engine import FewShotSession, Preview
@@ -48,6 +48,7 @@ class Segmentation:
     attention : per label value, float32 cosine similarity in [-1, 1] of each voxel's
         features to the structure's foreground prototypes.
     support_slices : per label value, the painted slice indices (along ``axis``) used.
+    absent_slices : per label value, the slice indices (along ``axis``) it was marked absent on.
     boundaries : per label value, who drew its boundaries: ``prototype``, ``decoder``,
         or, when some painted slices trust the decoder and some do not, which drew near
         which painted slices (asked for the decoder, the slices near a painting it
@@ -63,6 +64,7 @@ class Segmentation:
         on; the others were never looked at for it (see ``SegmentOptions.every_slice``) and hold 0.
     encoded_slices : how many slices this call encoded (0 when every one was cached).
     options : the options the call ran with, each left None resolved (:func:`~napari_fewshot.core.options.resolve`).
+    axis : the axis of the volumes the slices are taken along.
     seconds : wall time of ``encode`` (0 when the features were cached), the rest (``head``,
         with the boundaries drawn) and ``total``.
     """
@@ -71,6 +73,7 @@ class Segmentation:
     probabilities: dict[int, np.ndarray]
     attention: dict[int, np.ndarray]
     support_slices: dict[int, tuple[int, ...]]
+    absent_slices: dict[int, tuple[int, ...]]
     boundaries: dict[int, str]
     presence: dict[int, np.ndarray]
     encoder: str
@@ -82,7 +85,19 @@ class Segmentation:
     examined: dict[int, np.ndarray]
     encoded_slices: int
     options: SegmentOptions
+    axis: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+
+    def slices_to_check(self, count: int = 10) -> list[SliceToCheck]:
+        """The slices most worth a look, and for which structure
+        (:func:`~napari_fewshot.core.confidence.slices_to_check`): a structure counts on the slices it was neither
+        painted on nor marked absent on."""
+        n = self.labels.shape[self.axis]
+        sure = slice_confidence(self.probabilities.values(), self.axis)
+        labels = np.moveaxis(self.labels, self.axis, 0).reshape(n, -1)
+        predicted = {value: (labels == value).any(axis=1) for value in self.presence}
+        known = {v: (*slices, *self.absent_slices.get(v, ())) for v, slices in self.support_slices.items()}
+        return slices_to_check(sure, self.presence, predicted, known, count)
 
 
 
@@ -107,8 +122,10 @@ class SegmentationRun:
         self.examined: dict[int, np.ndarray] = {}
         self.drawn_by: dict[int, str] = {}
 
-    def resolve(self, support_labels: np.ndarray, options: SegmentOptions, slices: Sequence[int] | None) -> None:
-        """The options for this call, the painting ``[Z, Y, X]`` (slices first) and its structures."""
+    def resolve(self, support_labels: np.ndarray, options: SegmentOptions, slices: Sequence[int] | None,
+                absent: Mapping[int, Iterable[int]] | None = None) -> None:
+        """The options for this call, the painting ``[Z, Y, X]`` (slices first), its structures, the slices each
+        is marked ``absent`` on and the slices each may be on (its limits)."""
         session = self.session
         self.queries = checked_slices(slices, session.shape, session.axis)
         self.call: CallOptions = resolve(options, same_volume=self.same_volume,
@@ -117,6 +134,9 @@ class SegmentationRun:
         labels = checked_labels(support_labels, self.support.shape, self.same_volume)
         self.painting = np.moveaxis(labels, session.axis, 0)
         self.support_slices = painted_structures(self.painting)
+        n = session.shape[session.axis]
+        self.absent = checked_absent(absent, self.support_slices, n, self.same_volume)
+        self.limits = {v: limits(slices, self.absent.get(v, ()), n) for v, slices in self.support_slices.items()}
         modality, support_modality = session.preprocessing.modality, self.support.preprocessing.modality
         if modality != support_modality:
             warnings.warn(
@@ -129,7 +149,7 @@ class SegmentationRun:
     def plan(self) -> None:
         """What the run expects to encode and predict, and the rules that need setting up before it predicts."""
         session, chosen = self.session, self.call.options
-        spacing_mm, n_query = session.spacing_mm, len(session.volume)
+        spacing_mm = session.spacing_mm
         self.margin = math.ceil(OUTWARD_MARGIN_MM / spacing_mm[0])
         self.within = max(1, round(REGROWTH_MM / spacing_mm[0]))  # slices back a structure's regrowth is measured from
         self.reach = {v: expected_reach(_largest_painting_mm2(self.painting == v, slices, spacing_mm), spacing_mm[0])
@@ -138,7 +158,7 @@ class SegmentationRun:
         outward = self.call.outward
         self.slice_plan = SlicePlan(
             self.clock, self.features[0], self.support_needed if self.same_volume else self.support_needed[:0],
-            {v: np.arange(*planned_range(n_query, slices, self.reach[v], self.margin)) if outward
+            {v: np.arange(*planned_range(self.limits[v], slices, self.reach[v], self.margin)) if outward
              else self.queries for v, slices in self.support_slices.items()},
             spare=2 * self.margin if outward else 0, follow=chosen.follow_anatomy)
         self.decoder = session.store.decoder(session.trunk.runtime) if chosen.boundaries == "decoder" else None
@@ -158,8 +178,8 @@ class SegmentationRun:
             self.decoder, self.clock)
         boundaries = None
         if self.decoder is not None:
-            fixed = np.isin(np.arange(n_query), painted_slices(self.painting) if self.same_volume else [])
-            boundaries = DecoderBoundaries(self.decoder, calibrations, features=self.features[0], fixed=fixed,
+            boundaries = DecoderBoundaries(self.decoder, calibrations, features=self.features[0],
+                                           painted_fixed=self.same_volume,
                                            n_support=len(self.support.volume), aspect=session.aspect,
                                            clock=self.clock, cancel=self.cancel)
             self.slice_plan.draw({v for v in self.support_slices if boundaries.draws(v)})
@@ -178,7 +198,8 @@ class SegmentationRun:
                 self.examined[value] = walk_outward(
                     lambda batch, v=value: self._predict(v, batch), self.probabilities[value], self.painting == value,
                     slices, chosen.threshold, self.pipeline.kept, self.margin, batch_size,
-                    reach=self.reach[value], plan=lambda a, b, v=value: self.slice_plan.expect(v, a, b))
+                    reach=self.reach[value], plan=lambda a, b, v=value: self.slice_plan.expect(v, a, b),
+                    limits=self.limits[value])
             else:
                 for start in range(0, len(self.queries), batch_size):
                     self._predict(value, self.queries[start : start + batch_size])
@@ -200,26 +221,29 @@ class SegmentationRun:
             apply_distance_decay(probability, slices, spacing_mm[0], chosen.decay_mm, batch)
         if self.same_volume:
             probability[list(slices)] = self.painting[list(slices)] == value
+            first, last = self.limits[value]
+            probability[batch[(batch < first) | (batch > last) | np.isin(batch, self.absent.get(value, ()))]] = 0
         if self.preview is not None:
             self.preview(value, batch, np.moveaxis(probability[batch] > chosen.threshold, 0, session.axis))
 
     def merged(self) -> np.ndarray:
-        """The label map ``[Z, Y, X]``: the most probable structure above the threshold, painted slices as painted."""
+        """The label map ``[Z, Y, X]``: the most probable structure above the threshold, each structure's painted
+        slices as painted (:func:`~napari_fewshot.core.support.as_painted`)."""
         labels = merge(self.probabilities, self.call.options.threshold, self.painting.dtype)
-        self.painted_slices = painted_slices(self.painting) if self.same_volume else None  # not on another grid
-        if self.painted_slices is not None:
-            labels[self.painted_slices] = self.painting[self.painted_slices]
+        if self.same_volume:  # a painting on another grid says nothing of this one's slices
+            as_painted(labels, self.painting, self.support_slices)
         return labels
 
     def apply_rules(self, labels: np.ndarray) -> None:
         """Each structure through the rules, in place; painted slices stay as painted."""
         for value, slices in self.support_slices.items():  # its painting made here, one structure at a time
-            structure = Structure(value, self.painting == value, slices)
+            structure = Structure(value, self.painting == value, slices, self.absent.get(value, ()),
+                                  self.limits[value])
             self.pipeline.apply(labels, structure)
             self.drawn_by[value] = structure.drawn_by
         self.clock.plan(draw=self.clock.finished["draw"], follow=self.clock.finished["follow"])  # estimates no more
-        if self.painted_slices is not None:
-            labels[self.painted_slices] = self.painting[self.painted_slices]
+        if self.same_volume:
+            as_painted(labels, self.painting, self.support_slices)
 
     def result(self, labels: np.ndarray, started: float) -> Segmentation:
         """What the run made, every volume back in the image's axis order."""
@@ -231,6 +255,7 @@ class SegmentationRun:
             probabilities={v: np.moveaxis(p, 0, axis) for v, p in self.probabilities.items()},
             attention={v: np.moveaxis(a, 0, axis) for v, a in self.attention.items()},
             support_slices=self.support_slices,
+            absent_slices=self.absent,
             boundaries=self.drawn_by,
             presence=presence,
             encoder=session.encoder,
@@ -242,6 +267,7 @@ class SegmentationRun:
             examined={v: np.flatnonzero(flags) for v, flags in self.examined.items()},
             encoded_slices=self.encoding.slices,
             options=self.call.options,
+            axis=axis,
             seconds={"encode": encoded, "head": finished - started - encoded, "total": finished - started},
         )
 

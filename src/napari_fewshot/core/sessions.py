@@ -42,12 +42,13 @@ class Sessions:
         self._sessions = {key: session for key, session in self._sessions.items() if key[0] != id(scan)}
 
     def segment(self, scan: Any, *, image: np.ndarray, support_labels: np.ndarray, options: SegmentOptions,
-                slices: np.ndarray | None, progress: Progress | None = None, preview: Preview | None = None,
-                cancel: CancelCheck | None = None, **settings: Any) -> Segmentation:
+                slices: np.ndarray | None, absent: dict[int, list[int]] | None = None,
+                progress: Progress | None = None, preview: Preview | None = None, cancel: CancelCheck | None = None,
+                **settings: Any) -> Segmentation:
         """Segment ``scan`` from ``support_labels`` on its session (see :meth:`FewShotSession.segment`)."""
         session = self.session(scan, image, **settings)
-        return session.segment(support_labels, options, slices=slices, progress=progress, preview=preview,
-                               cancel=cancel)
+        return session.segment(support_labels, options, slices=slices, absent=absent, progress=progress,
+                               preview=preview, cancel=cancel)
 
     def encode(self, scan: Any, *, image: np.ndarray, slices: list[int], progress: Progress | None = None,
                cancel: CancelCheck | None = None, **settings: Any) -> int:

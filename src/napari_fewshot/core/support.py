@@ -1,7 +1,12 @@
 """The support a user painted: which structures, on which slices, and which query uses which.
 
 A label volume ``[Z, Y, X]`` holds the painting: value ``v`` is structure ``v``,
-zero is unpainted.  Each query slice takes its support from the nearest slice on
+zero is unpainted.  A slice painted for structure ``v`` is ``v``'s whole truth there (what
+is not painted ``v`` is not ``v``) and says nothing of the structures not painted on it:
+those are unknown there, and predicted as on any other slice.  That a structure is
+absent on a slice is said apart from the painting (``absent``: per label value, slice
+indices), and bounds it: past an absent slice, on the side away from its paintings,
+nothing of it is predicted (:func:`limits`).  Each query slice takes its support from the nearest slice on
 which that structure is painted; when two painted slices are equally near it
 takes both.  This generalises the evaluation protocol's chunk rule (each third
 of the extent uses its own support slice) to any number of painted slices.  For
@@ -62,6 +67,27 @@ def painted_structures(support_labels: np.ndarray) -> dict[int, tuple[int, ...]]
             if value != 0:
                 structures.setdefault(int(value), []).append(int(z))
     return {value: tuple(slices) for value, slices in sorted(structures.items())}
+
+
+def limits(painted: tuple[int, ...], absent: tuple[int, ...], n_slices: int) -> tuple[int, int]:
+    """The first and last slice (of ``n_slices``) a structure painted on ``painted`` may be on: bounded by the
+    nearest ``absent`` slice before its first painted slice and after its last (an absent slice between two
+    paintings only clears that slice)."""
+    below = [z for z in absent if z < min(painted)]
+    above = [z for z in absent if z > max(painted)]
+    return (max(below) + 1 if below else 0, min(above) - 1 if above else n_slices - 1)
+
+
+def as_painted(labels: np.ndarray, painting: np.ndarray, structures: dict[int, tuple[int, ...]]) -> None:
+    """Each structure's painted slices of ``labels`` ``[Z, Y, X]`` made as painted in ``painting``, in place:
+    the structure exactly where it is painted there, the other structures' predictions on those slices kept
+    (outside what is painted)."""
+    for value, slices in structures.items():
+        index = list(slices)
+        part, painted = labels[index], painting[index]
+        part[part == value] = 0
+        part[painted != 0] = painted[painted != 0]
+        labels[index] = part
 
 
 def assign_supports(
