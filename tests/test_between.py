@@ -36,7 +36,16 @@ def test_between_paintings_a_look_alike_goes_and_an_empty_slice_takes_the_interp
 def test_past_the_outermost_painting_at_most_one_gap_and_one_painting_changes_nothing():
     cone = _cone()
     painted = np.zeros_like(cone)
-    painted[[4, 8]] = cone[[4, 8]]
-    held = hold_past(cone, (4, 8))
-    assert held[:13].sum() == cone[:13].sum() and not held[13:].any() and held[0].any()
-    assert (hold_past(cone, (8,)) == cone).all() and (hold_between(cone, painted, (8,), (3.0, 1.0, 1.0)) == cone).all()
+    painted[[12, 16]] = cone[[12, 16]]
+    held = hold_past(cone, painted, (12, 16))  # it narrows towards 12: held below 12, not past 16 where it widens
+    assert not held[:8].any() and (held[8:] == cone[8:]).all()
+    assert (hold_past(cone, painted, (16,)) == cone).all()
+    assert (hold_between(cone, painted, (16,), (3.0, 1.0, 1.0)) == cone).all()
+
+
+def test_two_paintings_alike_in_size_say_nothing_of_the_ends():
+    tube = np.zeros((24, 20, 20), bool)
+    tube[2:22, 5:15, 5:15] = True
+    painted = np.zeros_like(tube)
+    painted[[10, 12]] = tube[[10, 12]]  # a correction painted beside the first painting
+    assert (hold_past(tube, painted, (10, 12)) == tube).all()

@@ -180,6 +180,37 @@ def test_evaluate_runs_methods_side_by_side_and_writes_json_markdown_and_plots(t
     assert "written:" in capsys.readouterr().out
 
 
+def test_multi_paints_every_structure_into_one_run_and_rounds_correct_slice_by_slice(tmp_path):
+    image, truth = ellipsoids(shape=(32, 48, 48))
+    first = _write_case(tmp_path / "first", image, truth, {"1": "bright", "2": "dark"})
+    out = tmp_path / "out"
+    status = main([
+        "evaluate", "--case", str(first), "1", "2", "--encoder", "tiny", "--protocols", "one-largest", "multi",
+        "rounds", "--rounds", "2", "--methods", "alpnet", "copy", "--repeats", "1", "--device", "cpu",
+        "--out", str(out),
+    ])
+    assert status == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    multi = [r for r in rows if r["protocol"] == "multi"]
+    assert {(r["value"], r["method"]) for r in multi} == {(1, "alpnet"), (2, "alpnet")}  # the peers take no part
+    alone = {r["value"]: r["dice"] for r in rows if r["protocol"] == "one-largest" and r["method"] == "alpnet"}
+    for row in multi:  # the other's painted slice does not cut a structure off
+        assert row["dice"] > alone[row["value"]] - 0.02 and row["contested"] >= row["won"] >= row["won_rightly"]
+    assert multi[0]["seconds"] == multi[1]["seconds"]  # one run for both
+    rounds = [r for r in rows if r["protocol"] == "rounds"]
+    assert len(rounds) == 2 * 3 * 3  # two structures, three choosers, the first run and two rounds
+    for chooser in ("check", "oracle", "plan"):
+        mine = sorted((r for r in rounds if r["chooser"] == chooser and r["value"] == 1), key=lambda r: r["round"])
+        assert [r["round"] for r in mine] == [0, 1, 2] and mine[0]["action"] == "first"
+        assert all(r["action"] in ("painted", "absent", "stopped") for r in mine[1:])
+        assert len({r["slice"] for r in mine[1:] if r["action"] != "stopped"}) == sum(r["action"] != "stopped" for r in mine[1:])
+    oracle = sorted((r for r in rounds if r["chooser"] == "oracle" and r["value"] == 2), key=lambda r: r["round"])
+    assert oracle[-1]["dice"] >= oracle[0]["dice"] - 0.01
+    table = (out / "results.md").read_text()
+    assert "### Protocol `rounds`" in table and "| oracle |" in table and "area under" in table
+    assert "against one structure per run (`one-largest`)" in table and "claimed by two structures" in table
+
+
 def test_methods_are_named_by_head_weights_and_components_kept():
     engine = method("dspnet@none:largest")
     assert (engine.name, engine.head, engine.weights, engine.options.keep) == ("dspnet@none:largest", "dspnet", "none", "largest")

@@ -480,6 +480,7 @@ class TrainingProgress:
 def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
     from .evaluation.methods import BASELINES, method_flags
     from .evaluation.protocols import PROTOCOLS
+    from .evaluation.rounds import ROUNDS
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -494,7 +495,11 @@ def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
         "test, or 'all': every structure on at least 5 slices; repeatable. Results are also averaged per kind of structure",
     )
     evaluate.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=["one-largest"],
-                          help="which slices are painted and scored (default one-largest)")
+                          help="which slices are painted and scored (default one-largest): one-largest, one-middle, "
+                          "three (1/6, 1/2, 5/6 of the extent), cross (from another case), multi and multi-three "
+                          "(every structure of a case painted into one support as one-largest or three, one run), "
+                          "rounds (the largest slice, then one more slice painted or marked absent per round, chosen "
+                          "by the tool's Slices to check, by the largest error, or by a fixed plan)")
     evaluate.add_argument(
         "--methods", nargs="+", metavar="METHOD",
         default=["alpnet", "alpnet+prototype", "dspnet", "alpnet@none", "dspnet@none+prototype", "panet@none+prototype",
@@ -507,6 +512,8 @@ def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--encoder", default="litemedsam",
                           help="the engine's encoder (default litemedsam); litemedsam-box always uses LiteMedSAM")
     evaluate.add_argument("--repeats", type=int, default=3, help="runs per method and task; seconds are their median")
+    evaluate.add_argument("--rounds", type=int, default=ROUNDS, metavar="N",
+                          help=f"rounds of correction after the first run in protocol rounds (default {ROUNDS})")
     evaluate.add_argument("--nsd-mm", type=float, default=1.0, help="tolerance of the surface Dice in mm (default 1)")
     _add_runtime_arguments(evaluate)
     evaluate.add_argument("--cache", metavar="DIR",
@@ -535,7 +542,7 @@ def evaluate_command(args: argparse.Namespace, build_support: SupportBuilder | N
         methods = [method(name) for name in args.methods]
         cases = [read_case(folder, values) for folder, *values in args.case]
         results = evaluate(
-            cases, args.protocols, methods, repeats=args.repeats,
+            cases, args.protocols, methods, repeats=args.repeats, rounds=args.rounds,
             context=Context(device=args.device, encoder=args.encoder, cache=FeatureCache(folder=args.cache),
                             backend=args.backend, precision=args.precision, build_support=build_support),
             tolerance_mm=args.nsd_mm, log=lambda line: print(line, file=sys.stderr, flush=True),

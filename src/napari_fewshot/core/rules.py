@@ -120,10 +120,11 @@ class HoldBetween(Rule):
 
 
 class HoldPast(Rule):
-    """Stop the structure one gap between paintings past the outermost (:func:`~napari_fewshot.core.between.hold_past`)."""
+    """Stop the structure one gap between paintings past an outermost painting where it narrows
+    (:func:`~napari_fewshot.core.between.hold_past`)."""
 
     def __call__(self, mask: np.ndarray, structure: Structure) -> np.ndarray:
-        return hold_past(mask, structure.painted_slices)
+        return hold_past(mask, structure.painted, structure.painted_slices)
 
 
 class KeepToLimits(Rule):

@@ -6,11 +6,12 @@ import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..io import check_same_grid, format_name, read_volume
-from .protocols import THIRDS, areas, at_fractions, extent, painted, support_slices
+from .protocols import THIRDS, TOGETHER, areas, at_fractions, extent, painted, support_slices
 
 #: The label value list that stands for every structure of a label map that holds at least :data:`MIN_SLICES` slices.
 ALL = "all"
@@ -84,11 +85,29 @@ def _one(folder: Path, stem: str) -> Path:
 
 
 @dataclass
+class Together:
+    """Every structure of a case painted into one support, each on its own ``slices`` (per label value), and
+    segmented in one run per method: ``runs``, per method name, what that run gave (filled by the method)."""
+
+    slices: dict[int, tuple[int, ...]]
+    runs: dict[str, Any] = field(default_factory=dict)
+
+    def painting(self, case: Case) -> np.ndarray:
+        """The support label volume: each structure's true mask on its slices, with its own label value."""
+        support = np.zeros(case.truth.shape, dtype=np.uint8)
+        for value, slices in self.slices.items():
+            painted(case.truth == value, slices, value, support)
+        return support
+
+
+@dataclass
 class Task:
     """Segment structure ``value`` of ``case`` from the slices a protocol paints.
 
     ``support_slices``: the painted slice indices, on ``case`` or, for the cross
-    protocol, on ``support_case`` (one per third of the query's extent).
+    protocol, on ``support_case`` (one per third of the query's extent).  ``together``:
+    for the protocols that paint every structure into one support, that support, shared by
+    the case's tasks.
     """
 
     case: Case
@@ -97,6 +116,7 @@ class Task:
     support_slices: tuple[int, ...]
     support_case: Case | None = None
     support_value: int | None = None
+    together: Together | None = None
 
     @cached_property
     def truth(self) -> np.ndarray:
@@ -123,6 +143,9 @@ class Task:
 
 def tasks_for(case: Case, protocol: str, others: list[Case]) -> list[Task]:
     """The tasks of ``protocol`` on ``case``: one per structure; for ``cross``, one per other case holding a structure of that name."""
+    if protocol in TOGETHER:
+        together = Together({v: support_slices(case.truth == v, protocol) for v in case.values})
+        return [Task(case, v, protocol, together.slices[v], together=together) for v in case.values]
     if protocol != "cross":
         return [Task(case, v, protocol, support_slices(case.truth == v, protocol)) for v in case.values]
     tasks = []

@@ -26,6 +26,7 @@ in the cross-volume protocol.
 from __future__ import annotations
 
 from collections.abc import Callable
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ import numpy as np
 
 from ..core.engine import DEFAULT_ENCODER, FewShotSession, encode_volume
 from ..core.errors import SegmentationError
+from ..core.run import Segmentation
 from ..core.features import FeatureCache
 from ..core.heads import HEADS
 from ..core.model import DEFAULT, UNTRAINED
@@ -47,6 +49,7 @@ from ..core.sam_decoder import BoxDecoder
 from ..core.store import DEFAULT_STORE
 from .cases import Case, Task
 from .interpolation import interpolate, interpolation_missing
+from .metrics import claims
 from .propagation import BoxPromptStep, copy_step, propagate
 from .protocols import extent, query_thirds
 
@@ -92,16 +95,25 @@ class Method:
 
     name: str
     cross_volume: bool = False
+    #: whether it segments every structure painted into one support in one run (``multi``); the peers
+    #: propagate one structure at a time, so they take no part there
+    paints_together: bool = False
 
     def encoder(self, context: Context) -> str | None:
         return context.encoder
+
+    def segmenter(self, task: Task, context: Context) -> Callable[[np.ndarray, dict[int, list[int]]],
+                                                                 Segmentation] | None:
+        """How a user's runs in ``rounds`` segment ``task``'s scan, or None: the method takes no absent marks and
+        lists no slices to check, so it takes no part there."""
+        return None
 
     def __call__(self, task: Task, context: Context) -> np.ndarray:
         raise NotImplementedError
 
 
 class EngineMethod(Method):
-    cross_volume = True
+    cross_volume = paints_together = True
 
     def __init__(self, name: str) -> None:
         spec, *flags = name.split("+")
@@ -146,10 +158,17 @@ class EngineMethod(Method):
         result = self._session(task.case, context).segment(support, options, slices=slices, support=painted_on)
         return result.labels == 1
 
+    def segmenter(self, task: Task, context: Context) -> Callable[[np.ndarray, dict[int, list[int]]], Segmentation]:
+        """``segment(painting, absent)``: the engine's segmentation of ``task``'s scan from a painting and the slices
+        each structure is marked absent on, with this method's options (the user's runs in rounds)."""
+        session = self._session(task.case, context)
+        return lambda painting, absent: session.segment(painting, self.options, absent=absent)
+
     def __call__(self, task: Task, context: Context) -> np.ndarray:
+        if task.together is not None:
+            return self._together(task, context)
         if task.support_case is None:
-            prediction = self._segment(task, context, task.painting(), self.options)
-            return prediction
+            return self._segment(task, context, task.painting(), self.options)
         prediction = np.zeros(task.truth.shape, dtype=bool)
         for third, slice_index in zip(query_thirds(task.truth), task.support_slices):
             if len(third):
@@ -157,6 +176,19 @@ class EngineMethod(Method):
                                       replace(self.options, keep="all"), slices=third)
                 prediction[third] = masks[third]
         return prediction
+
+
+    def _together(self, task: Task, context: Context) -> np.ndarray:
+        """Task's structure from the one run of every structure painted together (run by the case's first task)."""
+        together = task.together
+        if self.name not in together.runs:
+            started = time.perf_counter()
+            result = self._session(task.case, context).segment(together.painting(task.case), self.options)
+            together.runs[self.name] = {
+                "labels": result.labels, "seconds": time.perf_counter() - started,
+                "claims": claims(result.probabilities, result.options.threshold, result.labels, task.case.truth),
+            }
+        return together.runs[self.name]["labels"] == task.value
 
 
 def _seeds(task: Task) -> dict[int, np.ndarray]:

@@ -91,3 +91,24 @@ def surface_dice(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[fl
         return 1.0 if not np.any(prediction) and not np.any(truth) else 0.0
     close = sum(int((d <= tolerance).sum()) for d in distances)
     return close / sum(len(d) for d in distances)
+
+
+def claims(probabilities: dict[int, np.ndarray], threshold: float, labels: np.ndarray,
+           truth: np.ndarray) -> dict[int, dict[str, int]]:
+    """Where structures painted together compete: per label value, the voxels it claims together with another
+    (both probabilities above ``threshold``), of those the ones it won (``labels`` holds it there) and, by the
+    ``truth`` label map, the ones it won rightly and the ones it lost though they are its own.
+
+    probabilities : per label value ``[Z, Y, X]`` float; labels, truth : ``[Z, Y, X]`` label maps.
+    """
+    above = np.zeros(truth.shape, dtype=np.uint8)
+    for probability in probabilities.values():
+        above += probability > threshold
+    contested = above > 1
+    counts = {}
+    for value, probability in probabilities.items():
+        mine = contested & (probability > threshold)
+        won, own = mine & (labels == value), mine & (truth == value)
+        counts[value] = {"contested": int(mine.sum()), "won": int(won.sum()), "won_rightly": int((won & own).sum()),
+                         "lost_own": int((own & ~won).sum())}
+    return counts

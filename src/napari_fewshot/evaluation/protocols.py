@@ -7,7 +7,13 @@ Masks are boolean ``[Z, Y, X]`` with slices along the first axis.
 - ``three``: three painted slices, at 1/6, 1/2 and 5/6 of the extent;
 - ``cross`` (the paper's EP1): the support comes from another volume, at 1/6, 1/2
   and 5/6 of its extent; the query's own extent is cut in thirds, each third is
-  segmented with its support slice, and only the extent is scored.
+  segmented with its support slice, and only the extent is scored;
+- ``multi``, ``multi-three``: as a clinician paints, every structure of the scan
+  painted into one support, each on its own slices (those of ``one-largest``,
+  ``three``), segmented in one run; each structure is scored as in those protocols;
+- ``rounds``: corrections in rounds (:mod:`~napari_fewshot.evaluation.rounds`): the
+  structure painted on its largest slice, then one more slice painted (or marked
+  absent) per round, chosen as a user would.
 
 The one-volume protocols score the whole volume (EP2) and, beside it, the
 slices of the structure's extent.
@@ -17,7 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 
-PROTOCOLS = ("one-largest", "one-middle", "three", "cross")
+PROTOCOLS = ("one-largest", "one-middle", "three", "cross", "multi", "multi-three", "rounds")
+#: The protocols that paint every structure of a scan into one support, each with the protocol it paints as.
+TOGETHER = {"multi": "one-largest", "multi-three": "three"}
 #: Where the ``three`` and ``cross`` protocols paint, as fractions of the extent.
 THIRDS = (1 / 6, 1 / 2, 5 / 6)
 
@@ -50,7 +58,8 @@ def at_fractions(mask: np.ndarray, fractions: tuple[float, ...]) -> tuple[int, .
 
 def support_slices(mask: np.ndarray, protocol: str) -> tuple[int, ...]:
     """The slices of ``mask`` that ``protocol`` paints (sorted, distinct)."""
-    if protocol == "one-largest":
+    protocol = TOGETHER.get(protocol, protocol)
+    if protocol in ("one-largest", "rounds"):
         slices = (int(areas(mask).argmax()),)
     elif protocol == "one-middle":
         slices = at_fractions(mask, (1 / 2,))
@@ -61,9 +70,11 @@ def support_slices(mask: np.ndarray, protocol: str) -> tuple[int, ...]:
     return tuple(sorted(set(slices)))
 
 
-def painted(mask: np.ndarray, slices: tuple[int, ...], value: int = 1) -> np.ndarray:
-    """A support label volume: ``value`` where ``mask`` is on ``slices``, 0 elsewhere (uint8)."""
-    support = np.zeros(mask.shape, dtype=np.uint8)
+def painted(mask: np.ndarray, slices: tuple[int, ...], value: int = 1,
+            support: np.ndarray | None = None) -> np.ndarray:
+    """A support label volume: ``value`` where ``mask`` is on ``slices``, 0 elsewhere (uint8; painted into
+    ``support`` when given)."""
+    support = np.zeros(mask.shape, dtype=np.uint8) if support is None else support
     for index in slices:
         support[index][np.asarray(mask[index], bool)] = value
     return support

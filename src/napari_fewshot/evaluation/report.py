@@ -11,7 +11,8 @@ import numpy as np
 from scipy import stats
 
 from .kinds import KINDS, OTHER
-from .protocols import PROTOCOLS
+from .protocols import PROTOCOLS, TOGETHER
+from .rounds import area_under
 
 
 def _by(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
@@ -74,6 +75,9 @@ def markdown(results: dict) -> str:
     lines = []
     for protocol in _protocols(rows):
         mine = [r for r in rows if r["protocol"] == protocol]
+        if protocol == "rounds":
+            lines += rounds_lines(mine)
+            continue
         methods, columns = _ordered(mine, "method"), list(dict.fromkeys(_column(r) for r in mine))
         cell = {(r["method"], _column(r)): r for r in mine}
         lines += [f"### Protocol `{protocol}`", "", "Dice (" + ("the query's extent" if protocol == "cross" else "whole volume") + "):", ""]
@@ -101,11 +105,85 @@ def markdown(results: dict) -> str:
             n, difference, p = paired(mine, reference, name)
             lines.append(f"- vs `{name}`: {difference:+.3f} over {n} structures, p = {'n/a' if p is None else f'{p:.3g}'}")
         lines.append("")
+        if protocol in TOGETHER:
+            lines += together_lines(rows, protocol)
     if results["encode"]:
         lines += ["Encoding (once per volume; the first segmentation of an encoder method is this plus its seconds):", ""]
         lines += ["| case | slices | seconds | peak MiB |", "|---|---|---|---|"]
         lines += [f"| {name} | {e['slices']} | {e['seconds']:.1f} | {e['peak_mib']:.0f} |" for name, e in results["encode"].items()]
     return "\n".join(lines) + "\n"
+
+
+def together_lines(rows: list[dict], protocol: str) -> list[str]:
+    """Markdown lines: per kind, each engine method's mean Dice with every structure painted into one support
+    (``protocol``) beside one structure per run (the protocol it paints as, when the rows hold it), and how often
+    structures competed for a voxel and who won."""
+    alone_protocol = TOGETHER[protocol]
+    together = [r for r in rows if r["protocol"] == protocol]
+    alone = {(r["case"], r["value"], r["method"]): r["dice"] for r in rows if r["protocol"] == alone_protocol}
+    lines = [f"Every structure painted into one support (`{protocol}`) against one structure per run "
+             f"(`{alone_protocol}`), mean whole-volume Dice:", "",
+             "| method | kind (structures) | one per run | together | together minus one per run |", "|---|---|---|---|---|"]
+    for method in _ordered(together, "method"):
+        mine = [r for r in together if r["method"] == method and (r["case"], r["value"], method) in alone]
+        by_kind = _by(mine, "kind")
+        for name, group in [(k, by_kind[(k,)]) for k in (*KINDS, OTHER) if (k,) in by_kind] + [("all", mine)]:
+            single = np.mean([alone[(r["case"], r["value"], method)] for r in group])
+            joint = np.mean([r["dice"] for r in group])
+            lines.append(f"| {method} | {name} ({len(group)}) | {single:.3f} | {joint:.3f} | {joint - single:+.3f} |")
+    contested = [r for r in together if "contested" in r]
+    if contested:
+        total = sum(r["contested"] for r in contested)
+        won = sum(r["won"] for r in contested)
+        rightly = sum(r["won_rightly"] for r in contested)
+        lost = sum(r["lost_own"] for r in contested)
+        lines += ["", f"Voxels claimed by two structures or more (both above the threshold): {total // 2:,} "
+                  f"(counted once per claimant: {total:,}, over {len(contested)} structures); the most probable won "
+                  f"{won:,} claims, {rightly:,} of them rightly (the truth's structure), and {lost:,} claims were "
+                  "lost by the structure the truth gives the voxel.", ""]
+        top = sorted(contested, key=lambda r: -r["lost_own"])[:5]
+        lines += ["Most voxels lost to another structure though their own:", ""]
+        lines += [f"- {r['case']} {r['structure']} ({r['method']}): contested {r['contested']:,}, won {r['won']:,}, "
+                  f"lost its own {r['lost_own']:,}" for r in top]
+    return lines + [""]
+
+
+def rounds_lines(rows: list[dict]) -> list[str]:
+    """Markdown lines for ``rounds`` rows: per method and chooser, mean Dice after each round, the area under
+    the curve, the structures that fell by more than 0.01 from one round to the next, and the seconds per round;
+    then per kind, the mean Dice after three rounds (or the last)."""
+    lines = ["### Protocol `rounds`", ""]
+    last = max(r["round"] for r in rows)
+    after = min(3, last)
+    for method in _ordered(rows, "method"):
+        mine = [r for r in rows if r["method"] == method]
+        lines += [f"`{method}`: mean whole-volume Dice after each round (round 0: the largest slice painted), the "
+                  "area under the Dice-by-round curve, structures whose Dice fell by more than 0.01 from one round "
+                  "to the next, and the median seconds of a round (features cached):", "",
+                  "| chooser | " + " | ".join(f"round {i}" for i in range(last + 1))
+                  + " | area under | falls > 0.01 | median s per round |",
+                  "|---" * (last + 5) + "|"]
+        for chooser in _ordered(mine, "chooser"):
+            runs = _by([r for r in mine if r["chooser"] == chooser], "case", "value")
+            curves = [[r["dice"] for r in sorted(group, key=lambda r: r["round"])] for group in runs.values()]
+            means = np.mean(curves, axis=0)
+            falls = sum(any(b < a - 0.01 for a, b in zip(c[:-1], c[1:])) for c in curves)
+            seconds = [r["seconds"] for r in mine if r["chooser"] == chooser and r["round"] > 0
+                       and r["action"] != "stopped"]
+            lines.append(f"| {chooser} | " + " | ".join(f"{m:.3f}" for m in means)
+                         + f" | {np.mean([area_under(c) for c in curves]):.3f} | {falls} of {len(curves)} | "
+                         + f"{statistics.median(seconds) if seconds else math.nan:.2f} |")
+        done = [r for r in mine if r["round"] == after]
+        choosers = _ordered(done, "chooser")
+        by_kind = _by(done, "kind")
+        lines += ["", f"`{method}`: mean Dice per kind after round {after}:", "",
+                  "| kind (structures) | " + " | ".join(choosers) + " |", "|---" * (len(choosers) + 1) + "|"]
+        for name, group in [(k, by_kind[(k,)]) for k in (*KINDS, OTHER) if (k,) in by_kind] + [("all", done)]:
+            cells = [f"{np.mean([r['dice'] for r in group if r['chooser'] == c]):.3f}" for c in choosers]
+            count = len(_by(group, "case", "value"))
+            lines.append(f"| {name} ({count}) | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def plots(results: dict, folder: Path) -> list[Path]:
@@ -118,7 +196,7 @@ def plots(results: dict, folder: Path) -> list[Path]:
     except ImportError as error:
         raise RuntimeError("plots need matplotlib: pip install 'napari-fewshot[bench]'") from error
     folder.mkdir(parents=True, exist_ok=True)
-    rows, written = results["rows"], []
+    rows, written = [r for r in results["rows"] if r["protocol"] != "rounds"], []
     for protocol in _protocols(rows):
         mine = [r for r in rows if r["protocol"] == protocol]
         methods, columns = _ordered(mine, "method"), list(dict.fromkeys(_column(r) for r in mine))
@@ -136,6 +214,8 @@ def plots(results: dict, folder: Path) -> list[Path]:
         written.append(folder / f"dice-{protocol}.png")
         figure.savefig(written[-1], dpi=110)
         plt.close(figure)
+    if not rows:
+        return written
     methods = _ordered(rows, "method")
     seconds = [statistics.median(r["seconds"] for r in rows if r["method"] == m) for m in methods]
     figure, axes = plt.subplots(figsize=(max(5, 0.9 * len(methods)), 3.5))

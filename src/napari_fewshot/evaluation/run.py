@@ -25,6 +25,7 @@ from .memory import peak_mib, reset_peak
 from .methods import Context, Method
 from .metrics import dice, hd95, surface_dice
 from .protocols import extent
+from .rounds import CHOOSERS, ROUNDS, simulate
 
 
 def machine() -> str:
@@ -57,13 +58,17 @@ def evaluate(
     context: Context,
     repeats: int = 3,
     tolerance_mm: float = 1.0,
+    rounds: int = ROUNDS,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Every method on every task of ``protocols`` over ``cases``; a JSON-ready dict of settings, encode times and rows.
 
     Each row: case, structure, its kind (:func:`~napari_fewshot.evaluation.kinds.kind`), protocol, method, support slices, the scores of
     :func:`score`, the median seconds of ``repeats`` runs and the peak resident
-    memory (MiB) while the method ran.
+    memory (MiB) while the method ran.  With every structure painted together (``multi``), the
+    seconds are those of the one run, and the row tells where the structure competed with
+    another (:func:`~napari_fewshot.evaluation.metrics.claims`).  In ``rounds`` a row per
+    chooser and round (:func:`~napari_fewshot.evaluation.rounds.simulate`, ``rounds`` rounds).
     """
     encode, ran = {}, None
     for encoder in dict.fromkeys(e for m in methods if (e := m.encoder(context)) is not None):
@@ -82,10 +87,14 @@ def evaluate(
         for case in cases:
             for task in tasks_for(case, protocol, cases):
                 for method in methods:
-                    if task.support_case is not None and not method.cross_volume:
+                    if (task.support_case is not None and not method.cross_volume) or (
+                            task.together is not None and not method.paints_together):
+                        continue
+                    if protocol == "rounds":
+                        rows += _rounds(method, task, context, rounds, tolerance_mm, log)
                         continue
                     rows.append(_measure(method, task, context, repeats, tolerance_mm))
-                    log(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items() if k != "seconds_all"))
+                    _log_row(rows[-1], log)
     return {
         "machine": machine(), "device": str(context.device),
         "runtime": str(ran or resolve_runtime(**context.runtime)),
@@ -96,6 +105,21 @@ def evaluate(
     }
 
 
+def _log_row(row: dict, log: Callable[[str], None]) -> None:
+    log(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if k != "seconds_all"))
+
+
+def _about(task: Task, method: Method) -> dict:
+    """What a row says of its task and method."""
+    return {
+        "case": task.case.name, "structure": task.case.structure(task.value), "value": task.value,
+        "kind": kind(task.case.structure(task.value)),
+        "protocol": task.protocol, "method": method.name,
+        "support": task.support_case.name if task.support_case else task.case.name,
+        "support_slices": list(task.support_slices),
+    }
+
+
 def _measure(method: Method, task: Task, context: Context, repeats: int, tolerance_mm: float) -> dict:
     reset_peak()
     seconds, prediction = [], None
@@ -103,12 +127,28 @@ def _measure(method: Method, task: Task, context: Context, repeats: int, toleran
         started = time.perf_counter()
         prediction = method(task, context)
         seconds.append(time.perf_counter() - started)
+    together = {}
+    if task.together is not None:  # the one run's seconds, and where this structure competed
+        run = task.together.runs[method.name]
+        seconds, together = [run["seconds"]], run["claims"][task.value]
     return {
-        "case": task.case.name, "structure": task.case.structure(task.value), "value": task.value,
-        "kind": kind(task.case.structure(task.value)),
-        "protocol": task.protocol, "method": method.name,
-        "support": task.support_case.name if task.support_case else task.case.name,
-        "support_slices": list(task.support_slices),
-        **score(prediction, task, tolerance_mm),
+        **_about(task, method), **score(prediction, task, tolerance_mm), **together,
         "seconds": statistics.median(seconds), "seconds_all": seconds, "peak_mib": peak_mib(),
     }
+
+
+def _rounds(method: Method, task: Task, context: Context, rounds: int, tolerance_mm: float,
+            log: Callable[[str], None]) -> list[dict]:
+    """A row per chooser and round of a user correcting ``task`` with ``method`` (none for a method that takes no
+    part in rounds)."""
+    segment = method.segmenter(task, context)
+    if segment is None:
+        return []
+    rows = []
+    for chooser in CHOOSERS:
+        runs = simulate(segment, task, chooser, rounds, score=lambda mask: score(mask, task, tolerance_mm))
+        for run in runs:
+            rows.append({**_about(task, method), "chooser": chooser, **run})
+        log(f"{task.case.name} {task.case.structure(task.value)} {method.name} {chooser}: Dice by round "
+            + " ".join(f"{run['dice']:.3f}" for run in runs))
+    return rows
