@@ -3,7 +3,7 @@
 import numpy as np
 
 from conftest import dice
-from napari_fewshot.core.between import hold_between, hold_past, signed_distance
+from napari_fewshot.core.between import _narrowed_reach, hold_between, hold_past, signed_distance
 
 
 def _cone(n: int = 24) -> np.ndarray:
@@ -38,7 +38,10 @@ def test_past_the_outermost_painting_at_most_one_gap_and_one_painting_changes_no
     painted = np.zeros_like(cone)
     painted[[12, 16]] = cone[[12, 16]]
     held = hold_past(cone, painted, (12, 16))  # it narrows towards 12: held below 12, not past 16 where it widens
-    assert not held[:8].any() and (held[8:] == cone[8:]).all()
+    # areas 249 and 373 pixels: falling so, the area is 0 nine slices below 12 (one gap is 4)
+    assert not held[:3].any() and (held[3:] == cone[3:]).all()
+    assert _narrowed_reach(25, 100, 8) == 8  # narrowing sharply: one gap
+    assert _narrowed_reach(60, 100, 8) == 12 and _narrowed_reach(90, 100, 8) is None
     assert (hold_past(cone, painted, (16,)) == cone).all()
     assert (hold_between(cone, painted, (16,), (3.0, 1.0, 1.0)) == cone).all()
 

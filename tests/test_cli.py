@@ -37,7 +37,8 @@ def test_segment_round_trips_files_with_geometry(tmp_path):
     result = run(
         "segment", "--image", str(image_path), "--support-labels", str(support_path), "--output", str(output),
         "--encoder", "tiny", "--head", "alpnet", "--device", "cpu", "--keep", "painted",
-        "--probabilities", str(tmp_path / "probability_{label}.nii.gz"),
+        "--probabilities", str(tmp_path / "probability_{label}.nii.gz"), "--names", "bright, dark",
+        "--absent", "dark:20",  # the user says the dark one is not on slice 20, so neither past it
         "--no-disk-cache",  # other tests' runs saved this volume's features: here every slice is encoded
     )
     assert result.returncode == 0, result.stderr
@@ -49,6 +50,7 @@ def test_segment_round_trips_files_with_geometry(tmp_path):
     assert written.geometry.same_grid(scan.geometry) and written.data.dtype == np.uint8
     np.testing.assert_array_equal(written.data[12], support[12])
     assert dice(written.data == 1, truth == 1) > 0.85 and dice(written.data == 2, truth == 2) > 0.8
+    assert not (written.data[20:] == 2).any() and (written.data[20:] == 1).any()
     probability = read_volume(tmp_path / "probability_2.nii.gz", kind="image")
     assert probability.data.dtype == np.float32 and probability.geometry.same_grid(scan.geometry)
 
@@ -67,6 +69,10 @@ def test_segment_reports_bad_input_without_writing(tmp_path):
     support = write_itk(tmp_path / "support2.nii.gz", painted)
     result = run("segment", "--support-labels", str(support), *common, "--probabilities", str(tmp_path / "p.nii.gz"))
     assert result.returncode == 1 and "put {label} in the file name" in result.stderr
+    result = run("segment", "--support-labels", str(support), *common, "--absent", "liver:3")
+    assert result.returncode == 1 and "--absent liver:3: give a label value (or a name from --names)" in result.stderr
+    result = run("segment", "--support-labels", str(support), *common, "--absent", "2:3")
+    assert result.returncode == 1 and "structure 2 is both painted and marked absent on slice(s) 3" in result.stderr
     result = run("segment", "--support-labels", str(support), *common[:-1], "sam")
     assert result.returncode == 1 and "unknown encoder 'sam'" in result.stderr
     shifted = write_itk(tmp_path / "support3.nii.gz", painted, origin=(0.0, 0.0, 0.0))

@@ -113,7 +113,8 @@ def _segment(args: argparse.Namespace) -> int:
                                     role="support image", **settings) if args.support_image else None
         options = SegmentOptions(**{name: value for name, _ in option_fields()
                                     if (value := getattr(args, name)) is not None})
-        result = session.segment(support.data, options, support=painted_on, progress=ProgressBar("segmenting"))
+        result = session.segment(support.data, options, support=painted_on, absent=_absent(args.absent, names),
+                                 progress=ProgressBar("segmenting"))
         _write_labels(args.output, result.labels, image, names, [  # all or none: the labels and probabilities of one run
             (path, result.probabilities[value], image.geometry.with_pixel_type("float32"))
             for value, path in probability_paths.items()
@@ -162,6 +163,31 @@ def _names(text: str | None) -> dict[int, str]:
     from ._napari.structures import parse_names
 
     return parse_names(text) if text else {}
+
+
+def _absent(items: Sequence[str] | None, names: dict[int, str]) -> dict[int, list[int]]:
+    """``--absent`` entries (``VALUE:SLICES``, the value or a structure's name, slices as ``40,41`` or ``0-10``)
+    as slice indices per label value; ``ValueError`` names a bad entry."""
+    by_name = {name.lower(): value for value, name in names.items()}
+    absent: dict[int, list[int]] = {}
+    for item in items or ():
+        structure, _, slices = item.rpartition(":")
+        structure = structure.strip()
+        value = int(structure) if structure.isdigit() else by_name.get(structure.lower())
+        try:
+            if value is None:
+                raise ValueError
+            marked = []
+            for part in slices.split(","):
+                first, _, last = part.strip().partition("-")
+                marked += list(range(int(first), int(last or first) + 1))
+        except ValueError:
+            raise ValueError(
+                f"--absent {item}: give a label value (or a name from --names) and slices, e.g. --absent 2:40,41 "
+                "or --absent liver:0-10"
+            ) from None
+        absent.setdefault(value, []).extend(marked)
+    return absent
 
 
 def _read_support(path: str, support_image: Volume) -> tuple[Volume, dict[int, str]]:
@@ -245,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--output", required=True, metavar="PATH",
                      help="predicted labels (.nii.gz, .nii, .nrrd, .mha; or .dcm: a DICOM SEG of the --image series, "
                      "for a DICOM folder)")
+    seg.add_argument("--absent", action="append", metavar="VALUE:SLICES",
+                     help="a structure is not on these slices (first slice 0, along the image's slice axis), nor "
+                     "past them on the side away from where it is painted: e.g. 2:40,41 or liver:0-10 (a name from "
+                     "--names); repeatable. A slice painted for one structure says nothing of the others")
     seg.add_argument("--names", metavar="TEXT",
                      help="structure names, e.g. 'liver, spleen' (labels 1, 2) or '1: liver, 3: kidney', for the "
                      "segments of a .dcm output (default: the segment names of a DICOM SEG support, else 'structure N')")

@@ -12,17 +12,19 @@ its own function, make one structure's mask keep to that:
   left empty takes the interpolated shape;
 - :func:`hold_past`: past an outermost painted slice where the structure narrows
   (its painting smaller than :data:`NARROWS` of its painted neighbour's), the structure
-  goes on at most as many slices as lie between that painted slice and its
-  neighbour (painted towards its end, a structure running on past that is taken to
-  have run into a look-alike).  Where it does not narrow, the painting says nothing
-  of where the structure ends (a correction painted beside the first painting), and
-  the structure is left to end where it does; a user who knows says so by marking
-  the slice past the end absent.
+  goes on at most as far as its area, falling as it does from the neighbour to that
+  painting, takes to reach 0, and at least as many slices as lie between the two (a
+  structure running on past that is taken to have run into a look-alike).  Where it
+  does not narrow, the paintings say nothing of where it ends (a correction painted
+  beside the first painting), and it is left to end where it does; a user who knows
+  says so by marking the slice past the end absent.
 
 With one painted slice neither changes anything.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from scipy import ndimage
@@ -70,18 +72,32 @@ def hold_between(
 
 
 def hold_past(mask: np.ndarray, painted: np.ndarray, painted_slices: tuple[int, ...]) -> np.ndarray:
-    """``mask`` ``[Z, Y, X]`` bool of one structure emptied more than one gap between paintings past each
-    outermost painted slice where the structure narrows (a new array; with one painted slice, a copy).
+    """``mask`` ``[Z, Y, X]`` bool of one structure emptied past each outermost painted slice where it narrows,
+    beyond where its narrowing ends it (at least one gap between paintings; a new array; with one painted slice,
+    a copy).
 
     painted : ``[Z, Y, X]`` bool, where the structure is painted (on ``painted_slices``).
     """
     order = sorted(set(painted_slices))
     held = mask.copy()
     if len(order) > 1:
-        area = {z: np.count_nonzero(painted[z]) for z in (order[0], order[1], order[-2], order[-1])}
-        if area[order[0]] < NARROWS * area[order[1]]:
-            held[: max(order[0] - (order[1] - order[0]), 0)] = False
-        if area[order[-1]] < NARROWS * area[order[-2]]:
-            held[order[-1] + (order[-1] - order[-2]) + 1 :] = False
+        for outer, inner, step in ((order[0], order[1], -1), (order[-1], order[-2], 1)):
+            reach = _narrowed_reach(np.count_nonzero(painted[outer]), np.count_nonzero(painted[inner]),
+                                    abs(outer - inner))
+            if reach is not None:
+                end = outer + step * reach
+                if step < 0:
+                    held[: max(end, 0)] = False
+                else:
+                    held[end + 1 :] = False
     return held
+
+
+def _narrowed_reach(outer: int, inner: int, gap: int) -> int | None:
+    """Slices past an outermost painting of area ``outer`` (pixels) a structure is let go on, its neighbouring
+    painting ``gap`` slices in of area ``inner``: where its area, falling on as from one to the other, reaches 0,
+    and at least ``gap``; None where it does not narrow (no hold)."""
+    if outer >= NARROWS * inner:
+        return None
+    return max(gap, math.ceil(gap * outer / (inner - outer)))
 

@@ -155,8 +155,9 @@ class SegmentOptions:
         "vanishes)")
     hold_past: bool | None = where_possible(
         "nopast",
-        help="with several painted slices, stop each structure at most one gap between paintings past an "
-        "outermost painted slice where it narrows (painted smaller than its painted neighbour)")
+        help="with several painted slices, stop each structure past an outermost painted slice where it narrows "
+        "(painted smaller than its painted neighbour) once its narrowing would have ended it, and at least one gap "
+        "between paintings past it")
     follow_anatomy: bool | None = where_possible(
         "nofollow", label="Follow anatomy",
         tooltip="Segment volume carries the painting from slice to slice by registration, which draws each slice's "
