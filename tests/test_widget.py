@@ -165,6 +165,20 @@ def test_segment_volume_gives_a_prediction_on_the_image_grid_and_maps(qtbot, ses
     assert viewer.layers["scan prediction"].metadata["napari_fewshot"]["follow_anatomy"] is False
 
 
+def test_structures_painted_on_their_own_slices_each_reach_their_full_extent(qtbot, session):
+    viewer, widget, image, support, truth = session
+    support.data = np.zeros_like(support.data)
+    for value, z in ((1, 9), (2, 15)):
+        support.data[z][truth[z] == value] = value
+    _run(qtbot, widget, widget.segmenting.volume_button)
+    prediction = viewer.layers["scan prediction"]
+    for value in (1, 2):  # neither stops at the slice painted for the other
+        held = set(np.flatnonzero((prediction.data == value).any(axis=(1, 2))))
+        assert {z for z in range(24) if (truth[z] == value).sum() > 20} <= held
+        assert dice(prediction.data == value, truth == value) > 0.8
+    assert prediction.metadata["napari_fewshot"]["support_slices"] == {"1": [9], "2": [15]}
+
+
 def test_segment_slice_previews_the_slice_on_screen_and_encodes_little(qtbot, session):
     viewer, widget, image, support, truth = session
     _go_to(viewer, 16)
