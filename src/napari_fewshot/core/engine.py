@@ -4,7 +4,7 @@
 the widget; :class:`FewShotSession` is one scan made ready to segment, whose
 :meth:`~FewShotSession.segment` runs one segmentation as named stages: resolve the
 options for the call, plan, encode the painted slices, predict each structure,
-merge, apply the rules (:mod:`~napari_fewshot.core.rules`), package the result.
+apply the rules to each (:mod:`~napari_fewshot.core.rules`) and merge them, package the result.
 Arrays in (numpy, file units), arrays out; no napari or Qt here.
 """
 
@@ -163,8 +163,7 @@ class FewShotSession:
             run.predict()
         finally:
             run.encoding.save()  # what was encoded, even when cancelled
-        labels = run.merged()
-        run.apply_rules(labels)
+        labels = run.apply_rules()
         return run.result(labels, started)
 
     def _support(self, support: FewShotSession | None) -> FewShotSession:

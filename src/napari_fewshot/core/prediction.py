@@ -2,7 +2,7 @@
 
 A :class:`Predictor` holds what one segmentation's predictions share (the model, the
 device, the two volumes' pixel aspects, and how a support is built from painted
-slices); :func:`merge` turns the structures' probabilities into one label map.
+slices); :func:`claim` writes each structure's final mask into one label map.
 """
 
 from __future__ import annotations
@@ -150,13 +150,10 @@ def per_query(values: np.ndarray, n_query: int, n_support: int, painted: tuple[i
     return spread
 
 
-def merge(probabilities: dict[int, np.ndarray], threshold: float, dtype: np.dtype) -> np.ndarray:
-    """Labels ``[Z, Y, X]``: the most probable structure where its probability exceeds ``threshold``."""
-    values = np.array(list(probabilities), dtype=dtype)
-    best = np.zeros(next(iter(probabilities.values())).shape, dtype=np.float32)
-    labels = np.zeros(best.shape, dtype=dtype)
-    for value, probability in zip(values, probabilities.values()):
-        wins = probability > np.maximum(best, threshold)
-        labels[wins] = value
-        best = np.maximum(best, probability)
-    return labels
+def claim(labels: np.ndarray, best: np.ndarray, value: int, mask: np.ndarray, probability: np.ndarray) -> None:
+    """Structure ``value``'s ``mask`` ``[Z, Y, X]`` bool written into ``labels`` in place, where no structure is yet
+    or where its ``probability`` exceeds that of the structure there (``best``, float32, updated): claimed in
+    turn by every structure, each voxel goes to the most probable structure that holds it."""
+    wins = mask & ((labels == 0) | (probability > best))
+    labels[wins] = value
+    best[wins] = probability[wins]

@@ -4,8 +4,8 @@
 :class:`SegmentationRun` and calls its stages in order: :meth:`~SegmentationRun.resolve`
 the options for the call and the painting, :meth:`~SegmentationRun.plan`,
 :meth:`~SegmentationRun.encode_painted` (and calibrate the decoder, build the rules),
-:meth:`~SegmentationRun.predict` each structure, :meth:`~SegmentationRun.merged`,
-:meth:`~SegmentationRun.apply_rules`, and package the :class:`Segmentation`.
+:meth:`~SegmentationRun.predict` each structure, :meth:`~SegmentationRun.apply_rules` to each (and
+merge them), and package the :class:`Segmentation`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from .options import CallOptions, SegmentOptions, resolve
 from .outward import OUTWARD_MARGIN_MM, expected_reach, planned_range, walk_outward
 from .plan import SlicePlan
 from .postprocess import REGROWTH_MM
-from .prediction import Predictor, merge
+from .prediction import Predictor, claim
 from .priors import apply_distance_decay, apply_location_prior
 from .progress import Progress, RunProgress
 from .rules import DecoderBoundaries, FollowAnatomy, Structure, build_pipeline
@@ -226,24 +226,27 @@ class SegmentationRun:
         if self.preview is not None:
             self.preview(value, batch, np.moveaxis(probability[batch] > chosen.threshold, 0, session.axis))
 
-    def merged(self) -> np.ndarray:
-        """The label map ``[Z, Y, X]``: the most probable structure above the threshold, each structure's painted
-        slices as painted (:func:`~napari_fewshot.core.support.as_painted`)."""
-        labels = merge(self.probabilities, self.call.options.threshold, self.painting.dtype)
-        if self.same_volume:  # a painting on another grid says nothing of this one's slices
-            as_painted(labels, self.painting, self.support_slices)
-        return labels
-
-    def apply_rules(self, labels: np.ndarray) -> None:
-        """Each structure through the rules, in place; painted slices stay as painted."""
-        for value, slices in self.support_slices.items():  # its painting made here, one structure at a time
+    def apply_rules(self) -> np.ndarray:
+        """The label map ``[Z, Y, X]``: each structure through the rules from its own probability above the
+        threshold, as if it were painted alone; where structures overlap, the most probable
+        (:func:`~napari_fewshot.core.prediction.claim`); each structure's painted slices as painted
+        (:func:`~napari_fewshot.core.support.as_painted`)."""
+        shape, dtype, threshold = self.session.volume.shape, self.painting.dtype, self.call.options.threshold
+        labels, best = np.zeros(shape, dtype=dtype), np.zeros(shape, dtype=np.float32)
+        for value, slices in self.support_slices.items():  # one structure at a time: a mask's memory, not all
+            probability = self.probabilities[value]
+            alone = np.where(probability > threshold, value, 0).astype(dtype)
+            if self.same_volume:  # a painting on another grid says nothing of this one's slices
+                as_painted(alone, self.painting, {value: slices})
             structure = Structure(value, self.painting == value, slices, self.absent.get(value, ()),
                                   self.limits[value])
-            self.pipeline.apply(labels, structure)
+            self.pipeline.apply(alone, structure)
             self.drawn_by[value] = structure.drawn_by
+            claim(labels, best, value, alone == value, probability)
         self.clock.plan(draw=self.clock.finished["draw"], follow=self.clock.finished["follow"])  # estimates no more
         if self.same_volume:
             as_painted(labels, self.painting, self.support_slices)
+        return labels
 
     def result(self, labels: np.ndarray, started: float) -> Segmentation:
         """What the run made, every volume back in the image's axis order."""
