@@ -1,11 +1,15 @@
 """Write docs/results.md, and the results table of the README, from the benchmark runs of today's defaults.
 
     .venv/bin/python scripts/results_page.py docs/benchmarks/default-one/results.json \
-        docs/benchmarks/default-three/results.json [--gpu docs/benchmarks/broad-cuda/results.json]
+        docs/benchmarks/default-three/results.json [--gpu docs/benchmarks/broad-cuda/results.json] \
+        [--workflow docs/benchmarks/default-multi/results.json docs/benchmarks/default-rounds/results.json]
 
 Each ``results.json`` is one ``napari-fewshot evaluate`` run (its first method is the
 engine's default, the others the peers, all side by side on one machine); ``--gpu``,
-a run on a GPU whose seconds are quoted.  The page holds only what these runs
+a run on a GPU whose seconds are quoted; ``--workflow``, runs of the engine alone as a
+clinician works (``multi``, ``multi-three``: every structure painted into one support;
+``rounds``: corrections in rounds), whose comparisons are quoted as ``evaluate`` writes them.
+The page holds only what these runs
 measured: per protocol, the mean whole-volume Dice (in the structure's extent) per
 kind of structure, and the median seconds per structure.  The README's table
 between ``<!-- results -->`` and ``<!-- /results -->`` is written anew from the same
@@ -23,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from napari_fewshot.evaluation.kinds import KINDS, OTHER
-from napari_fewshot.evaluation.report import kind_means
+from napari_fewshot.evaluation.protocols import TOGETHER
+from napari_fewshot.evaluation.report import kind_means, rounds_lines, together_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE, README = ROOT / "docs" / "results.md", ROOT / "README.md"
@@ -41,7 +46,24 @@ def _median_seconds(rows: list[dict], method: str) -> float:
     return statistics.median(row["seconds"] for row in rows if row["method"] == method)
 
 
-def page(runs: list[dict], gpu: dict | None) -> str:
+def workflow(runs: list[dict]) -> list[str]:
+    """Markdown lines: the engine as a clinician works, from the ``multi`` and ``rounds`` runs."""
+    lines = []
+    for run in runs:
+        rows, protocols = run["rows"], dict.fromkeys(row["protocol"] for row in run["rows"])
+        header = [f"{run['date']}, {run['machine']}, {run['runtime']}:", "", f"    {run['command']}", ""]
+        if "rounds" in protocols:
+            rounds = [r for r in rows if r["protocol"] == "rounds"]
+            lines += ["## Corrections in rounds", "", *header, *rounds_lines(rounds)[2:]]
+        together = [p for p in protocols if p in TOGETHER]
+        if together:
+            lines += ["## Several structures in one painting", "", *header]
+            for protocol in together:
+                lines += together_lines(rows, protocol)
+    return lines
+
+
+def page(runs: list[dict], gpu: dict | None, workflow_runs: list[dict] = ()) -> str:
     """The Markdown of docs/results.md."""
     lines = ["# Results at today's defaults", "",
              "Written by `scripts/results_page.py` from the runs below; each names the command that repeats it. "
@@ -75,7 +97,7 @@ def page(runs: list[dict], gpu: dict | None) -> str:
             lines.append(f"- {PROTOCOL_NAMES.get(protocol, protocol)}: `{first}` "
                          f"{_median_seconds(mine, first):.2f} s median per structure, features cached")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + workflow(workflow_runs))
 
 
 def readme_table(runs: list[dict], gpu: dict | None) -> str:
@@ -109,10 +131,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="results.json of the default's runs, with the peers")
     parser.add_argument("--gpu", type=Path, help="results.json of a run on a GPU")
+    parser.add_argument("--workflow", nargs="+", type=Path, default=[],
+                        help="results.json of the engine's multi and rounds runs")
     args = parser.parse_args()
     runs = [json.loads(path.read_text(encoding="utf-8")) for path in args.runs]
     gpu = json.loads(args.gpu.read_text(encoding="utf-8")) if args.gpu else None
-    PAGE.write_text(page(runs, gpu), encoding="utf-8")
+    workflow_runs = [json.loads(path.read_text(encoding="utf-8")) for path in args.workflow]
+    PAGE.write_text(page(runs, gpu, workflow_runs), encoding="utf-8")
     readme = README.read_text(encoding="utf-8")
     if BEGIN not in readme or END not in readme:
         print(f"{README} has no {BEGIN} ... {END} block; only {PAGE} was written", file=sys.stderr)

@@ -123,7 +123,8 @@ def together_lines(rows: list[dict], protocol: str) -> list[str]:
     alone = {(r["case"], r["value"], r["method"]): r["dice"] for r in rows if r["protocol"] == alone_protocol}
     lines = [f"Every structure painted into one support (`{protocol}`) against one structure per run "
              f"(`{alone_protocol}`), mean whole-volume Dice:", "",
-             "| method | kind (structures) | one per run | together | together minus one per run |", "|---|---|---|---|---|"]
+             "| method | kind (structures) | one per run | together | together minus one per run |",
+             "|---|---|---|---|---|"]
     for method in _ordered(together, "method"):
         mine = [r for r in together if r["method"] == method and (r["case"], r["value"], method) in alone]
         by_kind = _by(mine, "kind")
