@@ -42,14 +42,17 @@ def merged(results: list[dict], encoded: list[dict] = ()) -> dict:
     for result in results:
         cases.update(result["cases"])
         for row in result["rows"]:
-            task = (row["method"], row["protocol"], row["case"], row["value"], row["support"])
+            task = (row["method"], row["protocol"], row["case"], row["value"], row["support"], row.get("chooser"),
+                    row.get("round"))  # in rounds, a row per chooser and round
             if task in seen:
                 raise SystemExit(f"the task {task} is in two runs: merge each task once")
             seen.add(task)
             rows.append(row)
     dates = sorted({result["date"] for result in results})
+    commands = [result["command"] for result in results if "command" in result]
     return {**{key: first[key] for key in SAME}, "date": " to ".join(dict.fromkeys((dates[0], dates[-1]))),
-            "cases": cases, "encode": encode, "rows": rows}
+            "cases": cases, "encode": encode, "rows": rows,
+            **({"command": "\n    ".join(dict.fromkeys(commands))} if commands else {})}
 
 
 def main() -> None:

@@ -36,35 +36,32 @@ def test_presence_places_the_prediction_between_the_painted_slices_levels():
     assert presence.tolist() == pytest.approx([1.0, 0.5, 0.0, 0.0])  # slice 3: nothing predicted
 
 
-def test_slices_to_check_list_where_structures_end_then_the_weakest():
+def test_slices_to_check_go_by_expected_error_and_list_where_structures_end():
     sure = np.array([1.0, 0.9, 0.5, 0.9, 0.8, 0.95, 1.0, 1.0])
-    held = {1: np.array([0, 1, 1, 1, 1, 1, 0, 0], bool), 2: np.array([1, 1, 1, 1, 0, 0, 0, 0], bool)}
+    areas = {1: np.array([0, 10, 40, 30, 20, 5, 0, 0]), 2: np.array([50, 40, 30, 10, 0, 0, 0, 0])}
     presence = {1: np.array([0, 0.9, 0.9, 0.1, 0.7, 0.6, 0, 0]), 2: np.array([0.8, 0.8, 0.8, 0.8, 0, 0, 0, 0])}
-    listed = slices_to_check(sure, presence, held, known={1: [2], 2: [2]})
-    # structure 1 begins on 1 and ends on 5; structure 2 reaches the volume's first slice and ends on 3
-    assert [(c.slice, c.ends) for c in listed[:4]] == [
-        (0, ((2, "scan start"),)), (1, ((1, "first"),)), (3, ((2, "last"),)), (5, ((1, "last"),)),
-    ]
-    assert listed[2].weakest == (1, 0.1)  # on slice 3 structure 1 is the least present
-    assert [c.slice for c in listed[4:]] == [4]  # min(sure, presence) 0.7; slice 2 is painted
-    assert len(slices_to_check(sure, presence, held, known={1: [2], 2: [2]}, count=2)) == 2
-    assert [c.structure for c in listed] == [2, 1, 2, 1, 1]
+    listed = slices_to_check(sure, presence, areas, known={1: [2], 2: [2]})
+    # expected error, area times slices from the painting: 0: 100 (2), 1: 40 (2), 4: 40 (1), 3: 30 (1), 5: 15 (1)
+    assert [(c.slice, c.structure, c.far) for c in listed] == [(0, 2, 2), (1, 2, 1), (4, 1, 2), (3, 1, 1), (5, 1, 3)]
+    assert [c.ends for c in listed] == [((2, "scan start"),), ((1, "first"),), (), ((2, "last"),), ((1, "last"),)]
+    assert listed[3].weakest == (1, 0.1)  # on slice 3 structure 1 is the least present
+    # fewer places: where structures end stays listed, the rest gives way
+    assert [c.slice for c in slices_to_check(sure, presence, areas, known={1: [2], 2: [2]}, count=4)] == [0, 1, 3, 5]
     names = {1: "liver", 2: "spleen"}
     assert [check_reason(c, names) for c in listed] == [
         "slice 0: spleen reaches the scan's first slice: it may go on beyond the scan",
         "slice 1: liver begins here: is the slice before empty?",
+        "slice 4: liver is 2 slices from its nearest painted slice",
         "slice 3: spleen ends here: is the slice after empty?; liver looks unlike the painting (10% alike)",
         "slice 5: liver ends here: is the slice after empty?",
-        "slice 4: least sure boundary",
     ]
 
 
 def test_a_slice_known_for_one_structure_is_still_listed_for_another():
     sure = np.ones(6)
-    held = {1: np.array([0, 1, 1, 1, 0, 0], bool), 2: np.array([0, 0, 1, 1, 1, 0], bool)}
+    areas = {1: np.array([0, 10, 10, 10, 0, 0]), 2: np.array([0, 0, 10, 10, 10, 0])}
     presence = {1: np.full(6, 0.9), 2: np.array([0, 0, 0.2, 0.9, 0.9, 0])}
-    # structure 2 painted on 4 (its last slice: known), structure 1 marked absent on... nothing; 1 painted on 2
-    listed = slices_to_check(sure, presence, held, known={1: [2], 2: [4]})
-    assert [(c.slice, c.ends) for c in listed[:3]] == [(1, ((1, "first"),)), (2, ((2, "first"),)), (3, ((1, "last"),))]
-    assert listed[1].weakest == (2, 0.2)  # painted for 1, so only 2 is weighed on slice 2
-    assert 4 not in [c.slice for c in listed]  # 2 is known there and 1 is not predicted
+    listed = slices_to_check(sure, presence, areas, known={1: [2], 2: [4]})  # 1 painted on 2, 2 painted on 4
+    assert {c.slice for c in listed} == {1, 2, 3}  # 4 is known for 2 and holds nothing of 1
+    two = next(c for c in listed if c.slice == 2)
+    assert two.structure == 2 and two.weakest == (2, 0.2) and two.ends == ((2, "first"),)

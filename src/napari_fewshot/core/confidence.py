@@ -73,56 +73,66 @@ def structure_presence(attention: np.ndarray, predicted: np.ndarray, levels: np.
 @dataclass(frozen=True)
 class SliceToCheck:
     """A slice worth a look: its ``sure`` confidence, the least present structure predicted
-    on it (``weakest``: label value and presence, None when none is), and the structures
+    on it (``weakest``: label value and presence, None when none is), the structures
     whose prediction begins or ends on it (``ends``: label value and ``first`` or ``last``;
     on the volume's first or last slice, ``scan start`` or ``scan end``: it may go on
-    beyond the scan).  ``structure``: the label value to look at there first (the first
-    of ``ends``, else the weakest)."""
+    beyond the scan), the structure whose prediction there is likely wrong the most
+    (``structure``, None when none is predicted there) and how many slices lie between it
+    and that structure's nearest painted or absent slice (``far``)."""
 
     slice: int
     sure: float
     weakest: tuple[int, float] | None
     ends: tuple[tuple[int, str], ...]
-
-    @property
-    def structure(self) -> int | None:
-        return self.ends[0][0] if self.ends else None if self.weakest is None else self.weakest[0]
+    structure: int | None
+    far: int
 
 
 def slices_to_check(
     sure: np.ndarray,
     presence: dict[int, np.ndarray],
-    predicted: dict[int, np.ndarray],
+    areas: dict[int, np.ndarray],
     known: dict[int, Iterable[int]],
     count: int = 10,
 ) -> list[SliceToCheck]:
-    """The slices most worth a look, at most ``count``: where each structure's prediction begins and ends,
-    then the predicted slices least sure or least present; a structure counts only on the slices it is not
-    ``known`` on (per label value, the slices the user painted it on or marked it absent on).
+    """The slices most worth a look, at most ``count``, the one a correction helps most first; a structure
+    counts only on the slices it is not ``known`` on (per label value, the slices the user painted it on or
+    marked it absent on).
 
-    sure : ``[Z]`` from :func:`slice_confidence`; presence, predicted : per label value,
-    ``[Z]`` from :func:`structure_presence` and ``[Z]`` bool (slices holding that
-    structure).  A prediction that reaches the first or last slice of the volume is
-    listed there as ``scan start`` or ``scan end``.  Ends come first (in slice order),
-    then the rest by min(sure, weakest presence), lowest first (ties: lower slice first).
+    sure : ``[Z]`` from :func:`slice_confidence`; presence : per label value, ``[Z]`` from
+    :func:`structure_presence`; areas : per label value, ``[Z]`` the voxels predicted on
+    each slice.  A slice's expected error is, over the structures predicted there, the
+    largest area times the slices between it and that structure's nearest known slice: the
+    head's error grows with the distance from its support, and a large area holds more of
+    it (painting by that measure comes within reach of painting where the error is largest,
+    on the development data).  The slices go by expected error, largest first (ties: lower
+    slice first); where each structure's prediction begins and ends (``scan start`` or
+    ``scan end`` where it reaches the volume's first or last slice) is always listed.
     """
     n = len(sure)
-    unknown = {v: ~np.isin(np.arange(n), list(known.get(v, ()))) for v in predicted}
+    index = np.arange(n)
+    expected, structure, far = np.zeros(n), np.full(n, -1), np.zeros(n, dtype=int)
     ends: dict[int, list[tuple[int, str]]] = {}
-    for value, held in predicted.items():
-        slices = np.flatnonzero(held)
-        for z, which, edge, at_edge in ((slices[:1], "first", 0, "scan start"), (slices[-1:], "last", n - 1, "scan end")):
+    unknown = {}
+    for value, area in areas.items():
+        marked = np.array(sorted(set(known.get(value, ()))), dtype=int)
+        distance = np.abs(index[:, None] - marked[None]).min(axis=1) if marked.size else np.full(n, n)
+        unknown[value] = (area > 0) & (distance > 0)
+        error = np.where(unknown[value], area * distance, 0.0)
+        better = error > expected
+        expected[better], structure[better], far[better] = error[better], value, distance[better]
+        held = np.flatnonzero(area > 0)
+        for z, which, at_edge in ((held[:1], "first", "scan start"), (held[-1:], "last", "scan end")):
             if z.size and unknown[value][z[0]]:
-                ends.setdefault(int(z[0]), []).append((value, at_edge if z[0] == edge else which))
+                ends.setdefault(int(z[0]), []).append((value, at_edge if z[0] in (0, n - 1) else which))
     weakest = {}
-    for z in range(n):
-        open_here = [(v, float(presence[v][z])) for v, held in predicted.items() if held[z] and unknown[v][z]]
-        if open_here:
-            weakest[z] = min(open_here, key=lambda p: p[1])
-    score = {z: min(float(sure[z]), weakest[z][1]) for z in weakest}
-    rest = sorted((z for z in score if z not in ends), key=lambda z: (score[z], z))
-    chosen = (sorted(ends) + rest)[:count]
-    return [SliceToCheck(z, float(sure[z]), weakest.get(z), tuple(ends.get(z, ()))) for z in chosen]
+    for z in np.flatnonzero(expected > 0).tolist():
+        weakest[z] = min(((v, float(presence[v][z])) for v in areas if unknown[v][z]), key=lambda p: p[1])
+    ranked = sorted(np.flatnonzero(expected > 0).tolist(), key=lambda z: (-expected[z], z))
+    listed = [z for z in ranked if z not in ends][: max(count - len(ends), 0)] + sorted(ends, key=lambda z: -expected[z])
+    chosen = sorted(listed, key=lambda z: (-expected[z], z))[:count]
+    return [SliceToCheck(z, float(sure[z]), weakest.get(z), tuple(ends.get(z, ())),
+                         None if structure[z] < 0 else int(structure[z]), int(far[z])) for z in chosen]
 
 
 #: Below this presence a structure's prediction on a slice is said to look unlike its painting.
@@ -130,13 +140,16 @@ UNLIKE = 0.5
 
 
 def check_reason(item: SliceToCheck, names: dict[int, str]) -> str:
-    """Why ``item``'s slice is worth a look, in words: where a structure begins or ends (or runs off the
-    scan), where it looks unlike its painting, or else an unsure boundary.  ``names``: per label value."""
+    """Why ``item``'s slice is worth a look, in words: how far the structure is from its paintings, or where
+    it begins or ends (or runs off the scan); and where it looks unlike its painting.  ``names``: per label
+    value."""
 
     def called(value: int) -> str:
         return names.get(value, f"structure {value}")
 
-    reasons = [{
+    reasons = [f"{called(item.structure)} is {item.far} slices from its nearest painted slice"] if (
+        item.structure is not None and not item.ends) else []
+    reasons += [{
         "first": f"{called(value)} begins here: is the slice before empty?",
         "last": f"{called(value)} ends here: is the slice after empty?",
         "scan start": f"{called(value)} reaches the scan's first slice: it may go on beyond the scan",
@@ -144,4 +157,4 @@ def check_reason(item: SliceToCheck, names: dict[int, str]) -> str:
     }[which] for value, which in item.ends]
     if item.weakest is not None and item.weakest[1] < UNLIKE:
         reasons.append(f"{called(item.weakest[0])} looks unlike the painting ({item.weakest[1]:.0%} alike)")
-    return f"slice {item.slice}: {'; '.join(reasons) or 'least sure boundary'}"
+    return f"slice {item.slice}: {'; '.join(reasons)}"

@@ -95,9 +95,9 @@ class Segmentation:
         n = self.labels.shape[self.axis]
         sure = slice_confidence(self.probabilities.values(), self.axis)
         labels = np.moveaxis(self.labels, self.axis, 0).reshape(n, -1)
-        predicted = {value: (labels == value).any(axis=1) for value in self.presence}
+        areas = {value: (labels == value).sum(axis=1) for value in self.presence}
         known = {v: (*slices, *self.absent_slices.get(v, ())) for v, slices in self.support_slices.items()}
-        return slices_to_check(sure, self.presence, predicted, known, count)
+        return slices_to_check(sure, self.presence, areas, known, count)
 
 
 
