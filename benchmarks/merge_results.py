@@ -42,8 +42,9 @@ def merged(results: list[dict], encoded: list[dict] = ()) -> dict:
     for result in results:
         cases.update(result["cases"])
         for row in result["rows"]:
-            task = (row["method"], row["protocol"], row["case"], row["value"], row["support"], row.get("chooser"),
-                    row.get("round"))  # in rounds, a row per chooser and round
+            task = (row["method"], row["protocol"], row["case"], row["value"], row["support"])
+            if "chooser" in row:  # in rounds, a row per chooser and round
+                task += (row["chooser"], row["round"])
             if task in seen:
                 raise SystemExit(f"the task {task} is in two runs: merge each task once")
             seen.add(task)
