@@ -147,7 +147,8 @@ def check_reason(item: SliceToCheck, names: dict[int, str]) -> str:
     def called(value: int) -> str:
         return names.get(value, f"structure {value}")
 
-    reasons = [f"{called(item.structure)} is {item.far} slices from its nearest painted slice"] if (
+    far = f"{item.far} slice{'' if item.far == 1 else 's'}"
+    reasons = [f"{called(item.structure)} is {far} from its nearest painted slice"] if (
         item.structure is not None and not item.ends) else []
     reasons += [{
         "first": f"{called(value)} begins here: is the slice before empty?",
