@@ -290,7 +290,7 @@ def test_a_new_run_while_one_is_going_replaces_it_never_runs_beside_it(qtbot, se
     widget.encoder.value = "tiny"
     widget.segmenting.volume_button.native.click()  # cancels the slow run, then starts
     assert widget._runner.job is first and "once the current run has stopped" in widget.status.value
-    qtbot.waitUntil(lambda: not widget._runner.busy, timeout=10_000)
+    qtbot.waitUntil(lambda: not widget._runner.busy, timeout=60_000)
     assert started == [True, True, False]  # one run, then the next: never two at once
     assert viewer.layers["scan prediction"].metadata["napari_fewshot"]["encoder"] == "tiny"
 
