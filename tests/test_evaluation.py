@@ -186,7 +186,7 @@ def test_multi_paints_every_structure_into_one_run_and_rounds_correct_slice_by_s
     out = tmp_path / "out"
     status = main([
         "evaluate", "--case", str(first), "1", "2", "--encoder", "tiny", "--protocols", "one-largest", "multi",
-        "rounds", "--rounds", "2", "--methods", "alpnet", "copy", "--repeats", "1", "--device", "cpu",
+        "rounds", "--rounds", "1", "--methods", "alpnet", "copy", "--repeats", "1", "--device", "cpu",
         "--out", str(out),
     ])
     assert status == 0
@@ -198,13 +198,11 @@ def test_multi_paints_every_structure_into_one_run_and_rounds_correct_slice_by_s
         assert row["dice"] > alone[row["value"]] - 0.02 and row["contested"] >= row["won"] >= row["won_rightly"]
     assert multi[0]["seconds"] == multi[1]["seconds"]  # one run for both
     rounds = [r for r in rows if r["protocol"] == "rounds"]
-    assert len(rounds) == 2 * 3 * 3  # two structures, three choosers, the first run and two rounds
+    assert len(rounds) == 2 * 3 * 2  # two structures, three choosers, the first run and one round
     for chooser in ("check", "oracle", "plan"):
         mine = sorted((r for r in rounds if r["chooser"] == chooser and r["value"] == 1), key=lambda r: r["round"])
-        assert [r["round"] for r in mine] == [0, 1, 2] and mine[0]["action"] == "first"
-        assert all(r["action"] in ("painted", "absent", "stopped") for r in mine[1:])
-        looked = [r["slice"] for r in mine[1:] if r["action"] != "stopped"]
-        assert len(set(looked)) == len(looked)  # a slice is looked at once
+        assert [r["round"] for r in mine] == [0, 1] and mine[0]["action"] == "first"
+        assert mine[1]["action"] in ("painted", "absent", "stopped") and mine[1]["slice"] not in mine[0]["support_slices"]
     oracle = sorted((r for r in rounds if r["chooser"] == "oracle" and r["value"] == 2), key=lambda r: r["round"])
     assert oracle[-1]["dice"] >= oracle[0]["dice"] - 0.01
     table = (out / "results.md").read_text()
