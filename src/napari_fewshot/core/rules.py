@@ -15,7 +15,7 @@ The rules, in the order the pipeline runs them:
 - :class:`DecoderBoundaries`: LiteMedSAM's decoder redraws each slice's boundary,
   near the painted slices it proved better on (after the clean-up below);
 - :class:`HoldBetween`, :class:`HoldPast`: several paintings hold a structure between
-  them and stop it one gap past the outermost;
+  them and stop it past an outermost painting where it narrows;
 - :class:`KeepComponents`, :class:`StopAtEnds`, :class:`FillHoles`: the clean-up;
 - :class:`FollowAnatomy`: registration carries the painting from slice to slice and
   draws the boundary (then the clean-up again, without the ends);
@@ -120,8 +120,8 @@ class HoldBetween(Rule):
 
 
 class HoldPast(Rule):
-    """Stop the structure one gap between paintings past an outermost painting where it narrows
-    (:func:`~napari_fewshot.core.between.hold_past`)."""
+    """Past an outermost painting where the structure narrows, stop it where its narrowing would have ended it,
+    and no nearer than one gap between paintings (:func:`~napari_fewshot.core.between.hold_past`)."""
 
     def __call__(self, mask: np.ndarray, structure: Structure) -> np.ndarray:
         return hold_past(mask, structure.painted, structure.painted_slices)
