@@ -48,6 +48,7 @@ from .preprocess import Preprocessing
 from .progress import RunProgress
 from .registration import SliceRegistration
 from .sam_decoder import BoxDecoder
+from .support import limits
 
 
 @dataclass
@@ -56,8 +57,7 @@ class Structure:
 
     value : its label value.  painted : ``[Z, Y, X]`` bool, where it was painted (on the
     support's grid).  painted_slices : the slices it was painted on (indices along the
-    first axis).  absent : the slices the user marked it absent on; limits : the first and
-    last slice it may be on (:func:`~napari_fewshot.core.support.limits`; None: any).
+    first axis).  absent : the slices the user marked it absent on.
     drawn_by : who drew its boundaries (set by :class:`DecoderBoundaries`).
     """
 
@@ -65,7 +65,6 @@ class Structure:
     painted: np.ndarray
     painted_slices: tuple[int, ...]
     absent: tuple[int, ...] = ()
-    limits: tuple[int, int] | None = None
     drawn_by: str = BOUNDARIES[0]
 
 
@@ -128,14 +127,13 @@ class HoldPast(Rule):
 
 
 class KeepToLimits(Rule):
-    """Nothing of the structure on the slices it was marked absent on, nor past them (its ``limits``), whatever
-    a rule before grew there."""
+    """Nothing of the structure on the slices it was marked absent on, nor past them
+    (:func:`~napari_fewshot.core.support.limits`), whatever a rule before grew there."""
 
     def __call__(self, mask: np.ndarray, structure: Structure) -> np.ndarray:
         kept = mask.copy()
-        if structure.limits is not None:
-            first, last = structure.limits
-            kept[:first] = kept[last + 1 :] = False
+        first, last = limits(structure.painted_slices, structure.absent, len(mask))
+        kept[:first] = kept[last + 1 :] = False
         kept[list(structure.absent)] = False
         return kept
 

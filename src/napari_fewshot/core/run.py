@@ -238,8 +238,7 @@ class SegmentationRun:
             alone = np.where(probability > threshold, value, 0).astype(dtype)
             if self.same_volume:  # a painting on another grid says nothing of this one's slices
                 as_painted(alone, self.painting, {value: slices})
-            structure = Structure(value, self.painting == value, slices, self.absent.get(value, ()),
-                                  self.limits[value])
+            structure = Structure(value, self.painting == value, slices, self.absent.get(value, ()))
             self.pipeline.apply(alone, structure)
             self.drawn_by[value] = structure.drawn_by
             claim(labels, best, value, alone == value, probability)

@@ -4,14 +4,14 @@ A label volume ``[Z, Y, X]`` holds the painting: value ``v`` is structure ``v``,
 zero is unpainted.  A slice painted for structure ``v`` is ``v``'s whole truth there (what
 is not painted ``v`` is not ``v``) and says nothing of the structures not painted on it:
 those are unknown there, and predicted as on any other slice.  That a structure is
-absent on a slice is said apart from the painting (``absent``: per label value, slice
-indices), and bounds it: past an absent slice, on the side away from its paintings,
-nothing of it is predicted (:func:`limits`).  Each query slice takes its support from the nearest slice on
-which that structure is painted; when two painted slices are equally near it
-takes both.  This generalises the evaluation protocol's chunk rule (each third
-of the extent uses its own support slice) to any number of painted slices.  For
-a support from another volume, slices are matched by their relative position
-along the slice axis.
+absent on a slice is said apart from the painting (``absent``: per label value,
+slice indices), and bounds it: past an absent slice, on the side away from its
+paintings, nothing of it is predicted (:func:`limits`). Each query slice takes its
+support from the nearest slice on which that structure is painted; when two painted
+slices are equally near it takes both. This generalises the evaluation protocol's
+chunk rule (each third of the extent uses its own support slice) to any number of
+painted slices. For a support from another volume, slices are matched by their
+relative position along the slice axis.
 """
 
 from __future__ import annotations
