@@ -42,11 +42,21 @@ EXTREMES = ["0", "-1", "1", "3", "5", "255", "32767", "-32768", "65535", "214748
 
 #: NIfTI-1 header fields: (byte offset, struct format).
 NIFTI_FIELDS = {
-    "sizeof_hdr": (0, "i"), "dim0": (40, "h"), "dim1": (42, "h"), "dim3": (46, "h"), "dim4": (48, "h"),
-    "intent_code": (68, "h"), "datatype": (70, "h"), "bitpix": (72, "h"), "pixdim0": (76, "f"), "pixdim1": (80, "f"),
-    "pixdim3": (88, "f"), "vox_offset": (108, "f"), "scl_slope": (112, "f"), "scl_inter": (116, "f"),
-    "dim_info": (39, "b"), "qform_code": (252, "h"), "sform_code": (254, "h"), "quatern_b": (256, "f"),
-    "qoffset_x": (268, "f"), "srow_x0": (280, "f"), "srow_z2": (320, "f"), "magic": (344, "i"),
+    "sizeof_hdr": (0, "i"), "dim0": (40, "h"), "dim1": (42, "h"), "dim2": (44, "h"), "dim3": (46, "h"),
+    "dim4": (48, "h"), "dim5": (50, "h"), "intent_code": (68, "h"), "datatype": (70, "h"), "bitpix": (72, "h"),
+    "pixdim0": (76, "f"), "pixdim1": (80, "f"), "pixdim3": (88, "f"), "vox_offset": (108, "f"),
+    "scl_slope": (112, "f"), "scl_inter": (116, "f"), "dim_info": (39, "b"), "qform_code": (252, "h"),
+    "sform_code": (254, "h"), "quatern_b": (256, "f"), "quatern_d": (264, "f"), "qoffset_x": (268, "f"),
+    "qoffset_z": (276, "f"), "srow_x0": (280, "f"), "srow_y2": (304, "f"), "srow_z2": (320, "f"), "magic": (344, "i"),
+}
+
+#: Values NIfTI fields take besides :data:`EXTREMES`: every datatype and the intents ITK reads as vectors
+#: (complex and RGB voxels with a vector intent corrupted ITK's memory), transform codes.
+NIFTI_CODES = {
+    "datatype": ["2", "4", "8", "16", "32", "64", "128", "256", "512", "768", "1024", "1280", "1536", "1792", "2048",
+                 "2304"],
+    "intent_code": ["1005", "1006", "1007", "2003", "2004"],
+    "qform_code": ["2", "4"], "sform_code": ["2", "4"], "dim5": ["2", "3"],
 }
 
 
@@ -88,7 +98,7 @@ def mutated(draw: st.DrawFn, files: dict[str, bytes]) -> tuple[str, bytes, str]:
     if kind == "field":
         field = draw(st.sampled_from(sorted(NIFTI_FIELDS)))
         offset, fmt = NIFTI_FIELDS[field]
-        text = draw(st.sampled_from([v for v in EXTREMES if _packs(fmt, v)]))
+        text = draw(st.sampled_from([v for v in EXTREMES + NIFTI_CODES.get(field, []) if _packs(fmt, v)]))
         data = data[:offset] + struct.pack("<" + fmt, _number(fmt, text)) + data[offset + struct.calcsize(fmt):]
         what = f"{field}={text}"
     elif kind == "number":

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import locale
 import os
+import resource
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +28,16 @@ os.environ["NAPARI_FEWSHOT_CACHE"] = str(TEST_CACHE)  # subprocesses (the CLI) i
 def cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     """Run the real ``napari-fewshot`` command; ``kwargs`` go to :func:`subprocess.run`."""
     return subprocess.run([CLI, *args], capture_output=True, text=True, encoding="utf-8", timeout=timeout, **kwargs)
+
+
+def start_cli(*args: str, **kwargs) -> subprocess.Popen:
+    """Start the real ``napari-fewshot`` command, to be signalled; ``kwargs`` go to :class:`subprocess.Popen`.
+
+    Ctrl-C reaches it whatever the tests were started from: a shell starts a command put in the background with
+    SIGINT ignored, which its children would inherit (and Python then never raises ``KeyboardInterrupt``).
+    """
+    return subprocess.Popen([CLI, *args], text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                            **kwargs)
 
 
 def rotation(axis: int, degrees: float) -> np.ndarray:
@@ -149,3 +162,76 @@ def ellipsoids(shape: tuple[int, int, int] = (24, 48, 48), seed: int = 0) -> tup
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     return float(2 * np.logical_and(prediction, truth).sum() / (prediction.sum() + truth.sum()))
+
+
+#: Bytes left free on the small disk.
+FREE = 8192
+
+
+class SmallDisk:
+    """A folder where only about :data:`FREE` more bytes fit: a tmpfs, or (``mounted`` False) the shim."""
+
+    def __init__(self, folder, mounted: bool) -> None:
+        self.folder, self.mounted = folder, mounted
+
+    def fill(self) -> None:
+        """Leave :data:`FREE` bytes free (on the tmpfs; the shim limits each write instead)."""
+        if self.mounted:
+            stat = os.statvfs(self.folder)
+            (self.folder / "filler").write_bytes(bytes(stat.f_bavail * stat.f_frsize - FREE))
+
+    def _limit(self) -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (FREE, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    @contextlib.contextmanager
+    def full(self):
+        """The disk full for writes made by this process inside the block."""
+        self.fill()
+        if self.mounted:
+            yield
+            return
+        limits, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.getsignal(signal.SIGXFSZ)
+        self._limit()
+        try:
+            yield
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+            signal.signal(signal.SIGXFSZ, handler)
+
+    def run_full(self, *args: str) -> subprocess.CompletedProcess:
+        """The CLI with the disk full."""
+        self.fill()
+        return cli(*args, preexec_fn=None if self.mounted else self._limit)
+
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.folder.iterdir() if p.name != "filler")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(folder)], capture_output=True)
+    try:
+        yield SmallDisk(folder, mount.returncode == 0)
+    finally:
+        if mount.returncode == 0:
+            subprocess.run(["umount", str(folder)], check=True)
+
+
+def obey_permissions() -> None:
+    """Run as root without the capabilities that override file permissions (CAP_DAC_OVERRIDE, _READ_SEARCH).
+
+    Dropped from the bounding set before the command is executed, so the command
+    holds neither and file modes apply to it as to any user.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+def cli_obeying_permissions(*args: str) -> subprocess.CompletedProcess:
+    """The CLI, as an ordinary user would run it, as far as file permissions go."""
+    return cli(*args, preexec_fn=obey_permissions if os.geteuid() == 0 else None)

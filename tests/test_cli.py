@@ -1,10 +1,16 @@
 import re
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 import napari_fewshot
+from conftest import start_cli, write_itk
 from conftest import cli as run
-from conftest import write_itk
+from napari_fewshot.cli import main
 
 
 def test_version_and_help():
@@ -109,3 +115,35 @@ def test_segment_a_dicom_series_from_a_seg_support_to_a_seg(tmp_path):
     nifti = read_volume(tmp_path / "mask.nii.gz", kind="labels")
     assert nifti.data.any() and nifti.geometry.same_grid(scan.geometry)
     np.testing.assert_array_equal(seg.data, nifti.data)
+
+
+def test_an_image_given_as_the_support_labels_is_refused_before_any_work(tmp_path, capsys):
+    image = np.random.default_rng(0).normal(size=(6, 16, 16)).astype(np.float32)
+    image_path = write_itk(tmp_path / "scan.nii.gz", image)
+    labels = write_itk(tmp_path / "mr.nii.gz", np.arange(image.size).reshape(image.shape).astype(np.int16) % 354)
+    assert main(["segment", "--image", str(image_path), "--support-labels", str(labels), "--encoder", "sam",
+                 "--output", str(tmp_path / "out.nii.gz")]) == 1  # refused before the encoder is looked up
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: the support labels hold 353 distinct values") and "\n" not in error
+    assert "looks like an image, not a label map" in error and not (tmp_path / "out.nii.gz").exists()
+
+
+def _status(pid: int) -> tuple[bool, bool]:
+    """Whether process ``pid`` has its SIGTERM handler in place, and whether it has loaded torch's library yet."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(caught >> (signal.SIGTERM - 1) & 1), "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="tells from /proc when the command has started")
+@pytest.mark.parametrize(("how", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_while_the_command_imports_torch_ends_it_with_one_line(tmp_path, how, status):
+    process = start_cli("info", str(tmp_path / "scan.nii.gz"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    while process.poll() is None and not _status(process.pid)[0]:
+        time.sleep(0.005)
+    assert not _status(process.pid)[1]  # the signal comes before torch is loaded
+    process.send_signal(how)
+    out, err = process.communicate(timeout=60)
+    assert (process.returncode, out) == (status, "")
+    assert err.strip().splitlines() == ["interrupted: no output was left half-written (an interrupted train or "
+                                        "refine run resumes from its last checkpoint when run again)"]

@@ -8,11 +8,19 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import ramp, rotation, write_dicom_series
+from conftest import cli, ramp, rotation, write_dicom_series, write_itk
+from test_dicom import CT_IMAGE_STORAGE, SERIES_UID, ct_series
 from napari_fewshot import __version__
 from napari_fewshot.io import VolumeReadError, VolumeWriteError, read_volume, write_volume
 from napari_fewshot.io.anatomy import anatomy_codes, normalise
-from napari_fewshot.io.dicom_seg import SEG_SOP_CLASS_UID, find_source_series, is_seg_file, read_seg, write_seg
+from napari_fewshot.io.dicom_seg import (
+    SEG_SOP_CLASS_UID,
+    check_seg_writable,
+    find_source_series,
+    is_seg_file,
+    read_seg,
+    write_seg,
+)
 
 SHAPE = (7, 10, 12)
 #: Series as scanners store them: axial, acquired head down (instances against position), oblique.
@@ -183,3 +191,56 @@ def test_a_seg_with_overlapping_segments_is_refused(tmp_path):
     seg.save_as(tmp_path / "overlap.dcm")
     with pytest.raises(VolumeReadError, match="segments overlap.*one structure per voxel"):
         read_seg(tmp_path / "overlap.dcm", scan.geometry, scan.dicom)
+
+
+@pytest.mark.parametrize("variant", ["blank-uids", "no-file-meta", "anonymised"])
+def test_seg_of_a_series_as_archives_store_it_reads_back_with_names_in_any_script(tmp_path, variant):
+    folder = ct_series(tmp_path / variant, variant)
+    stored = {p.name: p.read_bytes() for p in folder.iterdir()}
+    scan = read_volume(folder)
+    labels = labels_of(scan.data.shape, (1, 2))
+    names = {1: "肝臓", 2: "Milz (Röntgen)"}
+    path = write_seg(tmp_path / "mask.dcm", labels, scan.geometry, scan.dicom, names)
+
+    back, back_names = read_seg(path, scan.geometry, scan.dicom)
+    assert back_names == names and back.geometry.same_grid(scan.geometry)
+    np.testing.assert_array_equal(back.data, labels)
+    seg = pydicom.dcmread(path)
+    assert seg.SpecificCharacterSet == "ISO_IR 192" and seg.SegmentSequence[0].SegmentLabel == "肝臓"
+    assert {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence} == {
+        f"{SERIES_UID}.{k + 1}" for k in range(6)}
+    assert {item.ReferencedSOPClassUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence} == {
+        CT_IMAGE_STORAGE}
+    kept = ("", "", "", "", "") if variant == "anonymised" else ("fewshot-1", "Test^Patient", "1", "A1", "20240101")
+    assert (seg.PatientID, seg.PatientName, seg.StudyID, seg.AccessionNumber, seg.StudyDate) == kept
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == stored  # the series' files untouched
+
+
+def test_a_seg_that_cannot_be_written_is_refused_before_and_a_slice_changed_during_the_run_after(tmp_path):
+    bare = read_volume(ct_series(tmp_path / "bare", "no-instance-uids"))
+    with pytest.raises(VolumeWriteError, match=r"IM0006.dcm holds no SOP Instance UID \(0008,0018\), in its dataset "
+                                               r"or its file meta \(6 of 6 slices\).*write the mask as \.nii\.gz"):
+        check_seg_writable(tmp_path / "bare.dcm", bare.geometry, bare.dicom)
+
+    folder = ct_series(tmp_path / "ct")
+    scan = read_volume(folder)
+    assert check_seg_writable(tmp_path / "mask.dcm", scan.geometry, scan.dicom) == tmp_path / "mask.dcm"
+    (folder / "IM0004.dcm").write_text("replaced while the scan was being segmented")
+    replaced = r"IM0004.dcm, a slice of the DICOM series .* can no longer be read as DICOM: it was replaced or damaged"
+    with pytest.raises(VolumeWriteError, match=replaced + r".*Keep the series unchanged until the mask is .*nii"):
+        write_seg(tmp_path / "mask.dcm", labels_of(scan.data.shape, (1,)), scan.geometry, scan.dicom, {1: "liver"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bare", "ct"]
+
+
+def test_segment_refuses_a_seg_output_it_cannot_write_before_the_run(tmp_path):
+    folder = ct_series(tmp_path / "ct", "no-instance-uids")
+    scan = read_volume(folder)
+    support = np.zeros(scan.data.shape, np.uint8)
+    support[3, 4:9, 4:9] = 1
+    support_file = write_itk(tmp_path / "support.nii.gz", support, scan.geometry.spacing, scan.geometry.origin)
+    result = cli("segment", "--image", str(folder), "--support-labels", str(support_file), "--encoder", "tiny",
+                 "--device", "cpu", "--output", str(tmp_path / "seg.dcm"), timeout=120)
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and len(errors) == 1 and "segmenting" not in result.stderr, result.stderr
+    assert "holds no SOP Instance UID" in errors[0] and "write the mask as .nii.gz" in errors[0]
+    assert not (tmp_path / "seg.dcm").exists()

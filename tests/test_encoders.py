@@ -10,6 +10,7 @@ def test_tiny_encoder_shape_and_determinism():
     with torch.no_grad():
         features = encoder(x)
         assert features.shape == (3, 256, 32, 32) and features.dtype == torch.float32
+        assert encoder.trunk(x).shape[1:] == encoder.trunk_shape  # what the feature cache checks files against
         assert torch.equal(build_encoder("tiny")(x), features)  # same weights every time
     with pytest.raises(ValueError, match=r"expects slices \[N, 3, H, W\]"):
         encoder(torch.rand(3, 64, 64))
@@ -38,6 +39,7 @@ def test_litemedsam_loads_the_packaged_weights_safely(monkeypatch):
     with torch.no_grad():
         raw = encoder.image_encoder(torch.zeros(1, 3, 256, 256))
         assert torch.allclose(encoder(torch.zeros(1, 3, 256, 256)), raw, atol=1e-5)
+    assert raw.shape[1:] == encoder.trunk_shape
 
 
 def test_resnet_trunk_loads_or_says_what_to_use_instead():
@@ -48,6 +50,7 @@ def test_resnet_trunk_loads_or_says_what_to_use_instead():
     else:
         with torch.no_grad():
             assert encoder(torch.rand(1, 3, 256, 256)).shape == (1, 256, 32, 32)
+        assert encoder.trunk_shape == (2048, 32, 32)
 
 
 def test_every_registered_encoder_names_itself():

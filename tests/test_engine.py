@@ -206,11 +206,17 @@ def test_support_from_another_volume_of_another_shape(volume):
 def test_slices_along_another_axis_give_the_transposed_result(volume):
     image, truth = volume
     support = one_slice_support(truth, values=(1,))
-    cache = FeatureCache()
-    along_z = segment(image, support, encoder="tiny", head="panet", cache=cache)
-    moved = segment(np.moveaxis(image, 0, 2), np.moveaxis(support, 0, 2), axis=2, encoder="tiny", head="panet", cache=cache)
+    cache, spacing = FeatureCache(), (2.5, 0.9, 0.7)  # spacing per array axis, whichever axis is sliced
+    fast = dict(encoder="tiny", head="panet", cache=cache, follow_anatomy=False)
+    along_z = segment(image, support, spacing=spacing, **fast)
+    moved = segment(np.moveaxis(image, 0, 2), np.moveaxis(support, 0, 2), axis=2, spacing=(0.9, 0.7, 2.5), **fast)
     np.testing.assert_array_equal(np.moveaxis(moved.labels, 2, 0), along_z.labels)
     assert moved.support_slices == {1: (12,)}
+    session = napari_fewshot.FewShotSession(np.moveaxis(image, 0, 1), axis=1, spacing=(0.9, 2.5, 0.7), encoder="tiny",
+                                            head="panet", cache=cache)
+    assert session.spacing_mm == spacing
+    middle = session.segment(np.moveaxis(support, 0, 1), follow_anatomy=False)
+    np.testing.assert_array_equal(np.moveaxis(middle.labels, 1, 0), along_z.labels)
 
 
 def test_anisotropic_pixels_are_padded_to_a_physical_square():
@@ -477,6 +483,18 @@ def test_bad_input_is_refused_with_the_fix(volume, change, message):
         segment(bad_image, bad_support, encoder="tiny", cache=FeatureCache())
 
 
+def test_a_support_of_more_structures_than_plausible_is_refused_before_any_work(volume, monkeypatch):
+    from napari_fewshot.core import inputs
+
+    image, _ = volume
+    values = np.arange(image.size).reshape(image.shape) % 300  # an image given as the labels: 299 values painted
+    with pytest.raises(SegmentationError, match="hold 299 distinct values, each a structure to segment: this looks "
+                       r"like an image, not a label map .* \(or raise napari_fewshot.core.inputs.MAX_STRUCTURES\)$"):
+        segment(image, values, encoder="sam")  # refused before the encoder is looked up
+    monkeypatch.setattr(inputs, "MAX_STRUCTURES", 300)  # a label map that truly holds that many
+    assert inputs.checked_labels(values, image.shape, True) is values
+
+
 def test_unknown_names_and_devices(volume):
     image, truth = volume
     support = one_slice_support(truth)
@@ -577,3 +595,16 @@ def test_a_support_session_must_share_the_encoder_and_runtime(volume):
     other = FewShotSession(image, encoder="tiny", backend="openvino", cache=FeatureCache())
     with pytest.raises(SegmentationError, match="the support's session runs another encoder or runtime"):
         session.segment(one_slice_support(truth), support=other)
+
+
+def test_changing_the_caller_s_array_after_making_a_session_does_not_poison_the_cache(tmp_path):
+    image = ellipsoids((4, 32, 32))[0]
+    original = image.copy()
+    session = napari_fewshot.FewShotSession(image, encoder="tiny", backend="torch", cache=FeatureCache(folder=tmp_path))
+    image[:] = original[:, ::-1, ::-1]  # the caller reuses its array for another scan
+    session.encode()
+    later = napari_fewshot.FewShotSession(original, encoder="tiny", backend="torch", cache=FeatureCache(folder=tmp_path))
+    clean = napari_fewshot.FewShotSession(original, encoder="tiny", backend="torch", cache=FeatureCache())
+    clean.encode()
+    assert later.features.encoded.all() and torch.equal(later.features.tensor, clean.features.tensor)
+    assert np.array_equal(session.volume, original) and not session.volume.flags.writeable  # the session's own copy

@@ -240,3 +240,39 @@ def test_evaluate_refuses_unknown_methods_and_missing_labels(tmp_path, capsys):
     assert "unknown method 'sam2'" in capsys.readouterr().err
     assert main(["evaluate", "--case", str(case), "7", "--methods", "copy", "--out", str(tmp_path / "o")]) == 1
     assert "label values [7] do not occur" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_bad_settings_before_reading_cases_and_bad_case_folders_by_name(tmp_path, capsys):
+    from napari_fewshot.evaluation.run import check_settings
+
+    missing = str(tmp_path / "no-such-case")
+    for flag, value, says in (("--repeats", "0", "--repeats must be at least 1 (runs per method and task); got 0"),
+                              ("--rounds", "-1", "--rounds must be 0 or more"),
+                              ("--nsd-mm", "nan", "--nsd-mm must be a finite length in mm above 0; got nan")):
+        assert main(["evaluate", "--case", missing, "1", "--methods", "copy", "--out", str(tmp_path / "o"),
+                     flag, value]) == 1
+        assert capsys.readouterr().err.startswith(f"error: {says}")  # not the missing case: the settings come first
+    with pytest.raises(ValueError, match="--repeats must be at least 1"):
+        check_settings(0, 3, 1.0)
+    image, truth = ellipsoids((6, 16, 16))
+    case = _write_case(tmp_path / "case", image, truth, ["liver"])
+    with pytest.raises(ValueError, match=f"^{case / 'labels.json'} must map label values to structure names, but "
+                       'holds a JSON list; write it as {"1": "liver", "2": "spleen"}$'):
+        read_case(case, [1])
+    (case / "labels.json").write_text("{1: liver")
+    with pytest.raises(ValueError, match=f"^{case / 'labels.json'} is not valid JSON \\(Expecting property name"):
+        read_case(case, [1])
+    (case / "labels.json").unlink()
+    sitk.WriteImage(sitk.GetImageFromArray(image), str(case / "image.nrrd"))
+    with pytest.raises(ValueError, match=f"^{case} has 2 image files \\(image.nii.gz, image.nrrd\\); keep the one"):
+        read_case(case, [1])
+    with pytest.raises(ValueError, match=r"cannot be read \(File name too long\); give the folder of a case$"):
+        read_case(tmp_path / ("a" * 300), [1])
+
+
+def test_evaluate_refuses_a_cache_that_is_no_folder_before_reading_the_cases(tmp_path, capsys):
+    (tmp_path / "features").write_text("not a folder")
+    assert main(["evaluate", "--case", str(tmp_path / "no-such-case"), "1", "--methods", "copy",
+                 "--cache", str(tmp_path / "features"), "--out", str(tmp_path / "out")]) == 1
+    said = capsys.readouterr().err
+    assert said.count("\n") == 1 and "features: this is a file, not a folder" in said and "no-such-case" not in said

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +116,27 @@ def test_a_damaged_conversion_is_made_again(tmp_path, monkeypatch, caplog):
     assert "does not compile" in caplog.text
     with torch.no_grad():
         assert torch.allclose(trunk(x), encoder.trunk(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("blocked", ["a file in the cache's place", "a full disk"])
+def test_a_cache_that_cannot_hold_the_conversion_runs_it_from_memory(tmp_path, monkeypatch, caplog, request, blocked):
+    full = contextlib.nullcontext()
+    if blocked == "a file in the cache's place":
+        cache = tmp_path / "cache"
+        cache.write_text("not a folder")
+    else:
+        disk = request.getfixturevalue("small_disk")
+        cache, full = disk.folder, disk.full()
+    monkeypatch.setenv("NAPARI_FEWSHOT_CACHE", str(cache))
+    encoder, x = build_encoder("tiny"), torch.rand(2, 3, 64, 64)
+    with full:
+        trunk = OpenVINOTrunk(encoder, resolve_runtime("openvino", "f32", "cpu"))
+    with torch.no_grad():
+        assert torch.allclose(trunk(x), encoder.trunk(x), atol=1e-5)  # OpenVINO, not a fall back to torch
+    warned = [r.getMessage() for r in caplog.records if "not cached on disk" in r.getMessage()]
+    assert len(warned) == 1 and "NAPARI_FEWSHOT_CACHE" in warned[0], caplog.text
+    assert "in memory" in caplog.text or blocked == "a full disk"
+    assert "running torch" not in caplog.text and not list(tmp_path.rglob("*.xml")), caplog.text
 
 
 def test_openvino_asks_cancel_before_each_slice(monkeypatch, tmp_path):

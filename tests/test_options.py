@@ -11,7 +11,8 @@ from conftest import ellipsoids
 from napari_fewshot.core.engine import segment
 from napari_fewshot.core.errors import SegmentationError
 from napari_fewshot.core.features import FeatureCache
-from napari_fewshot.core.options import SegmentOptions
+from napari_fewshot.core.engine import FewShotSession
+from napari_fewshot.core.options import SegmentOptions, with_values
 
 
 @pytest.mark.parametrize(("values", "message"), [
@@ -22,10 +23,23 @@ from napari_fewshot.core.options import SegmentOptions
     (dict(decay_mm=-3.0), "decay_mm must be a length in mm above 0; got -3.0"),
     (dict(decay_mm=float("inf")), "decay_mm must be a length in mm above 0"),
     (dict(boundaries="sam"), "boundaries must be one of prototype, decoder; got 'sam'"),
+    (dict(threshold="0.4"), "threshold must be a number; got '0.4'"),
+    (dict(fill_holes="yes"), "fill_holes must be True or False; got 'yes'"),
 ])
 def test_bad_options_are_refused_when_made(values, message):
     with pytest.raises(SegmentationError, match=message):
         SegmentOptions(**values)
+    with pytest.raises(SegmentationError, match=message):  # given as a dict, checked alike
+        with_values(values, {})
+
+
+def test_options_as_a_dict_are_checked_by_name():
+    assert with_values({"threshold": 0.4}, {"keep": "all"}) == SegmentOptions(threshold=0.4, keep="all")
+    assert with_values({"threshold": 0.4}, {"threshold": 0.3}).threshold == 0.3  # a field named replaces the dict's
+    with pytest.raises(SegmentationError, match="^unknown option thresh; the options are threshold, keep, location"):
+        with_values({"thresh": 0.4}, {})
+    with pytest.raises(SegmentationError, match=r"options must be SegmentOptions\(...\) or a dict .*; got float$"):
+        with_values(0.4, {})
 
 
 def test_options_are_frozen_and_the_engine_takes_them_or_their_fields():
@@ -37,7 +51,8 @@ def test_options_are_frozen_and_the_engine_takes_them_or_their_fields():
     support[12] = truth[12]
     cache = FeatureCache()
     given = segment(image, support, encoder="tiny", options=options, cache=cache)
-    named = segment(image, support, encoder="tiny", keep="largest", boundaries="prototype", cache=cache)
+    session = FewShotSession(image, encoder="tiny", cache=cache)
+    named = session.segment(support, {"keep": "largest", "boundaries": "prototype"})  # a dict, as a user may write
     np.testing.assert_array_equal(given.labels, named.labels)
     replaced = segment(image, support, encoder="tiny", options=options, threshold=0.99, cache=cache)
     assert np.count_nonzero(replaced.labels) < np.count_nonzero(given.labels)  # a field named replaces the option's

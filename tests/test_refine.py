@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import dice, ellipsoids
+from conftest import dice, ellipsoids, write_itk
 from napari_fewshot.cli import main
 from napari_fewshot.core.errors import SegmentationError
 from napari_fewshot.core.refined import load_refined, segment_with_model
@@ -197,8 +198,42 @@ def test_bad_refine_input_is_refused_with_the_fix(tmp_path):
         refine(RefineConfig(images=[paths["image"]], labels=[paths["labels"]], out=tmp_path, method="fixmatch"))
     with pytest.raises(ValueError, match="2 label files for 1 images"):
         refine(RefineConfig(images=[paths["image"]], labels=[paths["labels"]] * 2, out=tmp_path))
+    with pytest.raises(ValueError, match="--size must be a multiple of 16 .* up to 1024; got 65536"):
+        refine(RefineConfig(images=[paths["image"]], labels=[paths["labels"]], out=tmp_path, size=65536))
+    for name, value, says in (("lr", float("nan"), "lr must be a finite number above 0; got nan"),
+                              ("momentum", 1.0, "momentum must be a finite number from 0 below 1; got 1.0"),
+                              ("consistency", -0.1, "consistency must be a finite number from 0; got -0.1")):
+        with pytest.raises(ValueError, match=f"^{says}$"):
+            refine(RefineConfig(images=[paths["image"]], labels=[paths["labels"]], out=tmp_path, **{name: value}))
+    assert not (tmp_path / "checkpoint.pt").exists()
     with pytest.raises(SegmentationError, match="no model file at"):
         segment_with_model(np.zeros((2, 4, 4)), tmp_path / "missing.safetensors")
+
+
+def test_a_refined_models_card_is_checked_against_bounds_and_its_weights_before_use(tmp_path, capsys):
+    from napari_fewshot.core.model import ModelFileError, write_tensor_file
+    from napari_fewshot.core.refined import REFINED_FORMAT
+
+    weights = UNet(3).state_dict()  # two structures and the background
+    card = {"format": REFINED_FORMAT, "values": [1, 2], "size": 32, "modality": "MR"}
+    for name, changes, says in (
+        ("huge", {"size": 65536}, "size 65536: not a multiple of 16 from 16 to 1024"),
+        ("more", {"values": [1, 2, 3]}, r"3 label values, but its weights' segmentation layer has shape \(3, 32, "),
+        ("many", {"values": list(range(8))}, r"label values \[0, 1, 2, 3, 4\] and 3 more"),
+        ("twice", {"values": [1, 1]}, "label values \\[1, 1\\]: not distinct whole numbers from 1 to 65535"),
+    ):
+        path = write_tensor_file(tmp_path / f"{name}.safetensors", weights, {**card, **changes})
+        with pytest.raises(ModelFileError, match=f"^{re.escape(str(path))}: its card is damaged \\(.*{says}.*\\); "
+                           "refine the model again$"):
+            load_refined(path)
+    network, _ = load_refined(write_tensor_file(tmp_path / "whole.safetensors", weights, card))
+    assert network.classes == 3
+    image = str(write_itk(tmp_path / "scan.nii.gz", ellipsoids((6, 32, 32))[0]))
+    assert main(["segment", "--image", image, "--model", str(tmp_path / "huge.safetensors"),
+                 "--output", str(tmp_path / "mask.nii.gz")]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and "size 65536" in error and "\n" not in error
+    assert not (tmp_path / "mask.nii.gz").exists()
 
 
 def test_two_torchrun_ranks_refine_in_step(tmp_path):

@@ -8,77 +8,16 @@ at the limit (EFBIG), the way a full disk cuts it short (ENOSPC).
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import os
-import resource
-import signal
 import subprocess
 
 import numpy as np
 import pytest
 
-from conftest import cli, ellipsoids, ramp, write_itk
+from conftest import FREE, cli, cli_obeying_permissions, ellipsoids, ramp, write_itk
 from napari_fewshot._napari.export import export_labels
 from napari_fewshot.cli import main
 from napari_fewshot._napari.layers import volume_layer_data
 from napari_fewshot.io import Geometry, VolumeWriteError, read_volume, write_volume, write_volumes
-
-#: Bytes left free on the small disk.
-FREE = 8192
-
-
-class SmallDisk:
-    """A folder where only about :data:`FREE` more bytes fit: a tmpfs, or (``mounted`` False) the shim."""
-
-    def __init__(self, folder, mounted: bool) -> None:
-        self.folder, self.mounted = folder, mounted
-
-    def fill(self) -> None:
-        """Leave :data:`FREE` bytes free (on the tmpfs; the shim limits each write instead)."""
-        if self.mounted:
-            stat = os.statvfs(self.folder)
-            (self.folder / "filler").write_bytes(bytes(stat.f_bavail * stat.f_frsize - FREE))
-
-    def _limit(self) -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
-        resource.setrlimit(resource.RLIMIT_FSIZE, (FREE, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-
-    @contextlib.contextmanager
-    def full(self):
-        """The disk full for writes made by this process inside the block."""
-        self.fill()
-        if self.mounted:
-            yield
-            return
-        limits, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.getsignal(signal.SIGXFSZ)
-        self._limit()
-        try:
-            yield
-        finally:
-            resource.setrlimit(resource.RLIMIT_FSIZE, limits)
-            signal.signal(signal.SIGXFSZ, handler)
-
-    def run_full(self, *args: str) -> subprocess.CompletedProcess:
-        """The CLI with the disk full."""
-        self.fill()
-        return cli(*args, preexec_fn=None if self.mounted else self._limit)
-
-    def names(self) -> list[str]:
-        return sorted(p.name for p in self.folder.iterdir() if p.name != "filler")
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(folder)], capture_output=True)
-    try:
-        yield SmallDisk(folder, mount.returncode == 0)
-    finally:
-        if mount.returncode == 0:
-            subprocess.run(["umount", str(folder)], check=True)
-
 
 def noise(shape=(8, 64, 64), dtype="float32") -> np.ndarray:
     """Incompressible voxels: compressed or not, far more than :data:`FREE` bytes."""
@@ -141,6 +80,36 @@ def test_a_checkpoint_on_a_full_disk_fails_with_the_reason_and_keeps_the_last_on
     assert path.read_bytes() == before and small_disk.names() == ["checkpoint.pt"]
 
 
+def test_a_full_disk_stops_a_run_at_its_log_with_the_reason(small_disk):
+    from napari_fewshot.train.runs import append_log
+
+    log = small_disk.folder / "run" / "log.jsonl"
+    with small_disk.full(), pytest.raises(VolumeWriteError, match=r"log.jsonl: could not be written \((No space left "
+                                          r"on device|File too large)\); the run stopped. .* it resumes from its last"):
+        append_log(log, {"step": 1, "note": "x" * 4 * FREE})  # more than the disk holds
+
+
+def test_names_too_long_for_the_file_system_are_refused_and_long_ones_written(tmp_path, capsys):
+    image, support = segment_files(tmp_path, shape=(6, 16, 16))
+    long = tmp_path / ("a" * 293 + ".nii.gz")  # 300 bytes: past the 255 a name may have
+    assert main(["segment", "--image", str(image), "--support-labels", str(support), "--encoder", "tiny",
+                 "--output", str(long)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and "\n" not in error and "segmenting" not in error
+    assert "is 300 bytes long, and a file system takes at most 255 bytes per name; choose a shorter name" in error
+    assert main(["train", "--images", str(image), "--out", str(long / "run"), "--encoder", "tiny"]) == 1
+    assert "is 300 bytes long" in capsys.readouterr().err
+    with pytest.raises(VolumeWriteError, match="is 300 bytes long"):
+        write_volume(long, np.zeros((2, 3, 4), np.uint8), Geometry.identity((2, 3, 4), "uint8"))
+    fits = tmp_path / ("b" * 238 + ".nii.gz")  # 245 bytes: its temporary files' names are cut short, not refused
+    # a killed write's temporary file: the name cut to 222 bytes, so that with the process id, the random part and
+    # ".partial.nii.gz" the whole is at most 255
+    (tmp_path / f".{'b' * 222}.{2**22 + 7}-k1llx9.partial.nii.gz").write_bytes(b"left by a killed write of it")
+    write_volume(fits, np.ones((2, 3, 4), np.uint8), Geometry.identity((2, 3, 4), "uint8"))
+    assert read_volume(fits, kind="labels").data.sum() == 24
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
 def segment_files(folder, shape=(24, 48, 48)):
     """A scan and a support with a square painted on its middle slice."""
     image = ellipsoids(shape)[0]
@@ -177,23 +146,6 @@ def test_segment_refuses_to_write_over_its_own_inputs(tmp_path, capsys):
         assert main([*command, str(output)]) == 1
         assert "also an input or another output of the same command" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
-
-
-def obey_permissions() -> None:
-    """Run as root without the capabilities that override file permissions (CAP_DAC_OVERRIDE, _READ_SEARCH).
-
-    Dropped from the bounding set before the command is executed, so the command
-    holds neither and file modes apply to it as to any user.
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    for capability in (1, 2):
-        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
-
-
-def cli_obeying_permissions(*args: str) -> subprocess.CompletedProcess:
-    """The CLI, as an ordinary user would run it, as far as file permissions go."""
-    return cli(*args, preexec_fn=obey_permissions if os.geteuid() == 0 else None)
 
 
 def test_read_only_output_folder_is_refused_before_the_run(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from importlib import resources
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from safetensors.torch import load_file
 
 from napari_fewshot.cli import main
 from napari_fewshot.core.encoders import build_encoder
@@ -121,6 +123,9 @@ def test_draws_that_make_no_usable_episode_are_counted_and_redrawn():
         assert episode.support.shape == (1, 3, 64, 64)
         assert episode.support_mask.sum() > 64 * 32  # always the large segment
     assert sampler.skipped["one_segment"] > 0 and sampler.skipped["too_small"] > 0
+    labels[1] = 1  # no slice left with two segments: a clear error, not an endless search
+    with pytest.raises(ValueError, match="1000 draws in a row made no usable episode"):
+        sampler.draw(rng)
 
 
 def test_a_share_of_queries_lies_just_past_the_supervoxels_end_with_an_empty_mask():
@@ -284,7 +289,41 @@ def test_the_train_command_says_what_is_wrong(tmp_path: Path, capsys):
                  "--encoder", "tiny", "--device", "cpu"]) == 1
     assert "missing.nii.gz" in capsys.readouterr().err
     for wrong, says in ((["--absent-queries", "0.25"], "needs --supervoxels"),
-                        (["--supervoxels", "--query-reach", "0"], "--query-reach must be at least 1")):
+                        (["--supervoxels", "--query-reach", "0"], "--query-reach must be at least 1"),
+                        (["--lr", "nan"], "--lr must be a finite number above 0; got nan"),
+                        (["--lr", "0"], "--lr must be a finite number above 0; got 0.0"),
+                        (["--slice-mm", "inf"], "--slice-mm must be a finite number from 0; got inf")):
         assert main(["train", "--images", str(tmp_path / "a.nii.gz"), "--out", str(tmp_path / "run"),
                      "--encoder", "tiny", "--device", "cpu", *wrong]) == 1
-        assert says in capsys.readouterr().err
+        error = capsys.readouterr().err.strip()
+        assert error.startswith("error: ") and says in error and "\n" not in error
+    one_slice = tmp_path / "one.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(phantom()[0][6:7]), str(one_slice))
+    assert main(["train", "--images", str(one_slice), "--out", str(tmp_path / "run"), "--supervoxels",
+                 "--encoder", "tiny", "--freeze-encoder", "--device", "cpu"]) == 1
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith(f"error: {one_slice}: only one slice to train on") and "without --supervoxels" in error
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_a_training_cache_that_is_no_folder_is_refused_and_damaged_or_blocked_entries_are_prepared_again(
+        ct_file: Path, tmp_path: Path, capsys, caplog):
+    (tmp_path / "file").write_text("not a folder")
+    assert main(["train", "--images", str(ct_file), "--out", str(tmp_path / "run"), "--encoder", "tiny",
+                 "--device", "cpu", "--cache", str(tmp_path / "file")]) == 1
+    assert "file: this is a file, not a folder" in capsys.readouterr().err
+    encoder = build_encoder("tiny")
+    settings = preparation_settings(encoder, freeze=True, superpixel_method="felzenszwalb", use_supervoxels=False,
+                                    slice_mm=0)
+    cache = tmp_path / "cache"
+    first = prepare_volume(ct_file, encoder, settings, cache, device=torch.device("cpu"))
+    (grid,), (labels,) = cache.glob("slices-*"), cache.glob("labels-*")
+    grid.write_bytes(grid.read_bytes()[:100])  # cut short, as by a crash
+    labels.unlink()
+    labels.mkdir()  # someone's folder where the file goes: it stays
+    with caplog.at_level(logging.WARNING):
+        again = prepare_volume(ct_file, encoder, settings, cache, device=torch.device("cpu"))
+    said = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    assert len(said) == 2 and "cached training data is damaged" in said[0] and "is a folder where a cache file goes" in said[1]
+    assert all(torch.equal(getattr(again, name), getattr(first, name)) for name in ("images", "labels", "trunk"))
+    assert labels.is_dir() and load_file(str(grid))["images"].shape == first.images.shape  # replaced whole

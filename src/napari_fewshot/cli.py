@@ -88,6 +88,7 @@ def _segment(args: argparse.Namespace) -> int:
     from .core.engine import FewShotSession
     from .core.errors import SegmentationError
     from .core.features import FeatureCache
+    from .core.inputs import checked_labels
     from .core.options import SegmentOptions, option_fields
     from .core.support import painted_structures
     from .io import VolumeError, check_same_grid, check_writable, read_volume
@@ -98,6 +99,7 @@ def _segment(args: argparse.Namespace) -> int:
         support, names = _read_support(args.support_labels, support_image)
         names = _names(args.names) or names
         check_same_grid(support, support_image)
+        checked_labels(support.data, support_image.data.shape, args.support_image is None)  # before the model loads
         inputs = [path for path in (args.image, args.support_image, args.support_labels) if path]
         _check_labels_output(args.output, image, inputs)
         probability_paths = {}
@@ -436,13 +438,14 @@ def _run_training(run: Any, config: Any, done: str) -> int:
 
     bars = TrainingProgress()
     try:
-        path = run(config, progress=bars)
+        try:
+            path = run(config, progress=bars)
+        finally:
+            bars.close()  # before the error, which is then the last line
     except (VolumeError, SegmentationError, ValueError, KeyError) as error:
         message = error.args[0] if isinstance(error, KeyError) else error
         print(f"\nerror: {message}", file=sys.stderr)
         return 1
-    finally:
-        bars.close()
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{path}: {done} (log: {config.out / 'log.jsonl'})")
     return 0
@@ -563,18 +566,22 @@ def evaluate_command(args: argparse.Namespace, build_support: SupportBuilder | N
     from .evaluation.cases import read_case
     from .evaluation.methods import Context, method
     from .evaluation.report import markdown, plots
-    from .evaluation.run import evaluate
+    from .evaluation.run import check_settings, evaluate
     from .io import VolumeError, check_output_folder
     from .io.write import atomic_write
 
     try:
         check_output_folder(args.out)
+        if args.cache:  # a folder the user named: refused before hours of work, not given up after them
+            check_output_folder(args.cache)
+        check_settings(args.repeats, args.rounds, args.nsd_mm)  # before the cases are read
         methods = [method(name) for name in args.methods]
         cases = [read_case(folder, values) for folder, *values in args.case]
         results = evaluate(
             cases, args.protocols, methods, repeats=args.repeats, rounds=args.rounds,
-            context=Context(device=args.device, encoder=args.encoder, cache=FeatureCache(folder=args.cache),
-                            backend=args.backend, precision=args.precision, build_support=build_support),
+            context=Context(device=args.device, encoder=args.encoder, backend=args.backend, precision=args.precision,
+                            cache=FeatureCache(folder=args.cache, advice="--cache names another folder"),
+                            build_support=build_support),
             tolerance_mm=args.nsd_mm, log=lambda line: print(line, file=sys.stderr, flush=True),
         )
         results["command"] = " ".join(["napari-fewshot", *sys.argv[1:]])
@@ -591,27 +598,35 @@ def evaluate_command(args: argparse.Namespace, build_support: SupportBuilder | N
     return 0
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised wherever the command is, so that it ends as Ctrl-C does (files being written are removed, not
+    left half-written), with the exit status of a SIGTERM."""
+
+
 def _terminate(signum: int, frame: Any) -> None:
-    """SIGTERM ends a command as Ctrl-C does (files being written are removed, not left half-written)."""
-    raise KeyboardInterrupt
+    raise _Terminated
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``napari-fewshot`` command; returns the exit status (130 when interrupted)."""
+    """Entry point of the ``napari-fewshot`` command; returns the exit status (130 when interrupted, 143 on SIGTERM).
+
+    The handlers are in place before the parser is built, which imports torch (seconds): a signal then ends the
+    command with its one line too.
+    """
     import signal
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
         return args.run(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         print("\ninterrupted: no output was left half-written (an interrupted train or refine run resumes from "
               "its last checkpoint when run again)", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGTERM if isinstance(stop, _Terminated) else 130
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -11,6 +11,7 @@ support's), and a later whole-volume run encodes only the rest.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -27,14 +28,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..io.write import atomic_write
 from .cancel import CancelCheck, check_cancel
 from .device import is_out_of_memory
 from .encoders import Encoder
 from .errors import SegmentationError
 from .preprocess import Preprocessing, intensity_window, normalise_intensities, to_encoder_slices
 from .runtime import Trunk
-from .user_cache import user_cache_folder
+from .user_cache import CACHE_ENV, cache_writable, save_in_cache, user_cache_folder
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ HEAD_GRID = 32
 DEFAULT_CACHE_BYTES = 4 * 2**30
 #: A cache's folder holds at most this many bytes of features (least recently used files go first).
 DEFAULT_DISK_BYTES = 8 * 2**30
+#: What a warning says when features cannot be saved in a cache's folder.
+NOT_CACHED = "features are not cached on disk"
 
 _fingerprints: weakref.WeakKeyDictionary[Encoder, str] = weakref.WeakKeyDictionary()
 
@@ -87,10 +89,14 @@ class FeatureCache:
 
     With a ``folder`` (a path, or a function giving one when the cache is used),
     :meth:`save` writes a volume's encoded slices there (one safetensors file per
-    key, tensors only: reading runs no code), and a later process that asks for
-    the same key reads them back instead of encoding.  The folder holds at most
-    ``max_disk_bytes``; the files least recently used go first.  A damaged file is
-    said in a warning, removed, and its slices encoded again.
+    key, written whole or not at all, tensors only: reading runs no code), and a
+    later process that asks for the same key reads them back instead of encoding.
+    The folder holds at most ``max_disk_bytes``; the files least recently used go
+    first.  A damaged file (unreadable, or features of another shape or type) is
+    said in a warning, removed, and its slices encoded again.  The folder only
+    saves time: where it cannot be written (a file in its place, read-only, a full
+    disk) one warning line says so, with ``advice`` on another folder, and the
+    features stay in memory (a read-only folder is still read).
     """
 
     def __init__(
@@ -98,8 +104,9 @@ class FeatureCache:
         max_bytes: int = DEFAULT_CACHE_BYTES,
         folder: Path | str | Callable[[], Path] | None = None,
         max_disk_bytes: int = DEFAULT_DISK_BYTES,
+        advice: str = "",
     ) -> None:
-        self.max_bytes, self.max_disk_bytes = max_bytes, max_disk_bytes
+        self.max_bytes, self.max_disk_bytes, self.advice = max_bytes, max_disk_bytes, advice
         self._folder = folder
         self.stats = CacheStats()
         self._entries: OrderedDict[str, VolumeFeatures] = OrderedDict()
@@ -122,9 +129,13 @@ class FeatureCache:
     def __contains__(self, key: str) -> bool:
         return key in self._entries
 
-    def get(self, key: str) -> VolumeFeatures | None:
+    def get(self, key: str, shape: tuple[int, ...] | None = None) -> VolumeFeatures | None:
+        """The features of ``key``, from memory or the folder; ``shape``: ``(slices, *one slice's features)``
+        they must have (a file holding others is damaged).  When the folder lacks them, whether it could hold
+        them is asked now (:func:`~napari_fewshot.core.user_cache.cache_writable`), so that a warning comes
+        before the work, not after it."""
         features = self._entries.get(key)
-        if features is None and (features := self._read(key)) is not None:
+        if features is None and (features := self._read(key, shape)) is not None:
             self.put(key, features)
         if features is None:
             self.stats.misses += 1
@@ -149,10 +160,9 @@ class FeatureCache:
         slices = np.flatnonzero(features.encoded)
         stored = {"features": features.tensor[torch.from_numpy(slices)].contiguous(), "slices": torch.from_numpy(slices)}
         metadata = {"key": key, "n_slices": str(len(features.encoded))}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda target: save_file(stored, str(target), metadata))
-        features.saved = len(slices)
-        self._trim_folder(keep=path)
+        if save_in_cache(path, lambda target: save_file(stored, str(target), metadata), NOT_CACHED, self.advice):
+            features.saved = len(slices)
+            self._trim_folder(keep=path)
 
     def clear(self) -> None:
         """Forget the volumes held in memory (files in the folder stay)."""
@@ -164,10 +174,13 @@ class FeatureCache:
             return None
         return folder / f"{hashlib.blake2b(key.encode(), digest_size=16).hexdigest()}.safetensors"
 
-    def _read(self, key: str) -> VolumeFeatures | None:
-        """The features of ``key`` from the folder, when a file there holds them under that key."""
+    def _read(self, key: str, shape: tuple[int, ...] | None) -> VolumeFeatures | None:
+        """The features of ``key`` from the folder, when a file there holds them under that key (see :meth:`get`)."""
         path = self._path(key)
-        if path is None or not path.is_file():
+        if path is None:
+            return None
+        if not path.is_file():
+            cache_writable(path, NOT_CACHED, self.advice)  # what is encoded next could not be saved: said now
             return None
         try:
             with safe_open(str(path), framework="pt") as stored:
@@ -179,14 +192,22 @@ class FeatureCache:
             n_slices = int(metadata.get("n_slices", len(tensor)))
             if len(slices) != len(tensor) or (len(slices) and not 0 <= slices.min() <= slices.max() < n_slices):
                 raise ValueError(f"{len(tensor)} slices of features for slice numbers {slices.tolist()[:5]}...")
+            found = (n_slices, *tensor.shape[1:])
+            if tensor.dtype != CACHE_DTYPE or (shape is not None and found != tuple(shape)):
+                wanted = f" of shape {tuple(shape)}" if shape is not None else ""
+                raise ValueError(f"{tensor.dtype} features of shape {found}; this scan's are {CACHE_DTYPE}{wanted}")
+        except FileNotFoundError:  # removed by another process meanwhile
+            return None
         except Exception as error:  # safetensors' own errors, or numbers that do not hold together
             log.warning("%s: cached features are damaged (%s); removed, the slices are encoded again", path, error)
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a read-only folder keeps it; the new features stay in memory
+                path.unlink(missing_ok=True)
             return None
-        os.utime(path)  # recently used
+        with contextlib.suppress(OSError):  # a read-only folder keeps its files' times
+            os.utime(path)  # recently used
         features = VolumeFeatures(n_slices)
         features.tensor = torch.empty((n_slices, *tensor.shape[1:]), dtype=CACHE_DTYPE)
-        features.tensor[torch.from_numpy(slices)] = tensor.to(CACHE_DTYPE)
+        features.tensor[torch.from_numpy(slices)] = tensor
         features.encoded[slices] = True
         features.saved = len(slices)
         return features
@@ -206,13 +227,18 @@ class FeatureCache:
             if total <= self.max_disk_bytes:
                 break
             if file != keep:
-                file.unlink(missing_ok=True)
-                total -= size
+                with contextlib.suppress(OSError):  # a file this user may not remove stays
+                    file.unlink(missing_ok=True)
+                    total -= size
 
 
 #: Features of recently segmented volumes, shared by every session made without a cache, and saved in the
 #: user's cache folder (``features/``), so that a scan segmented before is not encoded again.
-DEFAULT_CACHE = FeatureCache(folder=lambda: user_cache_folder("features"))
+DEFAULT_CACHE = FeatureCache(
+    folder=lambda: user_cache_folder("features"),
+    advice=f"set {CACHE_ENV} to a writable folder, or keep features in memory only: --no-disk-cache, "
+    "cache=FeatureCache() in Python",
+)
 
 
 def state_digest(tensors: Iterable[tuple[str, torch.Tensor]], name: str) -> str:

@@ -12,6 +12,10 @@ import numpy as np
 
 from .errors import SegmentationError
 
+#: The most structures one support may paint (each is predicted on its own); far more distinct values are an image
+#: given as the labels.  Raise it for a label map that truly holds more.
+MAX_STRUCTURES = 100
+
 
 def checked_image(image: np.ndarray, name: str) -> np.ndarray:
     """``image`` as an array, refused when it is not a 3D, finite, non-constant volume (``name`` names it)."""
@@ -33,7 +37,8 @@ def checked_image(image: np.ndarray, name: str) -> np.ndarray:
 
 
 def checked_labels(labels: np.ndarray, shape: tuple[int, ...], same_volume: bool) -> np.ndarray:
-    """``labels`` as an integer array of ``shape`` (the support image's), or a clear error."""
+    """``labels`` as an integer array of ``shape`` (the support image's) painting at most :data:`MAX_STRUCTURES`
+    structures, or a clear error."""
     array = np.asarray(labels)
     if array.shape != shape:
         which = "image" if same_volume else "support image"
@@ -47,6 +52,13 @@ def checked_labels(labels: np.ndarray, shape: tuple[int, ...], same_volume: bool
         raise SegmentationError(f"the support labels must be integers (a label map); got dtype {array.dtype}")
     if array.min() < 0:
         raise SegmentationError("the support labels have negative values; use 0 for unpainted and 1, 2, ... for structures")
+    count = len(np.unique(array[array != 0]))
+    if count > MAX_STRUCTURES:
+        raise SegmentationError(
+            f"the support labels hold {count} distinct values, each a structure to segment: this looks like an image, "
+            "not a label map (0 unpainted, 1, 2, ... the painted structures); give the painted label map, or segment "
+            f"at most {MAX_STRUCTURES} structures a run (or raise napari_fewshot.core.inputs.MAX_STRUCTURES)"
+        )
     return array
 
 

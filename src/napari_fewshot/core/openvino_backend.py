@@ -19,6 +19,7 @@ import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,9 +28,16 @@ from torch import nn
 from .cancel import CancelCheck, check_cancel
 from .features import encoder_fingerprint
 from .runtime import Decoder, Runtime
-from .user_cache import user_cache_folder
+from .user_cache import cache_writable, not_cached, user_cache_folder
+
+if TYPE_CHECKING:
+    import openvino
 
 log = logging.getLogger(__name__)
+
+#: What is said when converted models cannot be kept on disk, and how to give them a folder.
+_NOT_KEPT, _ADVICE = "converted models are not cached on disk", "set NAPARI_FEWSHOT_CACHE to a writable folder"
+
 
 def openvino_version() -> str:
     import openvino
@@ -44,14 +52,17 @@ def model_folder() -> Path:
 
 def converted_model(
     module: nn.Module, example: Sequence[torch.Tensor], name: str, digest: str, dynamic_batch: bool = False
-) -> Path:
+) -> Path | openvino.Model:
     """The OpenVINO IR (``.xml``) of ``module``, converted on first use and kept in :func:`model_folder`.
 
     ``digest`` identifies the weights; the file name holds it and OpenVINO's
     version.  ``example``: inputs to trace with; with ``dynamic_batch`` their first
     dimension is left free, otherwise the model takes exactly their shapes.  The
     files are written under temporary names and renamed (the ``.xml`` last), so a
-    reader never sees half a model.
+    reader never sees half a model.  Where the cache folder cannot hold them (a
+    read-only or full disk, a file in its place: one warning line), the converted
+    ``openvino.Model`` itself is returned, to compile from memory: converted again
+    by the next process, never a reason to fall back to torch.
     """
     import openvino
 
@@ -60,20 +71,29 @@ def converted_model(
     path = model_folder() / f"{name}-{tag}.xml"
     if path.is_file() and path.with_suffix(".bin").is_file():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    log.warning("converting %s to OpenVINO (once for these weights; kept in %s)", name, path.parent)
+    keep = cache_writable(path, _NOT_KEPT, _ADVICE)
+    log.warning("converting %s to OpenVINO (%s)", name,
+                f"once for these weights; kept in {path.parent}" if keep else "in memory, for this process")
     shapes = [openvino.PartialShape([-1 if dynamic_batch and i == 0 else n for i, n in enumerate(x.shape)])
               for x in example]
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on Python values it fixes: the shapes above are meant
         model = openvino.convert_model(module.eval(), example_input=tuple(example), input=shapes)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=path.parent))
+    if not keep:
+        return model
     try:
-        openvino.save_model(model, str(staging / path.name), compress_to_fp16=False)
-        (staging / path.name).with_suffix(".bin").replace(path.with_suffix(".bin"))
-        (staging / path.name).replace(path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=path.parent))
+        try:
+            openvino.save_model(model, str(staging / path.name), compress_to_fp16=False)
+            (staging / path.name).with_suffix(".bin").replace(path.with_suffix(".bin"))
+            (staging / path.name).replace(path)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except (OSError, RuntimeError) as error:  # a disk that fills up while saving (OpenVINO raises RuntimeError)
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        not_cached(path.parent, _NOT_KEPT, f"{path}: {reason}", _ADVICE)
+        return model
     return path
 
 
@@ -88,6 +108,8 @@ def compiled_model(
     A cached file that no longer compiles (damaged) is converted again, once.
     """
     path = converted_model(module, example, name, digest, dynamic_batch)
+    if not isinstance(path, Path):  # converted in memory: nothing on disk to be damaged
+        return _compile(path, runtime, throughput)
     try:
         return _compile(path, runtime, throughput)
     except RuntimeError as error:
@@ -98,16 +120,19 @@ def compiled_model(
         return _compile(path, runtime, throughput)
 
 
-def _compile(path: Path, runtime: Runtime, throughput: bool):
+def _compile(model: Path | openvino.Model, runtime: Runtime, throughput: bool):
+    """``model`` (a saved ``.xml`` path, or an ``openvino.Model`` converted in memory) compiled for the CPU."""
     import openvino
 
     config = {
         "INFERENCE_PRECISION_HINT": runtime.precision,  # OpenVINO's names: f32, bf16, f16
         "INFERENCE_NUM_THREADS": runtime.threads,
         "PERFORMANCE_HINT": "THROUGHPUT" if throughput else "LATENCY",
-        "CACHE_DIR": str(model_folder() / "compiled"),
     }
-    return openvino.Core().compile_model(str(path), "CPU", config)
+    if isinstance(model, Path):  # compiled blobs are kept beside the saved models
+        config["CACHE_DIR"] = str(model_folder() / "compiled")
+        model = str(model)
+    return openvino.Core().compile_model(model, "CPU", config)
 
 
 class _Trunk(nn.Module):

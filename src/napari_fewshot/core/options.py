@@ -15,9 +15,12 @@ which turns every option left None into what it is for this call.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import Field, dataclass, field, fields, replace
+from numbers import Real
 from typing import Any
+
+import numpy as np
 
 from .boundaries import BOUNDARIES
 from .errors import SegmentationError
@@ -72,9 +75,14 @@ class Option:
         return value
 
     def refusal(self, name: str, value: Any) -> str | None:
-        """Why ``value`` is refused for the option ``name``, or None."""
+        """Why ``value`` is refused for the option ``name`` (its type, then its check), or None."""
         if value is None:
             return None
+        kind = option_field(name).type.split(" |")[0]
+        if kind == "bool" and not isinstance(value, (bool, np.bool_)):
+            return f"{name} must be True or False; got {value!r}"
+        if kind == "float" and (isinstance(value, (bool, np.bool_)) or not isinstance(value, Real)):
+            return f"{name} must be a number; got {value!r}"
         if self.choices and value not in self.choices:
             return f"{name} must be one of {', '.join(self.choices)}; got '{value}'"
         return None if self.check is None else self.check(value)
@@ -209,12 +217,21 @@ class CallOptions:
         return self.same_volume and self.whole and chosen.keep == "painted" and not chosen.every_slice
 
 
-def with_values(options: SegmentOptions | None, values: dict[str, Any]) -> SegmentOptions:
-    """``options`` (default :class:`SegmentOptions`) with the fields named in ``values`` replaced."""
-    unknown = set(values) - {f.name for f in fields(SegmentOptions)}
+def with_values(options: SegmentOptions | Mapping[str, Any] | None, values: Mapping[str, Any]) -> SegmentOptions:
+    """``options`` with the fields named in ``values`` replaced, checked as :class:`SegmentOptions` checks them.
+
+    ``options``: a :class:`SegmentOptions`, a mapping of its fields by name
+    (``{"threshold": 0.4}``), or None (the defaults).  Unknown names are refused with the known ones.
+    """
+    if isinstance(options, Mapping):
+        options, values = None, {**options, **values}
+    elif options is not None and not isinstance(options, SegmentOptions):
+        raise SegmentationError(f"options must be SegmentOptions(...) or a dict of its fields by name "
+                                f"(e.g. {{'threshold': 0.4}}); got {type(options).__name__}")
+    known = [f.name for f in fields(SegmentOptions)]
+    unknown = [str(name) for name in values if name not in known]
     if unknown:
-        names = ", ".join(f.name for f in fields(SegmentOptions))
-        raise SegmentationError(f"unknown option {', '.join(sorted(unknown))}; the options are {names}")
+        raise SegmentationError(f"unknown option {', '.join(sorted(unknown))}; the options are {', '.join(known)}")
     return replace(options or SegmentOptions(), **values)
 
 

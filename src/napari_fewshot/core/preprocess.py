@@ -77,11 +77,15 @@ def normalise_intensities(
 
 
 def spacing_first(spacing: tuple[float, float, float] | None, axis: int) -> tuple[float, float, float]:
-    """Voxel size in mm with the slice axis first (1 mm without spacing), or a clear error."""
+    """Voxel size in mm with the slice axis first (1 mm without spacing), or a clear error.
+
+    ``spacing`` is per array axis; the others keep their order, as ``np.moveaxis(volume, axis, 0)`` keeps them.
+    """
     if spacing is None:
         return (1.0, 1.0, 1.0)
-    values = np.moveaxis(np.asarray(spacing, dtype=float), axis, 0) if len(spacing) == 3 else None
-    if values is None or not np.all(values > 0):
+    order = [axis, *(other for other in range(3) if other != axis)]
+    values = np.asarray(spacing, dtype=float)[order] if len(spacing) == 3 else None
+    if values is None or not np.all(np.isfinite(values) & (values > 0)):
         raise SegmentationError(f"spacing must be three positive sizes in mm, one per array axis; got {spacing}")
     return tuple(float(v) for v in values)
 

@@ -29,6 +29,8 @@ REFINED_FORMAT = "napari-fewshot-refined/1"
 REFINED_FILE = "model.safetensors"
 #: The largest label value a refined model can give (its labels are uint8, or uint16 above 255).
 MAX_LABEL = 65535
+#: The largest square a refined model's slices are resized to (it holds every slice at that size in memory).
+MAX_SIZE = 1024
 
 
 def model_input(volume: np.ndarray, preprocessing: Preprocessing, size: int, pixel_aspect: float) -> torch.Tensor:
@@ -42,18 +44,31 @@ def load_refined(path: str | Path) -> tuple[UNet, dict[str, Any]]:
     if path.is_dir():
         path = path / REFINED_FILE
     state, card = read_tensor_file(path, REFINED_FORMAT, "napari-fewshot refine")
-    values, size, modality = card.get("values"), card.get("size"), card.get("modality")
-    if (
-        not isinstance(values, list) or not values or not all(isinstance(v, int) and 0 < v <= MAX_LABEL for v in values)
-        or not isinstance(size, int) or size < 16 or size % 16 or modality not in MODALITIES
-    ):
-        raise ModelFileError(
-            f"{path}: its card is damaged (label values {values}, size {size}, modality {modality}); "
-            "refine the model again"
-        )
-    network = UNet(len(values) + 1)
+    problem = _card_problem(card, state.get("segmentation.weight"))
+    if problem:
+        raise ModelFileError(f"{path}: its card is damaged ({problem}); refine the model again")
+    network = UNet(len(card["values"]) + 1)
     load_checked_state(network, state, str(path), "a refined U-Net", "refine the model again", complete=True)
     return network.eval(), card
+
+
+def _card_problem(card: dict[str, Any], head: torch.Tensor | None) -> str | None:
+    """What is wrong with a refined model's ``card`` (its label values, size and modality), also against the
+    weights of its segmentation ``head`` (one output channel per class), before anything is allocated; or None."""
+    values, size, modality = card.get("values"), card.get("size"), card.get("modality")
+    if not isinstance(values, list) or not values or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_LABEL for v in values
+    ) or len(set(values)) < len(values):
+        shown = f"{values[:5]} and {len(values) - 5} more" if isinstance(values, list) and len(values) > 5 else values
+        return f"label values {shown}: not distinct whole numbers from 1 to {MAX_LABEL}"
+    if not isinstance(size, int) or isinstance(size, bool) or not 16 <= size <= MAX_SIZE or size % 16:
+        return f"size {size}: not a multiple of 16 from 16 to {MAX_SIZE}"
+    if modality not in MODALITIES:
+        return f"modality {modality}: not one of {', '.join(MODALITIES)}"
+    if head is not None and tuple(head.shape[:1]) != (len(values) + 1,):
+        return (f"{len(values)} label values, but its weights' segmentation layer has shape {tuple(head.shape)} "
+                "(one output per structure and one for the background)")
+    return None
 
 
 def segment_with_model(

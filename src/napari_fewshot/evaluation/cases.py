@@ -46,8 +46,7 @@ def read_case(folder: Path | str, values: list[int | str]) -> Case:
     image = read_volume(_one(folder, "image"), kind="image")
     label = read_volume(_one(folder, "label"), kind="labels")
     check_same_grid(label, image)
-    names_file = folder / "labels.json"
-    names = {int(k): v for k, v in json.loads(names_file.read_text()).items()} if names_file.is_file() else {}
+    names = _names(folder / "labels.json")
     if [str(value).lower() for value in values] == [ALL]:
         wanted = _spanning(label.data, MIN_SLICES)
     else:
@@ -56,6 +55,25 @@ def read_case(folder: Path | str, values: list[int | str]) -> Case:
     if missing:
         raise ValueError(f"{folder}: label values {missing} do not occur in its label map")
     return Case(folder.name, image.data, label.data, tuple(image.geometry.spacing[::-1]), tuple(wanted), names)
+
+
+def _names(path: Path) -> dict[int, str]:
+    """The structure names by label value that the JSON file ``path`` gives (none without it), or ``ValueError``
+    naming the file and what is wrong."""
+    if not path.is_file():
+        return {}
+    example = 'write it as {"1": "liver", "2": "spleen"}'
+    try:
+        names = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ValueError(f"{path}: cannot be read ({error.strerror})") from None
+    except ValueError as error:  # not UTF-8, or not JSON
+        raise ValueError(f"{path} is not valid JSON ({error}); {example}") from None
+    if not isinstance(names, dict) or not all(k.strip().isdigit() and isinstance(v, str) for k, v in names.items()):
+        held = "keys other than label values or names other than text" if isinstance(names, dict) else (
+            f"a JSON {type(names).__name__}")
+        raise ValueError(f"{path} must map label values to structure names, but holds {held}; {example}")
+    return {int(k): v for k, v in names.items()}
 
 
 def _spanning(label: np.ndarray, min_slices: int) -> list[int]:
@@ -77,10 +95,17 @@ def _label_value(folder: Path, value: int | str, names: dict[int, str]) -> int:
 
 
 def _one(folder: Path, stem: str) -> Path:
-    """The volume file ``folder/stem.*`` (NIfTI, NRRD, MetaImage; not e.g. a ``stem.json`` beside it)."""
-    found = sorted(path for path in folder.glob(f"{stem}.*") if format_name(path))
+    """The volume file ``folder/stem.*`` (NIfTI, NRRD, MetaImage; not e.g. a ``stem.json`` beside it), refused
+    when there are several."""
+    try:
+        found = sorted(path for path in folder.glob(f"{stem}.*") if format_name(path))
+    except OSError as error:  # a name too long for the file system, a folder that may not be read
+        raise ValueError(f"{folder}: cannot be read ({error.strerror}); give the folder of a case") from None
     if not found:
         raise FileNotFoundError(f"{folder} has no {stem} file ({stem}.nii.gz, {stem}.nrrd, ...)")
+    if len(found) > 1:
+        raise ValueError(f"{folder} has {len(found)} {stem} files ({', '.join(path.name for path in found)}); "
+                         f"keep the one to evaluate and move the others away")
     return found[0]
 
 

@@ -50,6 +50,17 @@ def score(prediction: np.ndarray, task: Task, tolerance_mm: float = 1.0) -> dict
     }
 
 
+def check_settings(repeats: int, rounds: int, tolerance_mm: float) -> None:
+    """``ValueError`` saying which is wrong unless there is a run per method and task at least, no negative number
+    of rounds, and a finite surface Dice tolerance above 0 mm."""
+    if repeats < 1:
+        raise ValueError(f"--repeats must be at least 1 (runs per method and task); got {repeats}")
+    if rounds < 0:
+        raise ValueError(f"--rounds must be 0 or more (rounds of correction after the first run); got {rounds}")
+    if not (tolerance_mm > 0 and math.isfinite(tolerance_mm)):
+        raise ValueError(f"--nsd-mm must be a finite length in mm above 0; got {tolerance_mm}")
+
+
 def evaluate(
     cases: list[Case],
     protocols: list[str],
@@ -69,7 +80,9 @@ def evaluate(
     seconds are those of the one run, and the row tells where the structure competed with
     another (:func:`~napari_fewshot.evaluation.metrics.claims`).  In ``rounds`` a row per
     chooser and round (:func:`~napari_fewshot.evaluation.rounds.simulate`, ``rounds`` rounds).
+    ``ValueError`` for settings :func:`check_settings` refuses.
     """
+    check_settings(repeats, rounds, tolerance_mm)
     encode, ran = {}, None
     for encoder in dict.fromkeys(e for m in methods if (e := m.encoder(context)) is not None):
         for case in cases:
@@ -123,7 +136,7 @@ def _about(task: Task, method: Method) -> dict:
 def _measure(method: Method, task: Task, context: Context, repeats: int, tolerance_mm: float) -> dict:
     reset_peak()
     seconds, prediction = [], None
-    for _ in range(max(repeats, 1)):
+    for _ in range(repeats):
         started = time.perf_counter()
         prediction = method(task, context)
         seconds.append(time.perf_counter() - started)

@@ -29,7 +29,7 @@ import pydicom
 from pydicom.sr.codedict import codes
 
 from .anatomy import anatomy_codes
-from .dicom import DicomSource, find_series
+from .dicom import DicomSource, dicom_header, find_series, text_of
 from .errors import VolumeReadError, VolumeWriteError
 from .formats import SEG_EXTENSION, WRITE_EXTENSIONS, is_seg_path
 from .geometry import Geometry
@@ -46,14 +46,24 @@ POSITION_TOLERANCE = 0.5
 GRID_TOLERANCE = 1e-3
 #: The most segments a DICOM SEG holds (Segment Number is a 16-bit value).
 MAX_SEGMENTS = 65535
-
-
-def dicom_header(path: str | Path) -> pydicom.Dataset | None:
-    """The header (all but the pixel data) of the DICOM file ``path``; None when it is not one pydicom reads."""
-    try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
-    except Exception:  # anything pydicom cannot parse (not DICOM, truncated, unreadable, a folder)
-        return None
+#: The character set of the text written (structure names in any script): UTF-8.
+CHARACTER_SET = "ISO_IR 192"
+#: What a DICOM SEG needs of every slice it references (by keyword), with the names a message gives them.
+REQUIRED = (
+    ("SOPClassUID", "SOP Class UID (0008,0016), in its dataset or its file meta"),
+    ("SOPInstanceUID", "SOP Instance UID (0008,0018), in its dataset or its file meta"),
+    ("StudyInstanceUID", "Study Instance UID (0020,000D)"),
+    ("SeriesInstanceUID", "Series Instance UID (0020,000E)"),
+    ("ImagePositionPatient", "Image Position (Patient) (0020,0032)"),
+    ("ImageOrientationPatient", "Image Orientation (Patient) (0020,0037)"),
+    ("PixelSpacing", "Pixel Spacing (0028,0030)"),
+)
+#: Patient and study attributes a DICOM SEG copies from its series, which DICOM lets be empty (type 2) and an
+#: anonymised series may lack: added empty to the headers in memory.
+EMPTY_ALLOWED = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+    "ReferringPhysicianName", "StudyID", "AccessionNumber",
+)
 
 
 def is_seg_file(path: str | Path) -> bool:
@@ -71,7 +81,20 @@ def check_seg_writable(
     ``source`` is the DICOM series the scan was read from (``Volume.dicom``, or a
     layer's ``metadata["dicom"]``); None for a scan read from a file, which is
     refused.  The series' own files, like ``inputs``, are never written over.
+    The series' headers are read and a segmentation of its first slice is built
+    (not written), so that all that keeps a DICOM SEG of the series from being
+    written (slices gone or changed, identifiers it lacks) is refused before a run.
     """
+    path = _seg_path(path, geometry, source, inputs)
+    datasets = _source_datasets(path, source, geometry)
+    probe = np.zeros((1, int(datasets[0].Rows), int(datasets[0].Columns)), np.uint8)
+    probe[0, 0, 0] = 1
+    _segmentation(path, source, datasets[:1], probe, [_segment(1, "structure 1")])
+    return path
+
+
+def _seg_path(path: str | Path, geometry: Geometry, source: DicomSource | None, inputs: Iterable[str | Path]) -> Path:
+    """``path`` when it may be written as a DICOM SEG of ``source`` (see :func:`check_seg_writable`), headers unread."""
     path = Path(path).expanduser()
     if not is_seg_path(path):
         raise VolumeWriteError(f"{path}: a DICOM SEG file is named {SEG_EXTENSION}")
@@ -110,7 +133,7 @@ def write_seg(
     ``labels``, then renamed over ``path``.  Returns the path written; raises
     :class:`VolumeWriteError` naming the problem, with nothing on disk changed.
     """
-    path = check_seg_writable(path, geometry, source)
+    path = _seg_path(path, geometry, source, ())
     writer = seg_writer(path, labels, geometry, source, names)
     return write_volumes([], {path: sidecar} if sidecar is not None else None, {path: writer})[0]
 
@@ -120,9 +143,10 @@ def seg_writer(
 ) -> Callable[[Path], None]:
     """A function that writes the DICOM SEG of ``labels`` to a temporary file and checks it reads back as ``labels``.
 
-    The segmentation is built here, so that every refusal comes before anything
-    is written; ``path`` (checked by :func:`check_seg_writable`) is named in the
-    errors.  See :func:`write_seg` for the parameters.
+    The segmentation is built here, from the series' headers as they are now,
+    so that every refusal comes before anything is written; ``path`` (checked
+    by :func:`check_seg_writable`) is named in the errors.  See
+    :func:`write_seg` for the parameters.
     """
     if tuple(labels.shape) != geometry.shape:
         raise VolumeWriteError(
@@ -140,27 +164,7 @@ def seg_writer(
         raise VolumeWriteError(f"{path}: label value {count}; DICOM SEG numbers its segments 1 to {MAX_SEGMENTS}")
     segments = labels.astype(np.uint8 if count < 256 else np.uint16, copy=False)  # segment v = label value v
     descriptions = [_segment(v, names.get(v) or f"structure {v}") for v in range(1, count + 1)]
-    try:
-        seg = hd.seg.Segmentation(
-            source_images=datasets,
-            pixel_array=segments,
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=descriptions,
-            series_instance_uid=hd.UID(),
-            series_number=SERIES_NUMBER,
-            sop_instance_uid=hd.UID(),
-            instance_number=1,
-            manufacturer="napari-fewshot",
-            manufacturer_model_name="napari-fewshot",
-            software_versions=_software_version(),
-            device_serial_number="napari-fewshot",
-            series_description="napari-fewshot segmentation",
-            content_label="SEGMENTATION",
-            content_description=", ".join(d.segment_label for d in descriptions)[:64],
-            omit_empty_frames=True,
-        )
-    except (ValueError, TypeError) as error:  # what highdicom says of source images a SEG cannot reference
-        raise VolumeWriteError(f"{path}: no DICOM SEG can be made for series {source.series_uid}: {error}") from error
+    seg = _segmentation(path, source, datasets, segments, descriptions)
 
     def write(temporary: Path) -> None:
         seg.save_as(temporary)
@@ -180,6 +184,44 @@ def seg_writer(
     return write
 
 
+def _segmentation(
+    path: Path,
+    source: DicomSource,
+    datasets: list[pydicom.Dataset],
+    segments: np.ndarray,
+    descriptions: list[hd.seg.SegmentDescription],
+) -> hd.seg.Segmentation:
+    """The BINARY segmentation of the slices ``datasets`` (headers) whose segment ``v`` is where ``segments`` is ``v``.
+
+    Its text is UTF-8 (ISO_IR 192), so that names in any script are kept.
+    """
+    try:
+        return hd.seg.Segmentation(
+            source_images=datasets,
+            pixel_array=segments,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=hd.UID(),
+            series_number=SERIES_NUMBER,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="napari-fewshot",
+            manufacturer_model_name="napari-fewshot",
+            software_versions=_software_version(),
+            device_serial_number="napari-fewshot",
+            series_description="napari-fewshot segmentation",
+            content_label="SEGMENTATION",
+            content_description=", ".join(d.segment_label for d in descriptions)[:64],
+            omit_empty_frames=True,
+            specific_character_set=CHARACTER_SET,
+        )
+    except (ValueError, TypeError, KeyError, AttributeError) as error:  # what highdicom says of slices it cannot take
+        raise VolumeWriteError(
+            f"{path}: no DICOM SEG can be made for series {source.series_uid} ({type(error).__name__}: {error}); "
+            f"write the mask as {', '.join(WRITE_EXTENSIONS)} instead."
+        ) from error
+
+
 def _segment(number: int, name: str) -> hd.seg.SegmentDescription:
     """Segment ``number`` named ``name``, coded as its anatomy where the name is known."""
     category, kind = anatomy_codes(name)
@@ -196,21 +238,49 @@ def _segment(number: int, name: str) -> hd.seg.SegmentDescription:
 
 
 def _source_datasets(path: Path, source: DicomSource, geometry: Geometry) -> list[pydicom.Dataset]:
-    """The headers of the series' slice files, checked to be there, unchanged and on ``geometry``'s grid."""
+    """The headers of the series' slice files, checked to be there, unchanged, identified and on ``geometry``'s grid.
+
+    Identifiers a dataset leaves blank are taken from its file meta
+    (:func:`~napari_fewshot.io.dicom.dicom_header`); the patient and study
+    attributes a SEG copies and DICOM lets be empty (:data:`EMPTY_ALLOWED`) are
+    added empty where a slice lacks them.  Both change only the headers in
+    memory, never the files.
+    """
+    instead = f"write the mask as {', '.join(WRITE_EXTENSIONS)} instead"
     missing = [f for f in source.files if not Path(f).is_file()]
     if missing:
         raise VolumeWriteError(
             f"{path}: the DICOM series {source.series_uid} this scan was read from is no longer where it was: "
             f"{len(missing)} of its {len(source.files)} slice files are missing (e.g. {missing[0]}). "
-            "Put the series back, or open it from its new place (and the labels on it) and export again."
+            f"Put the series back, or open it from its new place (and the labels on it) and export again; or {instead}."
         )
-    datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in source.files]
-    for file, dataset, uid in zip(source.files, datasets, source.instance_uids):
-        if str(dataset.get("SOPInstanceUID", "")) != uid:
+    datasets = []
+    for file, uid in zip(source.files, source.instance_uids):
+        dataset = dicom_header(file)
+        if dataset is None:
+            raise VolumeWriteError(
+                f"{path}: {file}, a slice of the DICOM series {source.series_uid}, can no longer be read as DICOM: "
+                "it was replaced or damaged since the scan was opened. Keep the series unchanged until the mask is "
+                f"written (restore the file, open the series again), or {instead}."
+            )
+        if text_of(dataset, "SOPInstanceUID") != uid:
             raise VolumeWriteError(
                 f"{path}: the DICOM series {source.series_uid} has changed since the scan was opened: {file} now holds "
-                f"instance {dataset.get('SOPInstanceUID', '(none)')}, not {uid}. Open the series again."
+                f"instance {text_of(dataset, 'SOPInstanceUID') or '(none)'}, not {uid}. Open the series again, "
+                f"or {instead}."
             )
+        datasets.append(dataset)
+    for keyword, name in REQUIRED:
+        lacking = [f for f, dataset in zip(source.files, datasets) if not text_of(dataset, keyword)]
+        if lacking:
+            raise VolumeWriteError(
+                f"{path}: {lacking[0]} holds no {name} ({len(lacking)} of {len(datasets)} slices), which a DICOM "
+                f"SEG needs of every slice it references; {instead}."
+            )
+    for dataset in datasets:
+        for keyword in EMPTY_ALLOWED:
+            if dataset.get(keyword) is None:
+                setattr(dataset, keyword, "")
     first = datasets[0]
     problem = _off_grid(
         geometry,
@@ -257,7 +327,7 @@ def _off_grid(
         i = off[0]
         return (
             f"{len(off)} frame(s) lie off the scan's slices, e.g. the one of slice {slices[i]} at "
-            f"{tuple(np.round(positions[i], 3))} mm, {np.abs(offsets[i]).max():.2f} voxels from it"
+            f"{tuple(round(float(v), 3) for v in positions[i])} mm, {np.abs(offsets[i]).max():.2f} voxels from it"
         )
     return None
 

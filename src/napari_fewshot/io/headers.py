@@ -7,6 +7,8 @@ allocate them before it notices the file is 4 KB long.  :func:`check_file` reads
 the header of a NIfTI, NRRD or MetaImage file itself, refuses values ITK would
 trip on, and compares the size the header claims with the bytes the file holds
 (a compressed payload can hold at most :data:`MAX_DEFLATE_RATIO` times its size).
+An NRRD encoding ITK's reader lacks (bzip2) is refused here too: ITK allocates
+the voxels the header claims before it says so.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import VolumeReadError
-from .formats import format_name
+from .formats import check_dimension, format_name
 from .nifti import check_nifti_file
 
 #: DEFLATE (gzip, zlib) expands its input at most 1032-fold.
@@ -25,8 +27,9 @@ MAX_DEFLATE_RATIO = 1032
 #: Headers are short; a file without the end of its header within this many bytes is not a volume.
 MAX_HEADER_BYTES = 1 << 16
 
-#: Dimensions ITK reads as an image (a 2D slice up to a 4D series; SimpleITK stops at 5).
-DIMENSIONS = range(2, 5)
+#: NRRD encodings ITK's reader reads (it has no bzip2), by the kind of bound on their size.
+_NRRD_ENCODINGS = {"raw": "raw", "gz": "deflate", "gzip": "deflate", "txt": "text", "text": "text", "ascii": "text",
+                   "hex": "text"}
 
 _NRRD_TYPE_BYTES = {
     **dict.fromkeys(("signed char", "int8", "int8_t", "uchar", "unsigned char", "uint8", "uint8_t"), 1),
@@ -61,7 +64,10 @@ def check_file(path: Path) -> int:
     """
     fmt = format_name(path)
     if fmt == "NIfTI":
-        return check_nifti_file(path)
+        try:
+            return check_nifti_file(path)
+        except ValueError as error:  # a sheared sform
+            raise VolumeReadError(f"{path}: {grid_problem(error)}") from error
     if fmt == "NRRD":
         _check_nrrd(path)
     elif fmt == "MetaImage":
@@ -108,24 +114,27 @@ def _whole_numbers(path: Path, fmt: str, name: str, text: str, count: int, low: 
     return values
 
 
-def _check_dimension(path: Path, fmt: str, name: str, dimension: int) -> None:
-    if dimension not in DIMENSIONS:
-        raise VolumeReadError(
-            f"{path}: the {fmt} header says {name} {dimension}; napari-fewshot reads images of "
-            f"{DIMENSIONS.start} to {DIMENSIONS.stop - 1} dimensions. The file is corrupt or not a scan. "
-            "Copy or export it again."
+def grid_problem(error: ValueError) -> str:
+    """What is wrong with a grid :func:`~napari_fewshot.io.geometry.check_grid` refuses, and the fix.
+
+    A sheared grid (a CT with gantry tilt stored as such) is resampled; anything else is a corrupt file.
+    """
+    if "not perpendicular" in str(error):
+        return (
+            "the voxel axes are not perpendicular (a sheared grid, as a CT with gantry tilt is stored): "
+            f"{error}. Resample the scan onto a rectangular grid first (e.g. 3D Slicer's 'Resample Scalar "
+            "Volume', or SimpleITK's Resample), then open the result."
         )
+    return f"the file's geometry is invalid: {error}. Copy or export it again."
 
 
 def _check_size(path: Path, claimed: int, data_file: Path, skip: int, encoding: str) -> None:
-    """Refuse a header whose ``claimed`` bytes the data in ``data_file`` (after ``skip`` bytes) cannot hold."""
+    """Refuse a header whose ``claimed`` bytes the data in ``data_file`` (after ``skip`` bytes) cannot hold.
+
+    ``encoding``: ``"raw"``, ``"text"`` (the caller counts one character per value) or ``"deflate"``.
+    """
     available = max(data_file.stat().st_size - skip, 0)
-    if encoding in ("raw", "text"):  # text: the caller counts one character per value
-        possible = available
-    elif encoding == "deflate":
-        possible = MAX_DEFLATE_RATIO * available + MAX_HEADER_BYTES
-    else:  # bzip2 and file lists: no bound worth checking
-        return
+    possible = MAX_DEFLATE_RATIO * available + MAX_HEADER_BYTES if encoding == "deflate" else available
     if claimed > possible:
         where = "" if data_file == path else f" (data in {data_file})"
         raise VolumeReadError(
@@ -163,13 +172,18 @@ def _check_nrrd(path: Path) -> None:
                                   "Copy or export it again.")
     (dimension,) = _whole_numbers(path, "NRRD", "dimension", fields["dimension"], 1, 1)
     sizes = _whole_numbers(path, "NRRD", "sizes", fields["sizes"], dimension, 1)
-    _check_dimension(path, "NRRD", "dimension", dimension - ("vector" in fields.get("kinds", "")))
+    check_dimension(path, "NRRD", "dimension", dimension - ("vector" in fields.get("kinds", "")))
     type_bytes = _NRRD_TYPE_BYTES.get(fields["type"].lower())
     if type_bytes is None:
         raise VolumeReadError(f"{path}: the NRRD header's type '{fields['type'][:40]}' is not a pixel type "
                               "napari-fewshot reads (integers, float or double)")
-    encoding = {"raw": "raw", "gz": "deflate", "gzip": "deflate", "txt": "text", "text": "text", "ascii": "text",
-                "hex": "text"}.get(fields["encoding"].lower(), "other")
+    encoding = _NRRD_ENCODINGS.get(fields["encoding"].lower())
+    if encoding is None:
+        raise VolumeReadError(
+            f"{path}: the NRRD encoding '{fields['encoding'][:40]}' is not one napari-fewshot reads "
+            f"({', '.join(_NRRD_ENCODINGS)}); save the file again with gzip encoding (e.g. unu save -e gzip, "
+            "or 3D Slicer's Save) and open that"
+        )
     voxels = math.prod(sizes)
     claimed = voxels if encoding == "text" else voxels * type_bytes
     name = fields.get("data file", fields.get("datafile"))
@@ -192,7 +206,7 @@ def _check_metaimage(path: Path) -> None:
         raise VolumeReadError(f"{path}: the MetaImage header lacks NDims or DimSize; the file is corrupt. "
                               "Copy or export it again.")
     (dimension,) = _whole_numbers(path, "MetaImage", "NDims", fields["NDims"], 1, 0)
-    _check_dimension(path, "MetaImage", "NDims", dimension)
+    check_dimension(path, "MetaImage", "NDims", dimension)
     sizes = _whole_numbers(path, "MetaImage", "DimSize", fields["DimSize"], dimension, 1)
     (channels,) = _whole_numbers(path, "MetaImage", "ElementNumberOfChannels",
                                  fields.get("ElementNumberOfChannels", "1"), 1, 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -11,9 +12,9 @@ import SimpleITK as sitk
 
 from .dicom import DicomSource, read_series
 from .errors import VolumeReadError, itk_reason
-from .formats import READ_FORMATS, format_name, looks_like_label_map
+from .formats import READ_FORMATS, complex_voxels, format_name, looks_like_label_map
 from .geometry import GRID_TOLERANCE, Geometry, check_grid
-from .headers import check_file
+from .headers import check_file, grid_problem
 from .labels import label_dtype
 
 Kind = Literal["auto", "image", "labels"]
@@ -21,6 +22,10 @@ KINDS: tuple[str, ...] = ("auto", "image", "labels")
 
 #: The most distinct values a file named like a label map holds to be read as one without asking (a scan has thousands).
 MAX_AUTO_LABELS = 1000
+
+
+class LabelMapWarning(UserWarning):
+    """A file read as a label map, as asked, holds values that look like an image's (e.g. a CT given as labels)."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,8 @@ def read_volume(
         intensity image; ``"auto"`` takes a file whose name contains ``seg``,
         ``label``, ``mask``, ``annot`` or ``support`` as a label map when it holds whole
         numbers, none negative and at most :data:`MAX_AUTO_LABELS` distinct ones (a
-        CT named ``liver_mask_ct`` is still an image).
+        CT named ``liver_mask_ct`` is still an image).  A file read as ``"labels"``
+        that does not hold such values gives a :class:`LabelMapWarning`.
     series : the series UID to read from a folder that holds several DICOM series.
     index : the time point of a 4D file, or the channel of a multi-component
         (e.g. RGB) file, to read as the 3D volume.
@@ -72,7 +78,11 @@ def read_volume(
     path = Path(path).expanduser()
     if kind not in KINDS:
         raise VolumeReadError(f"{path}: kind must be one of {', '.join(map(repr, KINDS))}; got {kind!r}")
-    if not path.exists():
+    try:
+        found = path.exists()
+    except OSError as error:  # e.g. a name longer than the file system allows
+        raise VolumeReadError(f"{path}: cannot be looked up ({error.strerror}); give the path of a volume file") from error
+    if not found:
         raise VolumeReadError(f"{path}: no such file or folder")
     if not (path.is_dir() or path.is_file()):
         raise VolumeReadError(f"{path}: not a regular file or folder (a pipe or device?); give a volume file")
@@ -88,10 +98,7 @@ def read_volume(
     image = _to_3d(image, path, index)
     data = sitk.GetArrayFromImage(image)
     if data.dtype.kind == "c":
-        raise VolumeReadError(
-            f"{path}: the voxels are complex numbers (e.g. MR phase or k-space data); napari-fewshot reads real "
-            "intensities: save the magnitude image and open that"
-        )
+        raise complex_voxels(path, str(data.dtype))
     if data.dtype.kind == "f":
         nonfinite = max(nonfinite, int(np.count_nonzero(~np.isfinite(data))))
     if nonfinite:
@@ -104,13 +111,23 @@ def read_volume(
             image.GetSpacing(), image.GetOrigin(), image.GetDirection(), image.GetSize(), str(data.dtype), str(path)
         )
     except ValueError as error:
-        raise VolumeReadError(f"{path}: {_geometry_fix(error)}") from error
-    if kind == "labels" or (kind == "auto" and looks_like_label_map(path) and _few_values(data)):
+        raise VolumeReadError(f"{path}: {grid_problem(error)}") from error
+    named_labels = kind == "auto" and looks_like_label_map(path)
+    unlike = _unlike_labels(data) if kind == "labels" or named_labels else None
+    if kind == "labels" or (named_labels and unlike is None):
         try:
             labels = _label_array(data)
         except ValueError as error:  # whole numbers beyond 64-bit integers
             raise VolumeReadError(f"{path}: {error}") from error
         if labels is not None:
+            if unlike is not None:
+                warnings.warn(
+                    f"{path}: read as a label map, as asked, but it looks like an image, not labels: it holds "
+                    f"{unlike}. If it is a scan, open it as an image (kind='image'; on the command line, give it "
+                    "as --image, not as labels)",
+                    LabelMapWarning,
+                    stacklevel=2,
+                )
             return Volume(labels, geometry, is_label_map=True, dicom=dicom)
         if kind == "labels":
             raise VolumeReadError(
@@ -156,22 +173,11 @@ def _read_file(path: Path) -> tuple[sitk.Image, int]:
         check_grid(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())  # ITK hangs on some
         return reader.Execute(), nonfinite
     except ValueError as error:
-        raise VolumeReadError(f"{path}: {_geometry_fix(error)}") from error
+        raise VolumeReadError(f"{path}: {grid_problem(error)}") from error
     except RuntimeError as error:
         raise VolumeReadError(
             f"{path}: cannot be read as {fmt} (corrupt, truncated, or not a {fmt} file): {itk_reason(error)}"
         ) from error
-
-
-def _geometry_fix(error: ValueError) -> str:
-    """What to do about a geometry :class:`Geometry` refuses (e.g. a sheared, gantry-tilted grid)."""
-    if "not perpendicular" in str(error):
-        return (
-            "the voxel axes are not perpendicular (a sheared grid, as a CT with gantry tilt is stored): "
-            f"{error}. Resample the scan onto a rectangular grid first (e.g. 3D Slicer's 'Resample Scalar "
-            "Volume', or SimpleITK's Resample), then open the result."
-        )
-    return f"the file's geometry is invalid: {error}. Copy or export it again."
 
 
 def _to_3d(image: sitk.Image, path: Path, index: int | None) -> sitk.Image:
@@ -200,13 +206,16 @@ def _to_3d(image: sitk.Image, path: Path, index: int | None) -> sitk.Image:
     return image
 
 
-def _few_values(data: np.ndarray) -> bool:
-    """True when ``data`` may be a label map: no negative value, at most :data:`MAX_AUTO_LABELS` distinct ones.
+def _unlike_labels(data: np.ndarray) -> str | None:
+    """What in ``data`` is unlike a label map (negative values, more than :data:`MAX_AUTO_LABELS` distinct ones), or None.
 
     Distinct values are counted on about a million voxels spread over the volume.
     """
-    sample = data.ravel()[:: max(1, data.size // 1_000_000)]
-    return bool(data.size) and data.min() >= 0 and len(np.unique(sample)) <= MAX_AUTO_LABELS
+    lowest, distinct = data.min(), len(np.unique(data.ravel()[:: max(1, data.size // 1_000_000)]))
+    unlike = [f"negative values (down to {lowest})"] if lowest < 0 else []
+    if distinct > MAX_AUTO_LABELS:
+        unlike.append(f"at least {distinct} distinct values (a label map holds a few)")
+    return " and ".join(unlike) or None
 
 
 def _label_array(data: np.ndarray) -> np.ndarray | None:

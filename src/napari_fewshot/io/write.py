@@ -18,6 +18,12 @@ from .formats import SEG_EXTENSION, WRITE_EXTENSIONS, split_extension
 from .geometry import Geometry
 from .headers import check_file
 
+#: The most bytes one name in a path may have (ext4, XFS, APFS, NTFS: 255).
+NAME_MAX = 255
+#: What a temporary file's name adds to its target's beyond ``.partial.EXT``: two dots, a process id of up to
+#: 7 digits, a hyphen and :func:`tempfile.mkstemp`'s 8 random characters.
+_TEMPORARY_MARKS = 2 + 7 + 1 + 8
+
 
 def check_writable(path: str | Path, geometry: Geometry, inputs: Iterable[str | Path] = ()) -> Path:
     """``path`` (user-expanded) when :func:`write_volume` could write there; else :class:`VolumeWriteError`.
@@ -45,7 +51,7 @@ def check_target(path: str | Path, geometry: Geometry, inputs: Iterable[str | Pa
     written, and ``path`` is neither the scan ``geometry`` was read from nor one
     of ``inputs``.
     """
-    path = Path(path).expanduser()
+    path = check_name_lengths(path)
     ext = split_extension(path)[1]
     if not path.parent.is_dir():
         raise VolumeWriteError(f"{path}: the folder {path.parent} does not exist")
@@ -70,16 +76,17 @@ def check_target(path: str | Path, geometry: Geometry, inputs: Iterable[str | Pa
 
 
 def check_output_folder(path: str | Path) -> Path:
-    """``path`` (user-expanded) when a run can write into it, creating it if missing; else :class:`VolumeWriteError`.
+    """``path`` (user-expanded) when a run can write into it (it is made by the run when missing); else
+    :class:`VolumeWriteError`.
 
-    For commands that write a folder of results (train, refine, evaluate), asked
-    before the work: ``path`` must be a folder or not exist yet, and the nearest
+    For commands that write a folder of results (train, refine, evaluate) and for
+    caches, asked before the work: ``path`` must be a folder or not exist yet, and the nearest
     existing folder on its way must be writable.
     """
-    path = Path(path).expanduser()
+    path = check_name_lengths(path)
     if path.exists() and not path.is_dir():
         raise VolumeWriteError(
-            f"{path}: this is a file, not a folder; give a folder for the results (it is created when missing)"
+            f"{path}: this is a file, not a folder; give a folder (it is created when missing)"
         )
     existing = path
     while not existing.exists():
@@ -91,6 +98,20 @@ def check_output_folder(path: str | Path) -> Path:
             f"{path}: the folder {existing} is not writable (permission denied or a read-only disk); "
             "choose another folder"
         )
+    return path
+
+
+def check_name_lengths(path: str | Path) -> Path:
+    """``path`` (user-expanded) when each of its names fits in :data:`NAME_MAX` bytes, else
+    :class:`VolumeWriteError`."""
+    path = Path(path).expanduser()
+    for name in path.parts:
+        size = len(os.fsencode(name))
+        if size > NAME_MAX:
+            raise VolumeWriteError(
+                f"{path}: the name {name[:24]}... is {size} bytes long, and a file system takes at most {NAME_MAX} "
+                "bytes per name; choose a shorter name"
+            )
     return path
 
 
@@ -227,9 +248,10 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 def atomic_write_all(writes: dict[Path, Callable[[Path], None]]) -> None:
     """:func:`atomic_write` for several files at once: all are written and flushed before any is renamed.
 
-    Temporary files are named ``.NAME.<process id>-<random>.partial.EXT``; those a
-    process killed before it could remove them (SIGKILL, power loss) are removed
-    by the next write of the same file.
+    Temporary files are named ``.NAME.<process id>-<random>.partial.EXT`` (``NAME``
+    cut short where the whole would pass :data:`NAME_MAX` bytes); those a process killed
+    before it could remove them (SIGKILL, power loss) are removed by the next write of
+    the same file.
     """
     if not writes:
         return
@@ -239,9 +261,8 @@ def atomic_write_all(writes: dict[Path, Callable[[Path], None]]) -> None:
     try:
         for path, write in writes.items():
             _remove_stale_partials(path)
-            ext = split_extension(path)[1]
-            handle, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=f".partial{ext}",
-                                            dir=path.parent)
+            prefix, suffix = _partial_name(path)
+            handle, name = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}-", suffix=suffix, dir=path.parent)
             os.close(handle)
             temporaries[path] = Path(name)
             write(temporaries[path])
@@ -266,10 +287,20 @@ def atomic_write_all(writes: dict[Path, Callable[[Path], None]]) -> None:
                 temporary.unlink()
 
 
+def _partial_name(path: Path) -> tuple[str, str]:
+    """The start (``.NAME.``) and end (``.partial.EXT``) of the names of ``path``'s temporary files, ``NAME``
+    cut short so that a whole name fits in :data:`NAME_MAX` bytes."""
+    suffix = f".partial{split_extension(path)[1]}"
+    name, budget = path.name, NAME_MAX - _TEMPORARY_MARKS - len(os.fsencode(suffix))
+    while len(os.fsencode(name)) > budget:
+        name = name[:-1]
+    return f".{name}.", suffix
+
+
 def _remove_stale_partials(path: Path) -> None:
     """Remove temporary files of ``path`` left by a process that no longer runs."""
-    ext = split_extension(path)[1]
-    pattern = re.compile(re.escape(f".{path.name}.") + r"(?:(\d+)-)?[^.]*" + re.escape(f".partial{ext}"))
+    prefix, suffix = _partial_name(path)
+    pattern = re.compile(re.escape(prefix) + r"(?:(\d+)-)?[^.]*" + re.escape(suffix))
     for entry in path.parent.iterdir():
         match = pattern.fullmatch(entry.name)
         if match and not (match.group(1) and _running(int(match.group(1)))):

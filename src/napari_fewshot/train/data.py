@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +23,11 @@ from ..core.features import VolumeFeatures, encode_slices, encoder_fingerprint, 
 from ..core.preprocess import Preprocessing, normalise_intensities, to_encoder_slices
 from ..core.backends import resolve_runtime
 from ..core.torch_backend import TorchTrunk
+from ..core.user_cache import save_in_cache
 from ..io import read_volume
-from ..io.write import atomic_write
 from .pseudolabels import PARAMETERS, body_mask, superpixels, supervoxels
+
+log = logging.getLogger(__name__)
 
 #: Bump when preparation changes, so old cache entries are not reused.
 PREPARATION_VERSION = 1
@@ -74,14 +77,18 @@ def _digest(*parts: object) -> str:
 
 
 def _cached(path: Path, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """The tensors stored at ``path``, computed and stored (atomically) when missing."""
+    """The tensors stored at ``path``, computed and stored (atomically) when missing or damaged; where the cache
+    cannot hold them (a full disk), one warning line says so and training goes on without it."""
     from safetensors.torch import load_file, save_file
 
     if path.is_file():
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as error:  # safetensors' own errors: a file cut short or not its own
+            log.warning("%s: cached training data is damaged (%s); computed again", path, error)
     tensors = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda target: save_file(tensors, str(target)))
+    save_in_cache(path, lambda target: save_file(tensors, str(target)), "prepared training data is not cached on disk",
+                  "--cache names another folder")
     return tensors
 
 
@@ -132,6 +139,13 @@ def prepare_volume(
 
     grid = _cached(cache_dir / f"slices-{slices_key}.safetensors", grid_slices)
     slices = grid["slices"].numpy()
+    if settings.supervoxels and len(slices) < 2:
+        apart = f", at least {settings.slice_mm:g} mm apart" if settings.slice_mm else ""
+        raise ValueError(
+            f"{path}: only one slice to train on (of its {len(image)}, those holding body{apart}); --supervoxels "
+            "takes each query from another slice: give a volume of several slices, a smaller --slice-mm, or train "
+            "without --supervoxels"
+        )
     slice_mm = spacing[0] * float(slices[1] - slices[0] if len(slices) > 1 else 1)
 
     def pseudo_labels() -> dict[str, torch.Tensor]:

@@ -75,8 +75,8 @@ class EpisodeSampler:
             if isinstance(episode, Episode):
                 return episode
             self.skipped[episode] += 1
-        raise RuntimeError(f"{MAX_DRAWS} draws in a row made no usable episode (skipped: {dict(self.skipped)}); "
-                           "the training images hold too little body or too few superpixels")
+        raise ValueError(f"{MAX_DRAWS} draws in a row made no usable episode (skipped: {dict(self.skipped)}); "
+                         "the training images hold too little body or too few superpixels")
 
     def _try(self, rng: np.random.Generator) -> Episode | str:
         volume = self.volumes[rng.choice(len(self.volumes), p=self.volume_weights)]

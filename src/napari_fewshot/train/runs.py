@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 import os
 import subprocess
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from torch import nn
 
 from .. import __version__
 from ..core.device import resolve_device
+from ..io.errors import VolumeWriteError
 from ..io.write import atomic_write
 
 #: The checkpoint, model and log file names inside a run's folder.
@@ -31,6 +33,19 @@ CHECKPOINT, MODEL, LOG = "checkpoint.pt", "model.safetensors", "log.jsonl"
 
 class CheckpointError(ValueError):
     """A run's checkpoint cannot be resumed from; the message says how to start over."""
+
+
+def check_number(name: str, value: float, low: float, high: float = math.inf, *, from_low: bool = False,
+                 to_high: bool = False) -> None:
+    """``ValueError`` naming ``name`` unless ``value`` is a finite number above ``low`` (or ``from_low``: at
+    least ``low``) and below ``high`` (or ``to_high``: at most ``high``); NaN and infinity are refused."""
+    above = low <= value if from_low else low < value
+    below = value <= high if to_high else value < high
+    if not (above and below and math.isfinite(value)):
+        bounds = f"{'from' if from_low else 'above'} {low:g}"
+        if high != math.inf:
+            bounds += f" {'up to' if to_high else 'below'} {high:g}"
+        raise ValueError(f"{name} must be a finite number {bounds}; got {value}")
 
 
 @dataclass
@@ -85,9 +100,17 @@ def start_ranks(device: str) -> tuple[Ranks, torch.device]:
 
 
 def append_log(path: Path, record: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as log:
-        log.write(json.dumps(record) + "\n")
+    """Add ``record`` to the log ``path`` as a line of JSON; :class:`VolumeWriteError` when it cannot (a full disk:
+    a resumed run rewrites the log from its checkpoint)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(json.dumps(record) + "\n")
+    except OSError as error:
+        raise VolumeWriteError(
+            f"{path}: could not be written ({error.strerror}); the run stopped. Check that the disk has space and the "
+            "folder is writable, then run it again: it resumes from its last checkpoint"
+        ) from error
 
 
 def weights_digest(model: nn.Module) -> str:

@@ -34,8 +34,8 @@ from .episodes import NEIGHBOUR_SLICES, EpisodeSampler
 from .loss import EpisodeLoss
 from .pseudolabels import SUPERPIXELS
 from .runs import (
-    CHECKPOINT, LOG, MODEL, Ranks, append_log, code_version, load_checkpoint, save_checkpoint, start_ranks,
-    write_rank_digest,
+    CHECKPOINT, LOG, MODEL, Ranks, append_log, check_number, code_version, load_checkpoint, save_checkpoint,
+    start_ranks, write_rank_digest,
 )
 
 
@@ -80,7 +80,14 @@ class TrainConfig:
             raise ValueError("--query-reach must be at least 1 slice and --absent-queries a share from 0 to below 1")
         if self.absent_queries and not self.supervoxels:
             raise ValueError("--absent-queries needs --supervoxels: a 2D superpixel's query is its own slice")
+        check_number("--lr", self.lr, 0.0)
+        check_number("--slice-mm", self.slice_mm, 0.0, from_low=True)
+        check_number("momentum", self.momentum, 0.0, 1.0, from_low=True)
+        check_number("lr_gamma", self.lr_gamma, 0.0, 1.0, to_high=True)
+        for name in ("weight_decay", "bcma_lr_scale"):
+            check_number(name, getattr(self, name), 0.0, from_low=True)
         check_output_folder(self.out)
+        check_output_folder(self.cache_dir)  # the cache (--cache, or OUT/cache) too, before the work
 
     @property
     def cache_dir(self) -> Path:

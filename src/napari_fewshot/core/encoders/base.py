@@ -16,15 +16,17 @@ class EncoderUnavailable(RuntimeError):
 class Encoder(nn.Module):
     """``forward(x [N, 3, S, S] in [0, 1]) -> features [N, 256, h, w]``.
 
-    Subclasses set ``name``, ``input_size`` and ``trunk_channels``, and implement
-    :meth:`trunk` (input already in [0, 1]).  ``reduce`` is the 1x1 convolution
-    without bias to 256 channels; ``identity_reduction`` starts it as the identity
-    (for a trunk that already gives 256 channels) instead of a seeded random init.
+    Subclasses set ``name``, ``input_size``, ``trunk_channels`` and ``trunk_stride``
+    (input pixels per trunk output cell along each side), and implement :meth:`trunk`
+    (input already in [0, 1]).  ``reduce`` is the 1x1 convolution without bias to 256
+    channels; ``identity_reduction`` starts it as the identity (for a trunk that
+    already gives 256 channels) instead of a seeded random init.
     """
 
     name: str = ""
     input_size: int = 256
     trunk_channels: int = FEATURE_CHANNELS
+    trunk_stride: int = 4
 
     def __init__(self, identity_reduction: bool = False) -> None:
         super().__init__()
@@ -37,6 +39,12 @@ class Encoder(nn.Module):
                 bound = (1.0 / self.trunk_channels) ** 0.5
                 weight = torch.rand(self.reduce.weight.shape, generator=generator) * 2 * bound - bound
                 self.reduce.weight.copy_(weight)
+
+    @property
+    def trunk_shape(self) -> tuple[int, int, int]:
+        """What :meth:`trunk` gives per slice: ``(trunk_channels, h, w)``."""
+        side = self.input_size // self.trunk_stride
+        return self.trunk_channels, side, side
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

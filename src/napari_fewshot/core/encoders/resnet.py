@@ -21,6 +21,7 @@ class ResNet101COCOEncoder(Encoder):
     name = "resnet101-coco"
     input_size = 256
     trunk_channels = 2048
+    trunk_stride = 8
 
     def __init__(self) -> None:
         super().__init__()

@@ -18,6 +18,7 @@ class TinyEncoder(Encoder):
     name = "tiny"
     input_size = 64
     trunk_channels = 64
+    trunk_stride = 2
 
     def __init__(self) -> None:
         super().__init__()

@@ -36,11 +36,11 @@ from ...core.intensity import Modality
 from ...core.model import write_tensor_file
 from ...core.preprocess import CT_WINDOW, MR_PERCENTILES, slice_aspect
 from ...core.errors import SegmentationCancelled
-from ...core.refined import REFINED_FORMAT, segment_with_model
+from ...core.refined import MAX_SIZE, REFINED_FORMAT, segment_with_model
 from ...core.unet import EMBEDDING, UNet
 from ...io.write import check_output_folder
 from ..runs import CHECKPOINT, LOG, MODEL, Ranks, append_log, code_version, load_checkpoint, save_checkpoint, start_ranks
-from ..runs import write_rank_digest
+from ..runs import check_number, write_rank_digest
 from .data import RefineData, refine_data
 from .losses import consistency_loss, entropy, ramp_up, supervised_loss, uncertainty_threshold
 from .memory import PrototypeMemory
@@ -100,8 +100,13 @@ class RefineConfig:
             raise ValueError(f"unknown uncertainty '{self.uncertainty}'; choose one of {', '.join(UNCERTAINTY)}")
         if min(self.steps, self.batch, self.checkpoint_every, self.log_every, self.mc_passes) < 1 or self.warmup < 0:
             raise ValueError("--steps, --batch, --checkpoint-every, --log-every and MC passes must be at least 1")
-        if self.size < 16 or self.size % 16:
-            raise ValueError(f"--size must be a multiple of 16 (the U-Net halves it four times); got {self.size}")
+        if not 16 <= self.size <= MAX_SIZE or self.size % 16:
+            raise ValueError(f"--size must be a multiple of 16 (the U-Net halves it four times) up to {MAX_SIZE}; "
+                             f"got {self.size}")
+        check_number("lr", self.lr, 0.0)
+        check_number("momentum", self.momentum, 0.0, 1.0, from_low=True)
+        for name in ("weight_decay", "power", "consistency", "contrastive", "auxiliary"):
+            check_number(name, getattr(self, name), 0.0, from_low=True)
         check_output_folder(self.out)
 
     @property
