@@ -8,9 +8,11 @@ converting the encoder for OpenVINO (an empty model cache) and compiling it
 again from the cache; and the first whole-volume segmentation of the liver from
 one painted slice (its largest) on each backend, features not cached, the
 default options (from the painted slice outward), and on the last backend also
-of every slice.
+of every slice.  Printed first: the CPU's model and the flags that decide its
+precisions (bfloat16, VNNI and AMX instructions); ``openvino:int8`` is quantized
+with an empty model cache too (seconds, once per weights file).
 
-    .venv/bin/python benchmarks/latency.py [--runtimes torch:f32 openvino:f32 openvino:bf16] \
+    .venv/bin/python benchmarks/latency.py [--runtimes torch:f32 openvino:int8 openvino:f32 openvino:bf16] \
         [--slices 16] [--rounds 3] [--ahead 30 60] [--json OUT.json]
 
 On a machine with CUDA add ``torch:f16`` and ``--device cuda``, and shorter ``--ahead`` (a GPU
@@ -33,6 +35,18 @@ import torch
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "abdomen-ct"
 LIVER = 5
+#: The CPU flags printed: what decides the precisions a CPU runs fast.
+FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
+
+
+def cpu() -> str:
+    """The CPU's model name and which of :data:`FLAGS` it has."""
+    from napari_fewshot.core.runtime import cpu_flags
+
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.partition(":")[2].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = cpu_flags()
+    return f"{model}, {os.cpu_count()} logical CPUs; " + " ".join(f"{f}{'+' if f in flags else '-'}" for f in FLAGS)
 
 
 def load() -> str:
@@ -99,23 +113,27 @@ def time_decoders(runtimes, embeddings: torch.Tensor, boxes: np.ndarray, shape, 
     return times
 
 
-def time_conversion(encoder, runtime) -> dict[str, float]:
-    """Seconds to convert and compile the trunk with an empty model cache, then to compile it from the cache."""
+def time_conversion(encoder, runtimes) -> dict[str, float]:
+    """Seconds to convert and compile the trunk with an empty model cache, then to compile it from the cache;
+    for each of ``runtimes`` in turn (at int8 the quantization follows the conversion)."""
     from napari_fewshot.core.openvino_backend import OpenVINOTrunk
 
-    previous = os.environ.get("NAPARI_FEWSHOT_CACHE")
+    previous, seconds = os.environ.get("NAPARI_FEWSHOT_CACHE"), {}
     with tempfile.TemporaryDirectory() as folder:
         os.environ["NAPARI_FEWSHOT_CACHE"] = folder
         try:
-            started = time.perf_counter()
-            OpenVINOTrunk(encoder, runtime)
-            cold = time.perf_counter() - started
-            started = time.perf_counter()
-            OpenVINOTrunk(encoder, runtime)
-            warm = time.perf_counter() - started
+            for runtime in runtimes:
+                started = time.perf_counter()
+                OpenVINOTrunk(encoder, runtime)
+                cold = time.perf_counter() - started
+                started = time.perf_counter()
+                OpenVINOTrunk(encoder, runtime)
+                step = "quantize" if runtime.precision == "int8" else "convert"
+                seconds[f"{runtime.precision}: {step} and compile (empty cache)"] = cold
+                seconds[f"{runtime.precision}: compile from the cache"] = time.perf_counter() - started
         finally:
             os.environ.pop("NAPARI_FEWSHOT_CACHE") if previous is None else os.environ.update(NAPARI_FEWSHOT_CACHE=previous)
-    return {"convert and compile (empty cache)": cold, "compile from the cache": warm}
+    return seconds
 
 
 def time_segmentation(runtimes, image, support, spacing, truth) -> dict[str, dict]:
@@ -168,8 +186,8 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA, help="a folder with image.nii.gz and label.nii.gz")
-    parser.add_argument("--runtimes", nargs="+", default=["torch:f32", "openvino:f32", "openvino:bf16"],
-                        metavar="BACKEND:PRECISION")
+    parser.add_argument("--runtimes", nargs="+", metavar="BACKEND:PRECISION",
+                        help="default: torch:f32 openvino:int8 openvino:f32, and openvino:bf16 where the CPU has it")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--slices", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
@@ -181,10 +199,15 @@ def main() -> None:
 
     from napari_fewshot.core.store import DEFAULT_STORE
     from napari_fewshot.core.backends import resolve_runtime
+    from napari_fewshot.core.runtime import cpu_flags, runs_natively
     from napari_fewshot.evaluation.protocols import painted, support_slices
     from napari_fewshot.io import read_volume
 
-    report: dict = {"load before": load(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if args.runtimes is None:
+        bf16 = ["openvino:bf16"] if runs_natively("bf16", cpu_flags()) else []
+        args.runtimes = ["torch:f32", "openvino:int8", "openvino:f32", *bf16]  # the last: what auto takes
+    report: dict = {"cpu": cpu(), "load before": load(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads()}
     volume = read_volume(args.data / "image.nii.gz")
     image, spacing = volume.data, tuple(volume.geometry.spacing[::-1])
     runtimes = {}
@@ -193,7 +216,9 @@ def main() -> None:
         runtimes[spec] = resolve_runtime(backend, precision or "auto", args.device)
     encoder = DEFAULT_STORE.encoder("litemedsam", next(iter(runtimes.values())).device)
     if any(r.backend == "openvino" for r in runtimes.values()):
-        report["openvino conversion"] = time_conversion(encoder, resolve_runtime("openvino", "f32", "cpu"))
+        converted = [resolve_runtime("openvino", "f32", "cpu")]
+        converted += [r for r in runtimes.values() if r.backend == "openvino" and r.precision == "int8"]
+        report["openvino conversion"] = time_conversion(encoder, converted)
     slices = encoder_inputs(image, spacing, args.slices)
     report["encoder"] = time_encoders(runtimes, encoder, slices, args.rounds)
     with torch.inference_mode():
@@ -211,14 +236,18 @@ def main() -> None:
     report["load after"] = load()
 
     reference = next(iter(runtimes))
+    print(f"CPU: {report['cpu']}")
     print(f"load before {report['load before']}, after {report['load after']}; torch {report['torch']}, "
           f"{report['threads']} threads; {args.slices} slices of {args.data.name}, {args.rounds} rounds\n")
-    print("| runtime | encoder s/slice (median) | vs " + reference + " | cosine to " + reference + " |")
-    print("|---|---|---|---|")
+    print("| runtime | encoder s/slice (median) | vs " + reference + " | cosine to " + reference
+          + " | Dice of the first segmentation |\n|---|---|---|---|---|")
     base = statistics.median(report["encoder"][reference])
     for name in runtimes:
         median = statistics.median(report["encoder"][name])
-        print(f"| {name} | {median:.3f} | {base / median:.1f}x | {report['encoder'][name + ' cosine'][0]:.5f} |")
+        segmented = report.get("segmentation", {}).get(name)
+        dice_shown = f"{segmented['dice to the truth']:.4f}" if segmented else "-"
+        print(f"| {name} | {median:.3f} | {base / median:.1f}x | {report['encoder'][name + ' cosine'][0]:.5f} | "
+              f"{dice_shown} |")
     print("\n| decoder (f32) | s/slice (median) | pixels differing from the first |\n|---|---|---|")
     for name in decoder_runtimes:
         decoder = report["decoder"]

@@ -17,6 +17,28 @@ import pytest
 import SimpleITK as sitk
 
 
+def _take_a_share_of_the_cpus() -> None:
+    """Under pytest-xdist, pin this worker (and the commands it starts) to its own share of the CPUs.
+
+    Before torch or OpenVINO are imported: each then sizes its threads to the share
+    (:func:`~napari_fewshot.core.runtime.physical_cores` reads the affinity), so that
+    workers do not each spread their threads over every CPU and fight for them.
+    """
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if worker is None or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, cpus[int(worker.removeprefix("gw")) % count :: count] or cpus)
+
+
+_take_a_share_of_the_cpus()
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: a worker per CPU, at most 4 (each holds a napari viewer and models: 1-3 GB)."""
+    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 4))
+
+
 CLI = str(Path(sys.executable).parent / "napari-fewshot")
 #: The benchmarks' own modules (``benchmarks/``, not in the package) are tested too: ``import budget``.
 sys.path.append(str(Path(__file__).resolve().parent.parent / "benchmarks"))

@@ -66,8 +66,9 @@ def test_the_decoder_draws_the_same_masks_from_the_same_boxes(ct_slices, litemed
     assert np.count_nonzero(torch_masks != openvino_masks) <= 2
 
 
-def _convert_in_a_new_process(cache: Path, scale: float) -> subprocess.CompletedProcess:
-    """A new process builds the tiny encoder (weights times ``scale``) on OpenVINO and prints its features' sum."""
+def _convert_in_a_new_process(cache: Path, scale: float, precision: str = "f32") -> subprocess.CompletedProcess:
+    """A new process builds the tiny encoder (weights times ``scale``) on OpenVINO at ``precision`` and prints
+    its features' sum (and torch's)."""
     code = (
         "import torch, logging; logging.basicConfig(format='%(message)s')\n"
         "from napari_fewshot.core.encoders import build_encoder\n"
@@ -76,7 +77,7 @@ def _convert_in_a_new_process(cache: Path, scale: float) -> subprocess.Completed
         "encoder = build_encoder('tiny')\n"
         f"with torch.no_grad():\n    [p.mul_({scale}) for p in encoder.parameters()]\n"
         "x = torch.linspace(0, 1, 3 * 64 * 64).reshape(1, 3, 64, 64)\n"
-        "features = OpenVINOTrunk(encoder, resolve_runtime('openvino', 'f32', 'cpu'))(x)\n"
+        f"features = OpenVINOTrunk(encoder, resolve_runtime('openvino', '{precision}', 'cpu'))(x)\n"
         "print(float(features.double().sum()), float(encoder.trunk(x).double().sum()))\n"
     )
     env = {**__import__("os").environ, "NAPARI_FEWSHOT_CACHE": str(cache)}
@@ -105,6 +106,27 @@ def test_conversions_are_kept_for_the_next_process_and_made_anew_for_new_weights
     assert openvino_sum != pytest.approx(float(first.stdout.split()[0]), rel=1e-2)
 
 
+def test_int8_is_quantized_once_and_reused_by_the_next_process(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("NAPARI_FEWSHOT_CACHE", str(tmp_path))
+    encoder = build_encoder("tiny")
+    x = torch.linspace(0, 1, 3 * 64 * 64).reshape(1, 3, 64, 64)
+    trunk = OpenVINOTrunk(encoder, resolve_runtime("openvino", "int8", "cpu"))
+    assert "quantizing tiny-trunk to int8 on 16 calibration slices (once for these weights" in caplog.text
+    assert trunk.runtime.precision == "int8"
+    int8 = sorted(model_folder().glob("tiny-trunk-int8-*.xml"))
+    assert len(int8) == 1 and len(list(model_folder().glob("*.xml"))) == 2  # the float32 conversion it started from
+    assert "FakeQuantize" in int8[0].read_text()[:2_000_000]  # quantized, not a copy of the float32 model
+    with torch.no_grad():
+        features, exact = trunk(x), encoder.trunk(x)
+    cosine = torch.nn.functional.cosine_similarity(features.flatten(), exact.flatten(), dim=0)
+    assert 0.9 < cosine < 1 - 1e-7, cosine  # close to float32, and not float32
+
+    again = _convert_in_a_new_process(tmp_path, 1.0, "int8")
+    assert "converting" not in again.stderr and "quantizing" not in again.stderr, again.stderr
+    assert float(again.stdout.split()[0]) == pytest.approx(float(features.double().sum()), rel=1e-5)
+    assert sorted(model_folder().glob("tiny-trunk-int8-*.xml")) == int8
+
+
 def test_a_damaged_conversion_is_made_again(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("NAPARI_FEWSHOT_CACHE", str(tmp_path))
     encoder, runtime = build_encoder("tiny"), resolve_runtime("openvino", "f32", "cpu")
@@ -118,8 +140,10 @@ def test_a_damaged_conversion_is_made_again(tmp_path, monkeypatch, caplog):
         assert torch.allclose(trunk(x), encoder.trunk(x), atol=1e-5)
 
 
-@pytest.mark.parametrize("blocked", ["a file in the cache's place", "a full disk"])
-def test_a_cache_that_cannot_hold_the_conversion_runs_it_from_memory(tmp_path, monkeypatch, caplog, request, blocked):
+@pytest.mark.parametrize("blocked, precision", [("a file in the cache's place", "f32"), ("a full disk", "f32"),
+                                               ("a file in the cache's place", "int8")])
+def test_a_cache_that_cannot_hold_the_conversion_runs_it_from_memory(tmp_path, monkeypatch, caplog, request, blocked,
+                                                                     precision):
     full = contextlib.nullcontext()
     if blocked == "a file in the cache's place":
         cache = tmp_path / "cache"
@@ -130,9 +154,14 @@ def test_a_cache_that_cannot_hold_the_conversion_runs_it_from_memory(tmp_path, m
     monkeypatch.setenv("NAPARI_FEWSHOT_CACHE", str(cache))
     encoder, x = build_encoder("tiny"), torch.rand(2, 3, 64, 64)
     with full:
-        trunk = OpenVINOTrunk(encoder, resolve_runtime("openvino", "f32", "cpu"))
+        trunk = OpenVINOTrunk(encoder, resolve_runtime("openvino", precision, "cpu"))
     with torch.no_grad():
-        assert torch.allclose(trunk(x), encoder.trunk(x), atol=1e-5)  # OpenVINO, not a fall back to torch
+        features, exact = trunk(x), encoder.trunk(x)
+    if precision == "f32":
+        assert torch.allclose(features, exact, atol=1e-5)  # OpenVINO, not a fall back to torch
+    else:  # quantized in memory: close, not equal
+        assert "quantizing tiny-trunk to int8 on 16 calibration slices (in memory" in caplog.text
+        assert 0.9 < torch.nn.functional.cosine_similarity(features.flatten(), exact.flatten(), dim=0) < 1 - 1e-7
     warned = [r.getMessage() for r in caplog.records if "not cached on disk" in r.getMessage()]
     assert len(warned) == 1 and "NAPARI_FEWSHOT_CACHE" in warned[0], caplog.text
     assert "in memory" in caplog.text or blocked == "a full disk"

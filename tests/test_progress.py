@@ -66,3 +66,30 @@ def test_a_rate_measured_before_the_run_stands_in_until_the_run_times_its_own():
     time.sleep(0.2)
     clock.run("encode", 2)  # its own rate (~0.1 s per slice) replaces the assumed one
     assert clock.seconds_left() < 0.5
+
+
+def test_a_bar_only_moves_forward_in_at_most_the_slices_there_are_and_says_about_while_estimated():
+    from napari_fewshot.core.progress import ForwardProgress
+
+    now = [0.0]
+    bar = ForwardProgress(112, expected_seconds=300.0, clock=lambda: now[0])
+    # what a segmentation told on a 112-slice scan (two structures: up to a slice per structure and stage)
+    told = [(0, 138, None), (10, 200, None), (49, 200, 250.0), (49, 164, 240.0), (60, 234, 230.0), (80, 150, None),
+            (150, 234, 20.0), (150, 151, 1.0), (151, 151, 0.0)]
+    shown = []
+    for done, total, left in told:
+        now[0] += 10.0
+        shown.append(bar(done, total, left))
+    fractions, dones = [s.fraction for s in shown], [s.done for s in shown]
+    assert fractions == sorted(fractions) and dones == sorted(dones)  # never backwards (49/200 then 49/164 included)
+    assert all(s.done <= s.total <= 112 for s in shown)  # never more than the scan's slices, never below those done
+    assert all(s.about for s in shown[:-1]) and not shown[-1].about and shown[-1].done == shown[-1].total == 112
+    # no rate told yet: the time left is the time measured before, less the time since the bar began
+    assert shown[0].seconds_left == 290.0 and shown[2].seconds_left == 250.0 and shown[5].seconds_left == 240.0
+    assert bar.text() == "112 of 112 slices"
+    bar = ForwardProgress(24, estimate=False)  # an encoding: its total is a count, never "about"
+    bar(3, 24, 9.0)
+    assert bar.text() == "3 of 24 slices, about 9 s left"
+    times = iter([0.0, 60.0])
+    late = ForwardProgress(expected_seconds=5.0, clock=lambda: next(times))
+    assert late(1, 4).seconds_left is None  # past the time expected: not known, never a negative time

@@ -23,6 +23,7 @@ import napari_fewshot._napari.widget as widget_module
 from napari_fewshot.core.encoders import ENCODERS
 from napari_fewshot.core.encoders.tiny import TinyEncoder
 from napari_fewshot.core.features import DEFAULT_CACHE
+from napari_fewshot.core.refined import REFINED_FILE
 from napari_fewshot.io import Geometry, read_volume
 from napari_fewshot.io.orientation import closest_canonical, to_view
 
@@ -257,7 +258,8 @@ def test_the_prediction_fills_in_as_batches_finish_and_cancel_keeps_them(qtbot, 
     # the layer is emptied for the new run, then the painted slice and its neighbours appear while it goes on
     whole = len(np.flatnonzero(before.any(axis=(1, 2))))
     qtbot.waitUntil(lambda: 3 <= len(filled()) < whole and widget._runner.busy, timeout=30_000)
-    assert "of ~" in widget.status.value and "slices" in widget.status.value  # progress in slices, planned total
+    assert "of about" in widget.status.value and "slices" in widget.status.value  # progress in slices, planned total
+    assert widget.cancel.text == "Cancel segmentation" and "segmented so far stay" in widget.cancel.tooltip
     assert PAINTED in filled()
     assert widget.cancel.enabled
     support.paint((3, 20, 20), 1, refresh=True)  # painting works during the run...
@@ -309,9 +311,9 @@ def test_shortcuts_run_the_actions(qtbot, session):
 
 def test_export_writes_the_mask_with_the_source_geometry_and_a_sidecar(qtbot, session, scan, tmp_path):
     viewer, widget, image, support, truth = session
-    assert widget.backend.value == "auto" and "(openvino)" in widget.device_note.value
+    assert widget.backend.value == "auto" and "(openvino " in widget.device_note.value
     widget.backend.value = "torch"  # the advanced choice reaches the engine and the record
-    assert "(torch)" in widget.device_note.value
+    assert "(torch f32)" in widget.device_note.value
     _run(qtbot, widget, widget.segmenting.volume_button)
     assert "on torch f32 on cpu" in widget.status.value
     prediction = viewer.layers["scan prediction"]
@@ -365,8 +367,8 @@ def test_bad_states_notify_and_leave_the_layers_intact(qtbot, session, tmp_path)
     viewer.layers.remove(other)
 
     empty = widget.add_support_layer()
-    _run(qtbot, widget, widget.segmenting.volume_button)
-    assert "no painted voxel" in _messages()[-1] and "Segmentation failed" in widget.status.value
+    widget.segmenting.volume_button.native.click()  # refused at once, before any work
+    assert not widget._runner.busy and f"'{empty.name}' has no painted voxel: paint" in widget.status.value
     viewer.layers.remove(empty)
     widget.support.value = support
 
@@ -523,6 +525,20 @@ def test_encoding_ahead_stops_when_the_scan_is_closed(qtbot, session):
     assert not any("closed during" in str(n.message) for n in notification_manager.records)
 
 
+def test_closing_the_viewer_while_encoding_ahead_stops_the_worker(qtbot, session):
+    viewer, widget, image, support, truth = session
+    encoded = _ahead(widget)
+    qtbot.waitUntil(lambda: encoded() >= 4, timeout=30_000)
+    assert widget.cancel.enabled and widget.cancel.text == "Stop encoding ahead" and "'scan' ahead" in widget.cancel.tooltip
+    runner = widget._runner
+    viewer.close()  # what a script ending does first
+    qtbot.waitUntil(lambda: runner.closed, timeout=10_000)
+    assert not runner._working.is_set()  # the worker thread returned: nothing left to signal deleted Qt objects
+    stopped_at = encoded()
+    qtbot.wait(300)
+    assert encoded() == stopped_at < 24
+
+
 def test_closing_the_widget_during_a_run_calls_nothing_back(qtbot, session):
     viewer, widget, image, support, truth = session
     encoded = _ahead(widget)
@@ -569,3 +585,31 @@ def test_export_to_dcm_writes_a_dicom_seg_of_the_series_and_refuses_other_scans(
     assert widget.exporting.export_mask(str(tmp_path / "other.dcm")) == []
     assert "only for a scan read from a DICOM series" in _messages()[-1] and ".nii.gz, .nii, .nrrd, .mha" in _messages()[-1]
     assert not (tmp_path / "other.dcm").exists() and not (tmp_path / "other.json").exists()
+
+
+def test_buttons_work_when_enabled_errors_are_one_line_and_long_lines_keep_the_dock(qtbot, session, tmp_path):
+    viewer, widget, image, support, truth = session
+    assert not widget.cancel.enabled and widget.cancel.tooltip == "Nothing runs"
+    assert not widget.refining.apply.enabled  # no model chosen
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / REFINED_FILE).write_bytes(b"")
+    widget.refining.folder.value = tmp_path / "model"
+    assert widget.refining.apply.enabled
+    widget.refining.folder.value = tmp_path
+    assert not widget.refining.apply.enabled  # a folder without a model
+
+    # an error no check foresaw: one line with its type, never an empty first line
+    widget.state.guarded(lambda: {}[""], "Export")()
+    assert _messages()[-1] == "Export failed: KeyError: ''"
+
+    dock, widest = widget.native.parentWidget(), widget.native.minimumSizeHint().width()  # what the dock must give
+    width = dock.width()
+    widget.say(f"Exported 'scan prediction' to /{'/'.join(['a-rather-long-folder-name'] * 12)}/mask.nii.gz.")
+    widget.device_note.value = "x" * 400
+    qtbot.wait(100)
+    assert widget.native.minimumSizeHint().width() == widest and dock.width() == width
+
+    # the sample's support names its structure
+    viewer.open_sample(PLUGIN, "abdomen_ct")
+    widget.support.value = viewer.layers["liver support"]
+    assert widget.names.value == "1: liver"

@@ -44,22 +44,26 @@ def _info(args: argparse.Namespace) -> int:
 
 class ProgressBar:
     """``progress(done, total, seconds_left)`` as a bar on stderr with the time left, redrawn when the
-    percentage or the whole seconds left change."""
+    percentage or the whole seconds left change; it only moves forward, in at most ``most`` slices, its total
+    "about" while it is an ``estimate`` (:class:`~napari_fewshot.core.progress.ForwardProgress`)."""
 
-    def __init__(self, label: str, width: int = 30) -> None:
+    def __init__(self, label: str, width: int = 30, most: int | None = None, estimate: bool = True) -> None:
+        from .core.progress import ForwardProgress
+
         self.label, self.width, self.shown = label, width, None
+        self.forward = ForwardProgress(most, estimate=estimate)
 
     def __call__(self, done: int, total: int, seconds_left: float | None = None) -> None:
-        percent = 100 * done // max(total, 1)
-        left = "" if seconds_left is None or done >= total else f", about {seconds_left:.0f} s left"
-        if (percent, left) == self.shown:
+        shown = self.forward(done, total, seconds_left)
+        percent = int(100 * shown.fraction)
+        line = self.forward.text()
+        if (percent, line) == self.shown:
             return
-        self.shown = percent, left
-        filled = self.width * done // max(total, 1)
+        self.shown = percent, line
+        filled = int(self.width * shown.fraction)
         clear = "\033[K" if sys.stderr.isatty() else ""  # what a shorter line leaves of a longer one
-        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {percent:3d}% "
-                         f"({done}/{total} slices{left}){clear}")
-        if done >= total:
+        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {percent:3d}% ({line}){clear}")
+        if shown.fraction >= 1.0:
             sys.stderr.write("\n")
         sys.stderr.flush()
 
@@ -116,7 +120,8 @@ def _segment(args: argparse.Namespace) -> int:
         options = SegmentOptions(**{name: value for name, _ in option_fields()
                                     if (value := getattr(args, name)) is not None})
         result = session.segment(support.data, options, support=painted_on, absent=_absent(args.absent, names),
-                                 progress=ProgressBar("segmenting"))
+                                 progress=ProgressBar("segmenting", most=len(image.data) + (
+                                     len(support_image.data) if args.support_image else 0)))
         _write_labels(args.output, result.labels, image, names, [  # all or none: the labels and probabilities of one run
             (path, result.probabilities[value], image.geometry.with_pixel_type("float32"))
             for value, path in probability_paths.items()
@@ -346,8 +351,9 @@ def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what runs the encoder and decoder: auto (default: openvino on the CPU, torch on a GPU), "
                         "torch or openvino (falls back to torch, with a warning, where it cannot run)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="the encoder's precision: auto (default: bf16 with openvino where the CPU has it, else f32; f16 on "
-                        "CUDA), f32, bf16 or f16")
+                        help="the encoder's precision: auto (default: bf16 with openvino where the CPU has bfloat16 "
+                        "instructions, else f32; f16 on CUDA), f32, bf16, f16 or int8 (openvino: quantized once per "
+                        "weights file)")
 
 
 def _add_choice_arguments(parser: argparse.ArgumentParser, what: str) -> None:

@@ -40,7 +40,7 @@ class CorrectPart:
             f"Copy the prediction of the slice on screen, as corrected, into the support ({shortcut}; "
             "undo on the support layer with Ctrl-Z)"
         )
-        self.add.changed.connect(self.add_slice_to_support)
+        self.add.changed.connect(state.guarded(self.add_slice_to_support, "Add slice to support"))
         self.check.changed.connect(self._go_to)
         state.segmented.connect(self._segmented)
 
@@ -57,6 +57,9 @@ class CorrectPart:
         self.check.changed.disconnect(self._go_to)
         self.check.reset_choices()
         self.check.value = []
+        items = self.check.native
+        for row in range(items.count()):  # a reason longer than the list is wide is read whole on hover
+            items.item(row).setToolTip(items.item(row).text())
         self.check.changed.connect(self._go_to)
 
     def add_slice_to_support(self) -> None:

@@ -31,7 +31,7 @@ class ExportPart:
             "Write the layer on the scan's grid (NIfTI, NRRD, MHA; or .dcm: a DICOM SEG of the DICOM series the scan "
             "was read from, one segment per structure) with a JSON sidecar of names and model"
         )
-        self.button.changed.connect(lambda: self.export_mask())
+        self.button.changed.connect(state.guarded(self.export_mask, "Export"))
         self.widgets = (self.layer, self.path, self.button)
         state.labels_shown.connect(self._shown)
 

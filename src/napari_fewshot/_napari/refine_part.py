@@ -41,10 +41,11 @@ class RefinePart:
             f"Train a network on the labelled slices of the support ({MIN_LABELLED_SLICES} or more) and the rest of "
             "the scan (PCCS), in the background; the result is the Labels layer '<image> refined'"
         )
-        self.apply = PushButton(text="Apply model to image")
+        self.apply = PushButton(text="Apply model to image", enabled=False)
         self.apply.tooltip = "Segment the chosen image with the refined model in 'Model folder'"
-        self.refine.changed.connect(self.refine_with_annotations)
-        self.apply.changed.connect(self.apply_refined_model)
+        self.apply.tooltip += " (enabled once the folder holds one: Refine with my annotations writes it there)"
+        self.refine.changed.connect(state.guarded(self.refine_with_annotations, "Refine"))
+        self.apply.changed.connect(state.guarded(self.apply_refined_model, "Apply model"))
         self._watched: Any = None
         state.support_edited.connect(self.count)
 
@@ -88,7 +89,7 @@ class RefinePart:
         image, folder = state.scan()[0], str(self.folder.value or "")
         if image is None:
             return state.refuse("Open a scan first (File > Open, or File > Open Sample > napari-fewshot).")
-        if not folder or folder == "." or not (Path(folder) / REFINED_FILE).is_file():
+        if not self.has_model():
             return state.refuse("Choose a model folder holding a refined model (Refine with my annotations writes one).")
         axis = state.place(image)[0]
         kwargs = dict(image=np.asarray(image.data), model=Path(folder) / REFINED_FILE, axis=axis,
@@ -96,6 +97,11 @@ class RefinePart:
                       device=state.settings(image)["device"])
         self._start(image, state.names() or {}, f"Applying the refined model to '{image.name}'", apply_job,
                     kwargs, dict(axis=axis))
+
+    def has_model(self) -> bool:
+        """Whether 'Model folder' holds a refined model to apply."""
+        folder = str(self.folder.value or "")
+        return bool(folder) and folder != "." and (Path(folder) / REFINED_FILE).is_file()
 
     def watch(self, support: Any) -> None:
         """Follow ``support``'s edits (None: none), so that 'Refine' is enabled once enough slices are labelled."""

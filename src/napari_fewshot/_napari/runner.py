@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +19,10 @@ from typing import Any
 
 from napari.qt.threading import create_worker
 from napari.utils.progress import cancelable_progress
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QThreadPool, Signal
 
 from ..core.errors import SegmentationCancelled
+from ..core.progress import ForwardProgress, Shown
 
 
 def _keep_triton_out() -> None:
@@ -52,7 +54,9 @@ class Job:
     the exception; cancelled : with no argument (the run stopped, or was replaced
     before it began).  context : the caller's own notes.  preview : when given,
     ``function`` also gets ``preview(value, slices, mask)`` (see :func:`~napari_fewshot.core.engine.segment`),
-    and this is called with the same arguments on the GUI thread.
+    and this is called with the same arguments on the GUI thread.  forward : what its bar shows of the progress
+    (:class:`~napari_fewshot.core.progress.ForwardProgress`: the most slices, whether the totals are estimates, the
+    time expected); default: the counts as told.
     """
 
     description: str
@@ -64,6 +68,7 @@ class Job:
     cancelled: Callable[[], None]
     context: dict[str, Any] = field(default_factory=dict)
     preview: Callable[[int, Any, Any], None] | None = None
+    forward: ForwardProgress = field(default_factory=lambda: ForwardProgress(estimate=False))
 
 
 class SegmentationRunner(QObject):
@@ -72,6 +77,9 @@ class SegmentationRunner(QObject):
     #: ``(done, total, seconds_left)`` in slices (steps for a refine run; seconds None until known), emitted from the
     #: worker thread, delivered on the GUI thread.
     progressed = Signal(int, int, object)
+    #: what the running job's bar shows (a :class:`~napari_fewshot.core.progress.Shown`: only forward), on the GUI
+    #: thread after each ``progressed``
+    shown = Signal(object)
     #: ``(value, slices, mask)`` of a segmentation going on, from the worker thread (see :class:`Job`)
     previewed = Signal(int, object, object)
     #: a line saying how the run goes (a refine run's loss and time left), shown beside its bar
@@ -87,6 +95,7 @@ class SegmentationRunner(QObject):
         self._worker = None
         self._bar: cancelable_progress | None = None
         self._closed = False
+        self._working = threading.Event()  # set while a job's function runs in the worker thread
         self.progressed.connect(self._show_progress)
         self.previewed.connect(self._show_preview)
         self.described.connect(lambda text: self._bar.set_description(text) if self._bar is not None else None)
@@ -94,6 +103,11 @@ class SegmentationRunner(QObject):
     @property
     def busy(self) -> bool:
         return self.job is not None
+
+    @property
+    def stopping(self) -> bool:
+        """True while the running job was asked to stop (by Cancel, or for a run waiting to start)."""
+        return self._stop.is_set()
 
     @property
     def closed(self) -> bool:
@@ -118,7 +132,16 @@ class SegmentationRunner(QObject):
         kwargs = dict(job.kwargs, progress=self.progressed.emit, cancel=lambda: stop.is_set() or bar.is_canceled)
         if job.preview is not None:
             kwargs["preview"] = self.previewed.emit
-        worker = create_worker(job.function, **kwargs, _start_thread=False, _ignore_errors=True)  # errors go to job.failed
+        working = self._working
+        working.set()
+
+        def work(**arguments: Any) -> Any:
+            try:
+                return job.function(**arguments)
+            finally:
+                working.clear()
+
+        worker = create_worker(work, **kwargs, _start_thread=False, _ignore_errors=True)  # errors go to job.failed
         worker.returned.connect(lambda result: self._end(lambda: job.done(result)))
         worker.errored.connect(lambda error: self._end(lambda: self._report(job, error)))
         self._worker = worker
@@ -137,11 +160,18 @@ class SegmentationRunner(QObject):
             pending.cancelled()
         self.cancel()
 
-    def close(self) -> None:
-        """Stop for good (its widget is going away): cancel the run, drop the waiting one, call no one back."""
+    def close(self, wait_ms: int = 30_000) -> bool:
+        """Stop for good (its widget or viewer is going away): cancel the run, drop the waiting one, call no one
+        back, and wait up to ``wait_ms`` for the worker to stop (the encoder checks before each of its layers), so
+        that no worker thread outlives the Qt objects it signals.  Returns whether no worker runs any more."""
         self._closed = True
         self._pending = None
         self.cancel()
+        deadline = time.monotonic() + wait_ms / 1000
+        while self._working.is_set() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        QThreadPool.globalInstance().waitForDone(200)  # the worker's last signals, once its function returned
+        return not self._working.is_set()
 
     def _show_preview(self, value: int, slices: Any, mask: Any) -> None:
         job = self.job
@@ -149,10 +179,15 @@ class SegmentationRunner(QObject):
             job.preview(value, slices, mask)
 
     def _show_progress(self, done: int, total: int, seconds_left: float | None) -> None:
+        job = self.job
+        if job is None or self._closed:
+            return
+        shown: Shown = job.forward(done, total, seconds_left)
         if self._bar is not None:
-            if self._bar.total != total:
-                self._bar.total = total
-            self._bar.update(done - self._bar.n)
+            if self._bar.total != shown.total:
+                self._bar.total = shown.total
+            self._bar.update(shown.done - self._bar.n)
+        self.shown.emit(shown)
 
     @staticmethod
     def _report(job: Job, error: Exception) -> None:

@@ -13,6 +13,7 @@ from napari.layers import Labels
 
 from ..core.engine import Segmentation
 from ..core.options import SegmentOptions, option_field, option_fields
+from ..core.progress import ForwardProgress, Shown, duration
 from .corrections import absent_slices
 from .export import PROVENANCE, record_run
 from .results import MAPS, find_layer, prediction_layer, prediction_name, show_segmentation, slice_index
@@ -76,8 +77,8 @@ class SegmentPart:
         self.volume_button.tooltip = f"Segment every slice in the background ({shortcuts['segment volume']})"
         self.progress = ProgressBar(value=0, min=0, max=1, visible=False)
         self.progress.tooltip = "Slices of the running segmentation done, of those planned"
-        self.slice_button.changed.connect(lambda: self.run("slice"))
-        self.volume_button.changed.connect(lambda: self.run("volume"))
+        self.slice_button.changed.connect(state.guarded(lambda: self.run("slice"), "Segment slice"))
+        self.volume_button.changed.connect(state.guarded(lambda: self.run("volume"), "Segment volume"))
         self.settings = (*self.options.values(), self.maps)
 
     def run(self, kind: str) -> None:
@@ -113,27 +114,32 @@ class SegmentPart:
         state.segment_starting.emit()
         context = dict(image=image, support=support, previewed=set(), kind="segment")
         what = f"{image.name}: {'every slice' if kind == 'volume' else f'slice {current}'}"
+        seconds = state.expect(image, len(slices))
+        expected = "" if seconds is None else f" (about {duration(seconds)}, measured here)"
         job = Job(
             description=f"Segmenting {what}",
             function=partial(state.sessions.segment, image),
             kwargs=kwargs,
-            started=lambda: state.say(f"Segmenting {what}..."),
+            started=lambda: state.say(f"Segmenting {what}...{expected}"),
             done=lambda result: self._show(result, context, slices, names, options, support.name),
             failed=state.failed,
             cancelled=lambda: self._cancelled(what, context),
             context=context,
             preview=(lambda value, done, mask: self._show_preview(context, value, done, mask, axis))
             if kind == "volume" else None,
+            # the bar moves forward only, in slices of the scan, timed from here (a wait for another run included)
+            forward=ForwardProgress(n, estimate=kind == "volume", expected_seconds=seconds),
         )
+        self.progress.max, self.progress.value, self.progress.visible = 0, 0, True  # busy until slices are done
         state.runner.start(job)
         if state.runner.job is not job:
             state.say(f"Segmenting {what} once the current run has stopped...")
 
-    def show_progress(self, job: Job, done: int, total: int, seconds_left: float | None) -> None:
-        """``job``'s slices done of those planned, and the time left, on the bar and the status line."""
-        left = "" if seconds_left is None else f", about {duration(seconds_left)} left"
-        self.state.say(f"{job.description}: {done} of {'' if done >= total else '~'}{total} slices{left}")
-        self.progress.max, self.progress.value = total, done
+    def show_progress(self, job: Job, shown: Shown) -> None:
+        """``job``'s slices done of those planned, and the time left, on the bar and the status line (the bar
+        busy until the first slices are done)."""
+        self.state.say(f"{job.description}: {job.forward.text()}")
+        self.progress.max, self.progress.value = (shown.total, shown.done) if shown.done else (0, 0)
         self.progress.visible = True
 
     def _show_preview(self, context: dict[str, Any], value: int, slices: np.ndarray, mask: np.ndarray,
@@ -219,8 +225,3 @@ class SegmentPart:
             f"(encoding {result.encoded_slices} slices: {seconds['encode']:.1f} s; head and boundaries: "
             f"{seconds['head']:.1f} s) on {result.runtime}."
         )
-
-
-def duration(seconds: float) -> str:
-    """``seconds`` in words: whole seconds up to 90, then minutes."""
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"

@@ -11,6 +11,7 @@ worth exporting, ``support_edited`` when the support gained slices.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +51,8 @@ class WidgetState:
     place : ``place(image)`` -> ``(axis, slice)``: the axis the viewer slices along and the slice on screen.
     names : ``names()`` -> the structure names, or None when the text does not parse (the widget said why).
     say : writes the status line.
+    expect : ``expect(image, slices)`` -> a run's seconds on ``slices`` slices of ``image`` as measured on this
+    machine (None: not measured yet).
     """
 
     #: a run was shown: ``(result, image, prediction layer, axis, names, whole)``
@@ -63,22 +66,37 @@ class WidgetState:
 
     def __init__(self, viewer: Any, *, scan: Callable[[], tuple[Any, Any]], settings: Callable[[Any], dict[str, Any]],
                  place: Callable[[Any], tuple[int, int]], names: Callable[[], dict[int, str] | None],
-                 say: Callable[[str], None]) -> None:
+                 say: Callable[[str], None], expect: Callable[[Any, int], float | None] = lambda image, n: None) -> None:
         self.viewer = viewer
         self.runner = SegmentationRunner()
         self.sessions = Sessions()  # one engine session per scan, for every run on it
         self.corrections = Corrections()
         self.scan, self.settings, self.place, self.names, self.say = scan, settings, place, names, say
+        self.expect = expect
 
     def refuse(self, message: str, error: bool = False) -> None:
         """Tell the user why nothing happened (status line and a napari notification); returns None."""
         self.say(message)
         (show_error if error else show_warning)(message)
 
-    def failed(self, error: Exception) -> None:
-        """A run failed: its message (the project's errors name the fix), or the error's type and message."""
-        own = error.__class__.__module__.startswith("napari_fewshot")
-        self.refuse(f"Segmentation failed: {error if own else f'{type(error).__name__}: {error}'}", error=True)
+    def failed(self, error: Exception, what: str = "Segmentation") -> None:
+        """A run (or an action) failed: one line, ``what`` failed and why (:func:`error_line`)."""
+        self.refuse(f"{what} failed: {error_line(error)}", error=True)
+
+    def guarded(self, action: Callable[[], Any], what: str | None = None) -> Callable[..., None]:
+        """``action`` (a button's or a shortcut's handler, called without arguments) with any error it raises
+        told as one notification line, "``what`` failed: ..." (:meth:`failed`; default: the action's name), never
+        as a traceback of the signal that called it."""
+        what = what or action.__name__.replace("_", " ").strip().capitalize()
+
+        @functools.wraps(action)
+        def run(*_: Any) -> None:
+            try:
+                action()
+            except Exception as error:  # noqa: BLE001 - every error is told to the user, none escapes into Qt
+                self.failed(error, what)
+
+        return run
 
     def checked(self) -> tuple[Any, Labels, dict[int, str]] | None:
         """The scan, the support and the structure names, when a run can use them; else None, the user told why."""
@@ -91,6 +109,9 @@ class WidgetState:
             return self.refuse("Make a support layer ('New support layer') and paint the structure on one slice.")
         if not same_grid(image, support):
             return self.refuse(grid_message(image, support))
+        if not np.any(support.data):
+            return self.refuse(f"'{support.name}' has no painted voxel: paint the structure on one slice (label 1; "
+                               "more labels for more structures), then segment.")
         names = self.names()
         return None if names is None else (image, support, names)
 
@@ -129,3 +150,16 @@ def copy_slices(source: Any, target: Any, slices: list[int], axis: int) -> list[
     if len(where[0]):
         target.data_setitem(where, np.asarray(source.data)[where])
     return np.unique(where[axis]).tolist()
+
+
+def error_line(error: BaseException) -> str:
+    """One readable line for ``error``: the project's errors as they are (they name the problem and the fix);
+    any other with its type and its message's first line (a ``KeyError('')`` is ``KeyError: ''``, never empty)."""
+    own = error.__class__.__module__.startswith("napari_fewshot")
+    text = str(error).strip()
+    if isinstance(error, KeyError) or not text:
+        text = repr(error.args[0]) if error.args else ""
+    first = text.splitlines()[0] if text else ""
+    if own and first:
+        return first
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__

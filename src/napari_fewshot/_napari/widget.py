@@ -14,6 +14,7 @@ What the parts decide without Qt lives in plain functions (:mod:`.corrections`,
 
 from __future__ import annotations
 
+import time
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -21,12 +22,15 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, LineEdit, PushButton, create_widget
 from napari.layers import Labels
 from napari.utils.notifications import show_warning
+from qtpy.QtWidgets import QApplication, QSizePolicy
 
 from ..core.device import available_devices
 from ..core.encoders import ENCODERS
 from ..core.engine import DEFAULT_ENCODER, Segmentation
 from ..core.backends import BACKENDS, resolve_runtime
 from ..core.heads import DEFAULT_HEAD, HEADS
+from ..core.progress import Shown, duration
+from ..core.rates import measured_rate, rate_key, remember_rate
 from .correct_part import CorrectPart
 from .export_part import ExportPart
 from .layers import layer_attributes, support_layer_data
@@ -35,22 +39,20 @@ from .refine_part import RefinePart
 from .results import find_layer, prediction_name
 from .runner import Job, SegmentationRunner
 from .state import WidgetState
-from .segment_part import SegmentPart, duration
+from .segment_part import SegmentPart
 from .structures import format_names, layer_names, names_features, parse_names
 
 if TYPE_CHECKING:
     import napari
 
-#: Seconds to encode one slice on the CPU by encoder and backend, measured on the project's 2-core machine
-#: (docs/experiments/06-where-the-encoder-runs.md: OpenVINO in bfloat16 0.14-0.44 s, eager torch 2.1-6.1 s, with
-#: the load); replaced by the rate the last run measured here.
-CPU_SECONDS_PER_SLICE = {("litemedsam", "openvino"): 0.3, ("litemedsam", "torch"): 2.2}
 #: Whether the widget starts with "Encode ahead" ticked.
 ENCODE_AHEAD = True
 #: Keyboard shortcuts on the viewer, by action.
 SHORTCUTS = {"segment slice": "Alt-S", "segment volume": "Alt-V", "add to support": "Alt-A"}
 #: A run that encoded at least this many slices times the encoder for the widget's estimate of a first run.
 MEASURED_SLICES = 4
+#: A re-run from cached features said to take "seconds" when its part besides encoding took at most this long.
+SECONDS = 10.0
 
 
 class FewShotWidget(Container):
@@ -69,10 +71,12 @@ class FewShotWidget(Container):
         self.state = WidgetState(
             viewer, scan=lambda: (self.image.value, self.support.value), settings=self.model_options,
             place=lambda image: (self.slice_axis(image), self.current_slice(image)), names=self.structure_names,
-            say=self.say,
+            say=self.say, expect=self.expected_seconds,
         )
         self._runner = self.state.runner
-        self._seconds_per_slice = dict(CPU_SECONDS_PER_SLICE)
+        self._rest_seconds: float | None = None  # the last run's time besides encoding (a re-run's time)
+        self._encoded: dict[tuple, int] = {}  # slices encoded per scan and encoding settings (ahead or by a run)
+        self._ahead_mark: tuple[float, int] | None = None  # (time, slices) of the encoding ahead's first batch
 
         self.use_reader = PushButton(text="Open scans with napari-fewshot", visible=bool(patterns_read_elsewhere()))
         self.use_reader.tooltip = (
@@ -106,7 +110,7 @@ class FewShotWidget(Container):
         self._ahead_done: tuple | None = None  # the scan and settings encoded ahead (or stopped by the user)
         self.device_note = Label(value="")
         self.cancel = PushButton(text="Cancel", enabled=False)
-        self.cancel.tooltip = "Stop the run; the slices segmented so far stay in the prediction"
+        self.cancel.tooltip = "Nothing runs"
         self.status = Label(value="")
         self.segmenting = SegmentPart(self.state, SHORTCUTS)
         self.correcting = CorrectPart(self.state, SHORTCUTS["add to support"])
@@ -114,8 +118,10 @@ class FewShotWidget(Container):
         self.exporting = ExportPart(self.state)
         self.state.segment_starting.connect(self._yield_ahead)
         self.state.segmented.connect(self._segmented)
-        for widget in (self.device_note, self.status):
+        for widget in (self.device_note, self.status):  # a long line (a path) wraps or is cut, never widens the dock
             widget.native.setWordWrap(True)
+            widget.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+            widget.native.setMinimumWidth(1)
         # the expert knobs, folded away under one button
         self.advanced = Container(labels=True, visible=False, widgets=[
             self.encoder, self.head, self.device, self.backend, self.encode_ahead, *self.segmenting.settings,
@@ -130,29 +136,34 @@ class FewShotWidget(Container):
             self.correcting.check, self.correcting.add, self.refining.refine, self.refining.apply, *self.exporting.widgets,
         ])  # fmt: skip
 
-        self.use_reader.changed.connect(self.prefer_reader)
+        self.use_reader.changed.connect(self.state.guarded(self.prefer_reader))
         self.show_advanced.changed.connect(self._toggle_advanced)
-        self.new_support.changed.connect(self.add_support_layer)
-        self.cancel.changed.connect(self.cancel_run)
+        self.new_support.changed.connect(self.state.guarded(self.add_support_layer))
+        self.cancel.changed.connect(self.state.guarded(self.cancel_run))
         self.support.changed.connect(lambda: self.refining.watch(self.support.value))
         self.names.changed.connect(self._name_layers)
         self.support.changed.connect(self._show_support_names)
-        for widget in (self.image, self.support, self.exporting.layer):
+        for widget in (self.image, self.support, self.exporting.layer, self.refining.folder):
             widget.changed.connect(self._update_actions)
         self.image.changed.connect(self._clear_stale_status)
         for widget in (self.image, self.encoder, self.device, self.backend):
             widget.changed.connect(self._update_device_note)
             widget.changed.connect(self._encode_ahead)
         self.encode_ahead.changed.connect(self._encode_ahead)
-        self._runner.progressed.connect(self._show_progress)
+        self._runner.progressed.connect(self._measure_ahead)
+        self._runner.shown.connect(self._show_progress)
         self._runner.busy_changed.connect(self._busy)
-        self.native.destroyed.connect(self._close)
+        self.native.destroyed.connect(self._close)  # the widget closed, or the viewer with it
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self._close)  # a script ending: no worker outlives the Qt objects it signals
         viewer.layers.events.removed.connect(self._layer_removed)
         self.refining.watch(self.support.value)
         for action, key in SHORTCUTS.items():
             viewer.bind_key(key, self._shortcut(action), overwrite=True)
         self._update_device_note()
         self._update_actions()
+        self._show_support_names()
         self._encode_ahead()
 
     @property
@@ -205,20 +216,52 @@ class FewShotWidget(Container):
         return dict(self.encoding_options(image), head=self.head.value)
 
     def _yield_ahead(self) -> None:
-        """A segment run is starting: encoding ahead yields to it and goes on after it."""
+        """A segment run is starting: encoding ahead yields to it and goes on after it (its line goes)."""
         if self._is_ahead(self._runner.job):
             self._ahead_done = None
+        self._update_device_note()
 
     def _segmented(self, result: Segmentation, image: Any, prediction: Any, axis: int, names: dict[int, str],
                    whole: bool) -> None:
         """A run was shown: one that encoded enough slices on the CPU times the encoder for the first-run estimate
         (a slice or two would time the model's loading); after a volume the note says its features are ready."""
-        encoded = result.encoded_slices
-        if encoded >= MEASURED_SLICES and result.device == "cpu":
-            self._seconds_per_slice[result.encoder, result.runtime.backend] = result.seconds["encode"] / encoded
-            self._update_device_note()
+        encoded, seconds = result.encoded_slices, result.seconds
+        if encoded >= MEASURED_SLICES:
+            remember_rate(rate_key(result.encoder, result.runtime), seconds["encode"] / encoded)
+        self._rest_seconds = max(seconds["total"] - seconds["encode"], 0.0)
+        self._update_device_note()
         if whole:
-            self.device_note.value = f"Features of '{image.name}' ready where this run went: segmenting again takes seconds."
+            self._encoded[self._encoding_key(image)] = image.data.shape[axis]
+            self.device_note.value = f"Features of '{image.name}' ready where this run went: segmenting again {self._takes()}."
+
+    def _takes(self) -> str:
+        """How long segmenting takes with the features ready: the last run's time besides encoding."""
+        rest = self._rest_seconds
+        if rest is None:
+            return "skips the encoding"
+        return "takes seconds" if rest <= SECONDS else f"takes about {duration(rest)}"
+
+    def _encoding_key(self, image: napari.layers.Image) -> tuple:
+        """What decides ``image``'s features: the scan and :meth:`encoding_options`."""
+        return (id(image), *self.encoding_options(image).values())
+
+    def _rate(self) -> float | None:
+        """The seconds per slice measured on this machine for the chosen encoder and runtime (None: not yet)."""
+        try:
+            runtime = resolve_runtime(self.backend.value, device=self.device.value)
+        except Exception:  # a device named but gone: the device note says so
+            return None
+        return measured_rate(rate_key(self.encoder.value, runtime))
+
+    def expected_seconds(self, image: napari.layers.Image, slices: int) -> float | None:
+        """A run's seconds on ``image`` for ``slices`` slices, measured here: the slices not yet encoded at this
+        machine's rate, and the last run's time besides encoding (None: no rate measured yet)."""
+        rate = self._rate()
+        n = image.data.shape[self.slice_axis(image)]
+        missing = max(min(slices, n - self._encoded.get(self._encoding_key(image), 0)), 0)
+        if missing and rate is None:
+            return None
+        return missing * (rate or 0.0) + (self._rest_seconds or 0.0) * slices / max(n, 1)
 
     def _encode_ahead(self) -> None:
         """Encode the chosen scan in the background, from the slice on screen outward, when no run is going.
@@ -236,6 +279,7 @@ class FewShotWidget(Container):
         if self._is_ahead(job):
             if job.context["ahead"] != wanted:
                 self._runner.cancel()
+                self._update_device_note()
             return
         if job is not None or wanted is None or wanted == self._ahead_done:
             return
@@ -247,14 +291,18 @@ class FewShotWidget(Container):
 
         def done(_) -> None:
             self._ahead_done = wanted
-            self.device_note.value = f"Features of '{image.name}' ready: segmenting takes seconds."
+            self._encoded[wanted] = n
+            self._update_device_note()
+            self.device_note.value = f"Features of '{image.name}' ready: segmenting {self._takes()}."
 
         def failed(error: Exception) -> None:
             self._ahead_done = wanted  # not tried again until the scan or the settings change
             self.say(f"Encoding ahead stopped: {error}")
 
+        self._ahead_mark = None
         self._runner.start(Job(
-            description=f"Encoding {image.name} ahead", kwargs=kwargs, function=partial(self.state.sessions.encode, image),
+            description=f"Encoding '{image.name}' ahead", kwargs=kwargs,
+            function=partial(self.state.sessions.encode, image),
             started=lambda: None, done=done, failed=failed, cancelled=lambda: None,
             context=dict(image=image, support=None, ahead=wanted),
         ))
@@ -263,15 +311,30 @@ class FewShotWidget(Container):
     def _is_ahead(job: Job | None) -> bool:
         return job is not None and job.context.get("ahead") is not None
 
-    def _show_progress(self, done: int, total: int, seconds_left: float | None) -> None:
+    def _measure_ahead(self, done: int, total: int, seconds_left: float | None) -> None:
+        """Time the encoding ahead from its first batch on (the first holds the model's loading): this machine's
+        rate for the first-run estimate; and count its slices encoded."""
+        job = self._runner.job
+        if not self._is_ahead(job) or done <= 0:
+            return
+        self._encoded[job.context["ahead"]] = done
+        now = time.perf_counter()
+        if self._ahead_mark is None:
+            self._ahead_mark = (now, done)
+        elif done - self._ahead_mark[1] >= MEASURED_SLICES:
+            encoder, runtime = job.kwargs["encoder"], resolve_runtime(job.kwargs["backend"], device=job.kwargs["device"])
+            remember_rate(rate_key(encoder, runtime), (now - self._ahead_mark[0]) / (done - self._ahead_mark[1]))
+
+    def _show_progress(self, shown: Shown) -> None:
         """The running job's slices done of those planned, and the time left, beside the buttons."""
         job = self._runner.job
-        if job is None or not total or self._runner.closed:
+        if job is None or self._runner.closed:
             return
         if self._is_ahead(job):
-            self.device_note.value = f"Encoding '{job.context['image'].name}' ahead: {done} of {total} slices."
+            if not self._runner.stopping:  # a stopped encoding ahead leaves no line behind
+                self.device_note.value = f"{job.description}: {job.forward.text()}."
         elif job.context.get("kind") == "segment":
-            self.segmenting.show_progress(job, done, total, seconds_left)
+            self.segmenting.show_progress(job, shown)
 
     # -- helpers ---------------------------------------------------------------------
     def structure_names(self) -> dict[int, str] | None:
@@ -332,22 +395,41 @@ class FewShotWidget(Container):
         if runtime.device.type != "cpu":
             self.device_note.value = f"Running on {runtime.device}."
             return
-        rate = self._seconds_per_slice.get((encoder, runtime.backend))
-        if image is None or rate is None:
-            estimate = "the first run on a scan encodes every slice once"
+        rate = measured_rate(rate_key(encoder, runtime))
+        if image is None or image.ndim != 3 or rate is None:
+            estimate = ("the first run on a scan encodes every slice once (its time is shown once a few slices are "
+                        "encoded here)")
         else:
-            n = image.data.shape[self.slice_axis(image)] if image.ndim == 3 else 0
-            estimate = f"first run on '{image.name}': about {duration(n * rate)} ({n} slices x {rate:.1f} s)"
-        self.device_note.value = f"Running on the CPU ({runtime.backend}); {estimate}. Re-runs reuse the features: seconds."
+            n = image.data.shape[self.slice_axis(image)]
+            estimate = (f"first run on '{image.name}': about {duration(self.expected_seconds(image, n) or 0.0)} "
+                        f"({n} slices x {rate:.2g} s, measured here)")
+        self.device_note.value = (f"Running on the CPU ({runtime.backend} {runtime.precision}); {estimate}. "
+                                  "Re-runs reuse the features.")
 
     def _close(self, *_: Any) -> None:
-        """The widget is going away: a run ending later calls nothing back, and its keys are the viewer's again."""
+        """The widget (or its viewer, or the application) is going away: the running job stops (waited for, so no
+        worker thread outlives the Qt objects it signals), nothing is called back, its keys are the viewer's again."""
+        if self._runner.closed:
+            return
         self._runner.close()
         for key in SHORTCUTS.values():
             self._viewer.bind_key(key, None)
 
     def _busy(self, busy: bool) -> None:
+        """A job started or all ended: Cancel says what it stops, or is disabled."""
+        job = self._runner.job
         self.cancel.enabled = busy
+        if self._is_ahead(job):
+            self.cancel.text = "Stop encoding ahead"
+            self.cancel.tooltip = (f"Stop encoding '{job.context['image'].name}' ahead (not again for this scan and "
+                                   "these settings); a segment run encodes what it lacks")
+        elif job is not None and job.context.get("kind") == "segment":
+            self.cancel.text = "Cancel segmentation"
+            self.cancel.tooltip = f"Stop {job.description[0].lower()}{job.description[1:]}; the slices segmented so far stay in the prediction"
+        elif job is not None:
+            self.cancel.text, self.cancel.tooltip = "Cancel", f"Stop: {job.description}"
+        else:
+            self.cancel.text, self.cancel.tooltip = "Cancel", "Nothing runs"
         if not busy:
             self.segmenting.progress.visible = False
             self._encode_ahead()
@@ -363,6 +445,7 @@ class FewShotWidget(Container):
             button.enabled = image is not None and support is not None
         self.new_support.enabled = image is not None
         self.exporting.button.enabled = self.exporting.layer.value is not None
+        self.refining.apply.enabled = image is not None and self.refining.has_model()
 
     def _clear_stale_status(self, *_: Any) -> None:
         """A new scan chosen: a line about the previous one (or about there being none) no longer holds."""
@@ -375,9 +458,10 @@ class FewShotWidget(Container):
             "segment volume": lambda: self.segmenting.run("volume"),
             "add to support": self.correcting.add_slice_to_support,
         }
+        guarded = self.state.guarded(actions[action], action.capitalize())
 
         def press(viewer: napari.viewer.Viewer) -> None:
-            actions[action]()
+            guarded()
 
         press.__doc__ = f"napari-fewshot: {action}"
         return press

@@ -5,8 +5,10 @@
 :func:`resolve_runtime` picks one per device: ``auto`` takes the first registered
 backend, in :data:`PREFERENCE` order, that runs on the device (OpenVINO on the CPU,
 converted once per weights file and cached on disk; torch on CUDA and MPS) and its
-first precision there (bfloat16 with OpenVINO, at float32 where the CPU lacks it;
-float16 autocast on CUDA).  When a backend other than torch fails (its package
+first precision there that the CPU runs natively, a pure function of the CPU's flags
+(bfloat16 with OpenVINO where the CPU has bfloat16 instructions, else float32;
+float16 autocast on CUDA).  ``int8`` (OpenVINO, quantized once per weights file with
+NNCF) is taken only when asked for.  When a backend other than torch fails (its package
 missing, a conversion failing), the model runs on torch at float32 with one warning
 line (:func:`on_backend`), never an error.
 """
@@ -14,7 +16,7 @@ line (:func:`on_backend`), never an error.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TypeVar
 
 import torch
@@ -23,7 +25,7 @@ from torch import nn
 from .device import resolve_device
 from .errors import SegmentationError
 from .openvino_backend import OpenVINOBackend
-from .runtime import Backend, Decoder, Runtime, Trunk, physical_cores
+from .runtime import Backend, Decoder, Runtime, Trunk, cpu_flags, physical_cores, runs_natively
 from .torch_backend import TorchBackend
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 BACKENDS: dict[str, Backend] = {}
 #: ``auto`` takes the first of these that runs on the device.
 PREFERENCE: list[str] = []
-PRECISIONS = ("auto", "f32", "bf16", "f16")
+PRECISIONS = ("auto", "f32", "bf16", "f16", "int8")
 
 
 def register_backend(backend: Backend, preferred: bool = False) -> None:
@@ -47,12 +49,15 @@ register_backend(OpenVINOBackend(), preferred=True)
 
 
 def resolve_runtime(
-    backend: str = "auto", precision: str = "auto", device: str | torch.device = "auto"
+    backend: str = "auto", precision: str = "auto", device: str | torch.device = "auto",
+    flags: Collection[str] | None = None,
 ) -> Runtime:
     """The runtime ``backend`` and ``precision`` name on ``device`` (see the module), or a clear error.
 
     The decoder always runs at float32.  A backend that runs on the CPU only takes the
-    CPU with ``device='auto'``; with a GPU named it is refused.
+    CPU with ``device='auto'``; with a GPU named it is refused.  ``flags``: the CPU's
+    (Linux's names; default :func:`~napari_fewshot.core.runtime.cpu_flags`), which
+    ``precision='auto'`` chooses by on the CPU.
     """
     if backend != "auto" and backend not in BACKENDS:
         raise SegmentationError(f"unknown backend '{backend}'; choose one of auto, {', '.join(BACKENDS)}")
@@ -66,7 +71,9 @@ def resolve_runtime(
     offered = BACKENDS[backend].precisions.get(kind)
     if offered is None:
         raise SegmentationError(f"the {backend} backend runs on the CPU only; use device='cpu' or backend='torch'")
-    precision = offered[0] if precision == "auto" else precision
+    if precision == "auto":
+        flags = cpu_flags() if flags is None and kind == "cpu" else flags
+        precision = next((p for p in offered if kind != "cpu" or runs_natively(p, flags)), offered[0])
     if precision not in offered:
         choices = ", ".join(sorted(offered, key=PRECISIONS.index))
         raise SegmentationError(f"precision {precision} is not offered by {backend} on {kind}; choose one of {choices}")

@@ -228,7 +228,7 @@ def segment(
     backend, precision : what runs the encoder and the decoder
         (:func:`~napari_fewshot.core.backends.resolve_runtime`): ``auto`` is OpenVINO in
         bfloat16 on the CPU (float32 where the CPU lacks it), torch with float16 autocast
-        on CUDA; ``torch``, ``openvino``; ``f32``, ``bf16``, ``f16``.
+        on CUDA; ``torch``, ``openvino``; ``f32``, ``bf16``, ``f16``, ``int8`` (OpenVINO only).
     modality : ``CT`` or ``MR``; detected from the intensities when None.
     slices : the slice indices (along ``axis``) to predict; default every slice.
         Only these and the painted slices are encoded (a quick preview of one

@@ -7,6 +7,11 @@ name holding the weights' digest and OpenVINO's version: a later process, or a
 later run, compiles the saved file in a second or two instead of converting again,
 and new weights or a new OpenVINO make a new file.  Compiled blobs are cached by
 OpenVINO itself (``CACHE_DIR``) next to them.
+
+At ``int8`` the converted trunk is quantized by NNCF's post-training quantization,
+calibrated on slices of the package's own sample CT
+(:mod:`~napari_fewshot.core.calibration`), once per weights file, and kept the same
+way: its name also holds NNCF's version and the calibration's digest.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import shutil
 import tempfile
 import threading
 import warnings
+from importlib import metadata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,9 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .calibration import calibration_digest, calibration_slices
 from .cancel import CancelCheck, check_cancel
 from .features import encoder_fingerprint
-from .runtime import Decoder, Runtime
+from .runtime import Decoder, Runtime, cpu_flags, runs_natively
 from .user_cache import cache_writable, not_cached, user_cache_folder
 
 if TYPE_CHECKING:
@@ -51,34 +58,47 @@ def model_folder() -> Path:
 
 
 def converted_model(
-    module: nn.Module, example: Sequence[torch.Tensor], name: str, digest: str, dynamic_batch: bool = False
+    module: nn.Module, example: Sequence[torch.Tensor], name: str, digest: str, dynamic_batch: bool = False,
+    calibration: torch.Tensor | None = None,
 ) -> Path | openvino.Model:
     """The OpenVINO IR (``.xml``) of ``module``, converted on first use and kept in :func:`model_folder`.
 
     ``digest`` identifies the weights; the file name holds it and OpenVINO's
     version.  ``example``: inputs to trace with; with ``dynamic_batch`` their first
-    dimension is left free, otherwise the model takes exactly their shapes.  The
-    files are written under temporary names and renamed (the ``.xml`` last), so a
-    reader never sees half a model.  Where the cache folder cannot hold them (a
-    read-only or full disk, a file in its place: one warning line), the converted
-    ``openvino.Model`` itself is returned, to compile from memory: converted again
-    by the next process, never a reason to fall back to torch.
+    dimension is left free, otherwise the model takes exactly their shapes.  With
+    ``calibration`` (inputs shaped as ``example``'s one input, one per row) the
+    converted model is quantized to int8 (:func:`quantized`), and the name also
+    holds NNCF's version and the calibration's digest.  The files are written under
+    temporary names and renamed (the ``.xml`` last), so a reader never sees half a
+    model.  Where the cache folder cannot hold them (a read-only or full disk, a
+    file in its place: one warning line), the converted ``openvino.Model`` itself is
+    returned, to compile from memory: converted again by the next process, never a
+    reason to fall back to torch.
     """
     import openvino
 
-    version = openvino_version()
-    tag = hashlib.blake2b(f"{digest}:{version}".encode(), digest_size=10).hexdigest()
+    identity = f"{digest}:{openvino_version()}"
+    if calibration is not None:  # NNCF's version read without importing it (seconds), for a cached model
+        identity += f":nncf {metadata.version('nncf')}:{calibration_digest(calibration)}"
+        name += "-int8"
+    tag = hashlib.blake2b(identity.encode(), digest_size=10).hexdigest()
     path = model_folder() / f"{name}-{tag}.xml"
     if path.is_file() and path.with_suffix(".bin").is_file():
         return path
     keep = cache_writable(path, _NOT_KEPT, _ADVICE)
-    log.warning("converting %s to OpenVINO (%s)", name,
-                f"once for these weights; kept in {path.parent}" if keep else "in memory, for this process")
-    shapes = [openvino.PartialShape([-1 if dynamic_batch and i == 0 else n for i, n in enumerate(x.shape)])
-              for x in example]
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tracer's notes on Python values it fixes: the shapes above are meant
-        model = openvino.convert_model(module.eval(), example_input=tuple(example), input=shapes)
+    where = f"once for these weights; kept in {path.parent}" if keep else "in memory, for this process"
+    if calibration is None:
+        log.warning("converting %s to OpenVINO (%s)", name, where)
+        shapes = [openvino.PartialShape([-1 if dynamic_batch and i == 0 else n for i, n in enumerate(x.shape)])
+                  for x in example]
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on Python values it fixes: the shapes above are meant
+            model = openvino.convert_model(module.eval(), example_input=tuple(example), input=shapes)
+    else:
+        source = converted_model(module, example, name.removesuffix("-int8"), digest, dynamic_batch)
+        log.warning("quantizing %s to int8 on %d calibration slices (%s)", name.removesuffix("-int8"),
+                    len(calibration), where)
+        model = quantized(openvino.Core().read_model(source) if isinstance(source, Path) else source, calibration)
     if not keep:
         return model
     try:
@@ -97,17 +117,27 @@ def converted_model(
     return path
 
 
+def quantized(model: openvino.Model, calibration: torch.Tensor) -> openvino.Model:
+    """``model`` (one input) quantized to int8 by NNCF's post-training quantization, its activations' ranges
+    measured on ``calibration`` (one input per row); as a transformer (its softmax and norms kept in float)."""
+    import nncf
+
+    dataset = nncf.Dataset([row[None].contiguous().numpy() for row in calibration])
+    return nncf.quantize(model, dataset, subset_size=len(calibration), model_type=nncf.ModelType.TRANSFORMER)
+
+
 def compiled_model(
     module: nn.Module, example: Sequence[torch.Tensor], name: str, digest: str, runtime: Runtime, *,
-    throughput: bool, dynamic_batch: bool = False,
+    throughput: bool, dynamic_batch: bool = False, calibration: torch.Tensor | None = None,
 ):
-    """``module`` (:func:`converted_model`) compiled for the CPU at ``runtime``'s precision and threads.
+    """``module`` (:func:`converted_model`, quantized with ``calibration``) compiled for the CPU at ``runtime``'s
+    precision and threads.
 
     ``throughput``: several inference streams share the threads (for many slices,
     one per request); otherwise one request uses them all (for one batched call).
     A cached file that no longer compiles (damaged) is converted again, once.
     """
-    path = converted_model(module, example, name, digest, dynamic_batch)
+    path = converted_model(module, example, name, digest, dynamic_batch, calibration)
     if not isinstance(path, Path):  # converted in memory: nothing on disk to be damaged
         return _compile(path, runtime, throughput)
     try:
@@ -116,7 +146,7 @@ def compiled_model(
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         log.warning("%s does not compile (%s); converting it again", path, reason)
         path.unlink(missing_ok=True)
-        path = converted_model(module, example, name, digest, dynamic_batch)
+        path = converted_model(module, example, name, digest, dynamic_batch, calibration)
         return _compile(path, runtime, throughput)
 
 
@@ -124,8 +154,8 @@ def _compile(model: Path | openvino.Model, runtime: Runtime, throughput: bool):
     """``model`` (a saved ``.xml`` path, or an ``openvino.Model`` converted in memory) compiled for the CPU."""
     import openvino
 
-    config = {
-        "INFERENCE_PRECISION_HINT": runtime.precision,  # OpenVINO's names: f32, bf16, f16
+    config = {  # OpenVINO's names: f32, bf16, f16; an int8 model's layers that are not quantized run at f32
+        "INFERENCE_PRECISION_HINT": "f32" if runtime.precision == "int8" else runtime.precision,
         "INFERENCE_NUM_THREADS": runtime.threads,
         "PERFORMANCE_HINT": "THROUGHPUT" if throughput else "LATENCY",
     }
@@ -149,7 +179,8 @@ class _Trunk(nn.Module):
 class OpenVINOTrunk:
     """An encoder's trunk on OpenVINO: ``trunk(slices [N, 3, S, S] in [0, 1], cancel) -> [N, C, h, w]`` float32.
 
-    Converted for one slice at a time (the trunks fix their batch when traced);
+    Converted for one slice at a time (the trunks fix their batch when traced), and
+    at ``int8`` quantized on :func:`~napari_fewshot.core.calibration.calibration_slices`;
     slices go through a queue of inference requests that OpenVINO runs in
     parallel streams, and ``cancel`` is asked before each slice starts.
     """
@@ -157,13 +188,14 @@ class OpenVINOTrunk:
     def __init__(self, encoder: nn.Module, runtime: Runtime) -> None:
         import openvino
 
-        if runtime.precision == "bf16" and "BF16" not in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-            log.warning("this CPU has no bfloat16 instructions; encoding at f32")
+        if not runs_natively(runtime.precision, cpu_flags()):
+            log.warning("this CPU has no %s instructions; encoding at f32", runtime.precision)
             runtime = runtime.exact()
         self.runtime, self.input_size = runtime, encoder.input_size
         example = torch.zeros(1, 3, encoder.input_size, encoder.input_size)
+        calibration = calibration_slices(encoder.input_size) if runtime.precision == "int8" else None
         model = compiled_model(_Trunk(encoder), [example], f"{encoder.name}-trunk", encoder_fingerprint(encoder), runtime,
-                               throughput=True)
+                               throughput=True, calibration=calibration)
         self.requests = int(model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self._queue = openvino.AsyncInferQueue(model, self.requests)
         self._lock = threading.Lock()
@@ -207,10 +239,10 @@ class OpenVINODecoder:
 
 
 class OpenVINOBackend:
-    """OpenVINO on the CPU: bfloat16 where the CPU has it (float32 else), the decoder at float32."""
+    """OpenVINO on the CPU: bfloat16 where the CPU has it (float32 else), int8 when asked; the decoder at float32."""
 
     name, label = "openvino", "OpenVINO"
-    precisions = {"cpu": ("bf16", "f32")}
+    precisions = {"cpu": ("bf16", "f32", "int8")}
 
     def trunk(self, encoder: nn.Module, runtime: Runtime) -> OpenVINOTrunk:
         return OpenVINOTrunk(encoder, runtime)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 #: ``progress(done, total, seconds_left)``: slices done of the slices planned; the seconds left once they can be
 #: estimated (None before).
@@ -108,3 +109,64 @@ class RunProgress:
     def _tell(self) -> None:
         if self.progress is not None:
             self.progress(self.done, self.total, self.seconds_left())
+
+
+@dataclass(frozen=True)
+class Shown:
+    """What a bar shows: ``done`` of ``total`` slices (``about``: the total is an estimate), the ``fraction`` done
+    and the ``seconds_left`` (None: not known yet)."""
+
+    done: int
+    total: int
+    fraction: float
+    about: bool
+    seconds_left: float | None
+
+
+class ForwardProgress:
+    """A run's ``progress(done, total, seconds_left)`` as a bar that only moves forward.
+
+    A segmentation's total changes as it goes (the outward walk learns how far each
+    structure reaches) and counts a slice once per stage and structure.  What is
+    shown: the fraction of the work done, never less than shown before; a total in
+    slices of at most ``most`` (the slices the run can encode: the scan's, plus the
+    support scan's when it is another), never below the slices shown done, called
+    ``about`` while the run's plan can still change (``estimate``); and the seconds
+    left, from the run's rates once it has them, else from ``expected_seconds`` (a
+    run's time measured before it) less the time since the bar began.
+
+    most : the most slices the run can handle (None: as many as it reports).
+    estimate : whether the run's totals are estimates (a segmentation's), not counts fixed beforehand (an encoding's).
+    expected_seconds : the run's whole time as measured before (None: not known).
+    clock : seconds now (``time.perf_counter``; a test gives its own).
+    """
+
+    def __init__(self, most: int | None = None, *, estimate: bool = True, expected_seconds: float | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.most, self.estimate, self.expected, self.clock = most, estimate, expected_seconds, clock
+        self.started = clock()
+        self.shown = Shown(0, most or 0, 0.0, estimate, expected_seconds)
+
+    def __call__(self, done: int, total: int, seconds_left: float | None = None) -> Shown:
+        """What to show after the run said ``done`` of ``total`` with ``seconds_left``."""
+        before = self.shown
+        fraction = min(max(done / total if total > 0 else 0.0, before.fraction), 1.0)
+        count = total if self.most is None else min(total, self.most)
+        shown_done = max(round(fraction * count), before.done)
+        count = max(count, shown_done)
+        if seconds_left is None and self.expected is not None:
+            left = self.expected - (self.clock() - self.started)
+            seconds_left = left if left > 0 else None  # past what was expected: no longer known
+        self.shown = Shown(shown_done, count, fraction, self.estimate and fraction < 1.0, seconds_left)
+        return self.shown
+
+    def text(self, unit: str = "slices") -> str:
+        """``"12 of about 80 slices, about 40 s left"`` for what is shown now."""
+        shown = self.shown
+        left = "" if shown.seconds_left is None or shown.fraction >= 1.0 else f", about {duration(shown.seconds_left)} left"
+        return f"{shown.done} of {'about ' if shown.about else ''}{shown.total} {unit}{left}"
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` in words: whole seconds up to 90, then minutes."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"

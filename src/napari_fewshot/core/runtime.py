@@ -10,8 +10,9 @@ chosen, in :mod:`~napari_fewshot.core.backends`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -25,7 +26,8 @@ Decoder = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class Runtime:
-    """A backend (``torch`` or ``openvino``), a precision (``f32``, ``bf16``, ``f16``), a device and CPU threads."""
+    """A backend (``torch`` or ``openvino``), a precision (``f32``, ``bf16``, ``f16``, ``int8``), a device and CPU
+    threads."""
 
     backend: str
     precision: str
@@ -45,6 +47,37 @@ class Runtime:
     def exact(self) -> Runtime:
         """The same backend and device at float32."""
         return replace(self, precision="f32")
+
+
+#: Per precision, the CPU flags (any one of them) that run it natively; a precision not named needs none.
+NATIVE_FLAGS: dict[str, frozenset[str]] = {"bf16": frozenset({"avx512_bf16", "amx_bf16"})}
+#: numpy's names of the CPU features Linux would list in ``/proc/cpuinfo``, where there is none.
+_NUMPY_FLAGS = {"AVX2": "avx2", "AVX512F": "avx512f", "AVX512BF16": "avx512_bf16", "AVX512VNNI": "avx512_vnni"}
+
+
+def runs_natively(precision: str, flags: Collection[str]) -> bool:
+    """Whether a CPU with ``flags`` (Linux's names, :func:`cpu_flags`) has instructions for ``precision``."""
+    needs = NATIVE_FLAGS.get(precision)
+    return needs is None or not needs.isdisjoint(flags)
+
+
+def cpu_flags() -> frozenset[str]:
+    """This CPU's instruction-set flags as Linux names them (``avx2``, ``avx512_bf16``, ``amx_bf16`` ...).
+
+    Read from ``/proc/cpuinfo``; where there is none (macOS, Windows), numpy's view of
+    the CPU gives the AVX family (:data:`_NUMPY_FLAGS`).
+    """
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:  # numpy 1
+        from numpy.core._multiarray_umath import __cpu_features__ as features
+    return frozenset(name for key, name in _NUMPY_FLAGS.items() if features.get(key))
 
 
 def physical_cores() -> int:
