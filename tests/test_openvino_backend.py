@@ -16,6 +16,7 @@ from napari_fewshot.core.encoders import build_encoder
 from napari_fewshot.core.store import DEFAULT_STORE
 from napari_fewshot.core.errors import SegmentationCancelled
 from napari_fewshot.core.openvino_backend import OpenVINOTrunk, model_folder
+from napari_fewshot.core.prepare import is_prepared
 from napari_fewshot.core.preprocess import Preprocessing, normalise_intensities, to_encoder_slices
 from napari_fewshot.core.backends import resolve_runtime
 from napari_fewshot.core.sam_decoder import BoxDecoder, square_box
@@ -104,6 +105,17 @@ def test_conversions_are_kept_for_the_next_process_and_made_anew_for_new_weights
     openvino_sum, torch_sum = map(float, changed.stdout.split())
     assert openvino_sum == pytest.approx(torch_sum, rel=1e-4)  # the new weights, not the old file's
     assert openvino_sum != pytest.approx(float(first.stdout.split()[0]), rel=1e-2)
+
+
+def test_is_prepared_once_the_trunk_is_converted_for_its_precision(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_FEWSHOT_CACHE", str(tmp_path))
+    f32, int8 = resolve_runtime("openvino", "f32", "cpu"), resolve_runtime("openvino", "int8", "cpu")
+    assert is_prepared("tiny", resolve_runtime("torch", "f32", "cpu"))  # nothing to convert
+    assert not is_prepared("tiny", f32)
+    OpenVINOTrunk(build_encoder("tiny"), f32)
+    assert is_prepared("tiny", f32) and not is_prepared("tiny", int8) and not is_prepared("litemedsam", f32)
+    next(model_folder().glob("tiny-trunk-*.bin")).unlink()  # a file gone: converted again on the next run
+    assert not is_prepared("tiny", f32)
 
 
 def test_int8_is_quantized_once_and_reused_by_the_next_process(tmp_path, monkeypatch, caplog):

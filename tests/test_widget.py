@@ -22,7 +22,10 @@ from conftest import DIRECTIONS, dice, ellipsoids, write_itk
 import napari_fewshot._napari.widget as widget_module
 from napari_fewshot.core.encoders import ENCODERS
 from napari_fewshot.core.encoders.tiny import TinyEncoder
+from napari_fewshot.core.backends import resolve_runtime
 from napari_fewshot.core.features import DEFAULT_CACHE
+from napari_fewshot.core.prepare import is_prepared, prepare_key
+from napari_fewshot.core.rates import measured_rate
 from napari_fewshot.core.refined import REFINED_FILE
 from napari_fewshot.io import Geometry, read_volume
 from napari_fewshot.io.orientation import closest_canonical, to_view
@@ -494,6 +497,23 @@ def _ahead(widget) -> callable:
     widget.backend.value, widget.encoder.value = "torch", "counting"
     widget.encode_ahead.value = True
     return lambda: DEFAULT_CACHE.stats.encoded_slices - before
+
+
+def test_the_model_is_prepared_in_another_process_before_encoding_ahead(qtbot, session, monkeypatch, tmp_path, caplog):
+    viewer, widget, image, support, truth = session
+    monkeypatch.setenv("NAPARI_FEWSHOT_CACHE", str(tmp_path / "cache"))  # nothing converted yet
+    runtime = resolve_runtime("openvino", device="cpu")
+    assert not is_prepared("tiny", runtime)
+    before = DEFAULT_CACHE.stats.encoded_slices
+    widget.backend.value = "openvino"
+    widget.encode_ahead.value = True
+    assert widget.device_note.value.startswith("Preparing the model for this CPU, once (converting tiny to OpenVINO")
+    assert widget._runner.job is None  # encoding ahead waits for it
+    qtbot.waitUntil(lambda: not widget._preparer.busy, timeout=60_000)
+    qtbot.waitUntil(lambda: not widget._runner.busy and "ready" in widget.device_note.value, timeout=30_000)
+    assert is_prepared("tiny", runtime) and DEFAULT_CACHE.stats.encoded_slices - before == 24
+    assert "converting" not in caplog.text  # converted by the other process, never by this one
+    assert measured_rate(prepare_key("tiny", runtime)) > 0  # the next preparing line says about how long
 
 
 def test_encoding_ahead_yields_to_a_segment_run_and_then_finishes(qtbot, session):

@@ -34,6 +34,7 @@ from ..core.rates import measured_rate, rate_key, remember_rate
 from .correct_part import CorrectPart
 from .export_part import ExportPart
 from .layers import layer_attributes, support_layer_data
+from .preparing import ModelPreparer
 from .reader_preference import patterns_read_elsewhere, prefer_this_reader
 from .refine_part import RefinePart
 from .results import find_layer, prediction_name
@@ -77,6 +78,7 @@ class FewShotWidget(Container):
         self._rest_seconds: float | None = None  # the last run's time besides encoding (a re-run's time)
         self._encoded: dict[tuple, int] = {}  # slices encoded per scan and encoding settings (ahead or by a run)
         self._ahead_mark: tuple[float, int] | None = None  # (time, slices) of the encoding ahead's first batch
+        self._preparer = ModelPreparer(show=lambda line: setattr(self.device_note, "value", line), ended=self._prepared)
 
         self.use_reader = PushButton(text="Open scans with napari-fewshot", visible=bool(patterns_read_elsewhere()))
         self.use_reader.tooltip = (
@@ -281,7 +283,7 @@ class FewShotWidget(Container):
                 self._runner.cancel()
                 self._update_device_note()
             return
-        if job is not None or wanted is None or wanted == self._ahead_done:
+        if job is not None or wanted is None or wanted == self._ahead_done or self._prepare_first():
             return
         n, current = image.data.shape[options["axis"]], self.current_slice(image)
         order = sorted(range(n), key=lambda z: (abs(z - current), z))  # the slice on screen first, then outward
@@ -306,6 +308,22 @@ class FewShotWidget(Container):
             started=lambda: None, done=done, failed=failed, cancelled=lambda: None,
             context=dict(image=image, support=None, ahead=wanted),
         ))
+
+    def _prepare_first(self) -> bool:
+        """Whether encoding ahead waits for the chosen encoder to be prepared for OpenVINO in a process of its own
+        (:class:`~.preparing.ModelPreparer`; a segment run meanwhile converts in its own worker, as before)."""
+        try:
+            runtime = resolve_runtime(self.backend.value, device=self.device.value)
+        except Exception:  # a device named but gone: the device note says so
+            return False
+        return self._preparer.waits(self.encoder.value, runtime)
+
+    def _prepared(self, problem: str | None) -> None:
+        """The preparing process ended: encoding ahead starts; a failure is said in one line and runs go on."""
+        self._update_device_note()
+        if problem is not None:
+            self.say(problem)
+        self._encode_ahead()
 
     @staticmethod
     def _is_ahead(job: Job | None) -> bool:
@@ -411,6 +429,7 @@ class FewShotWidget(Container):
         worker thread outlives the Qt objects it signals), nothing is called back, its keys are the viewer's again."""
         if self._runner.closed:
             return
+        self._preparer.stop()
         self._runner.close()
         for key in SHORTCUTS.values():
             self._viewer.bind_key(key, None)

@@ -17,6 +17,7 @@ way: its name also holds NNCF's version and the calibration's digest.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 import tempfile
@@ -35,13 +36,16 @@ from .calibration import calibration_digest, calibration_slices
 from .cancel import CancelCheck, check_cancel
 from .features import encoder_fingerprint
 from .runtime import Decoder, Runtime, cpu_flags, runs_natively
-from .user_cache import cache_writable, not_cached, user_cache_folder
+from .user_cache import cache_writable, not_cached, save_in_cache, user_cache_folder
 
 if TYPE_CHECKING:
     import openvino
 
 log = logging.getLogger(__name__)
 
+#: The index of converted models in :func:`model_folder` (a JSON object: a model's name and OpenVINO's version to its
+#: ``.xml`` file's name), for :func:`is_converted` to answer without reading weights.
+CONVERTED_FILE = "converted.json"
 #: What is said when converted models cannot be kept on disk, and how to give them a folder.
 _NOT_KEPT, _ADVICE = "converted models are not cached on disk", "set NAPARI_FEWSHOT_CACHE to a writable folder"
 
@@ -84,6 +88,7 @@ def converted_model(
     tag = hashlib.blake2b(identity.encode(), digest_size=10).hexdigest()
     path = model_folder() / f"{name}-{tag}.xml"
     if path.is_file() and path.with_suffix(".bin").is_file():
+        _note_converted(name, path)
         return path
     keep = cache_writable(path, _NOT_KEPT, _ADVICE)
     where = f"once for these weights; kept in {path.parent}" if keep else "in memory, for this process"
@@ -114,7 +119,40 @@ def converted_model(
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         not_cached(path.parent, _NOT_KEPT, f"{path}: {reason}", _ADVICE)
         return model
+    _note_converted(name, path)
     return path
+
+
+def _converted_key(name: str) -> str:
+    """The key of a model's name in :data:`CONVERTED_FILE`: the name and OpenVINO's version (read without importing it)."""
+    return f"{name} openvino {metadata.version('openvino')}"
+
+
+def _note_converted(name: str, path: Path) -> None:
+    """Remember in :data:`CONVERTED_FILE` that ``name`` (a model's name, not its weights) was last kept at ``path``."""
+    index = model_folder() / CONVERTED_FILE
+    kept = _converted()
+    if kept.get(_converted_key(name)) != path.name:
+        kept[_converted_key(name)] = path.name
+        save_in_cache(index, lambda temporary: temporary.write_text(json.dumps(kept, indent=1)),
+                      "the converted models' index")
+
+
+def _converted() -> dict[str, str]:
+    """:data:`CONVERTED_FILE`'s names and files (empty when it cannot be read)."""
+    try:
+        data = json.loads((model_folder() / CONVERTED_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def is_converted(name: str) -> bool:
+    """Whether the model named ``name`` (``litemedsam-trunk``, ``tiny-trunk-int8``) was converted by this OpenVINO and
+    its files are in :func:`model_folder`: no import, no weights read (new weights of the same name are not seen)."""
+    kept = _converted().get(_converted_key(name))
+    path = model_folder() / kept if kept else None
+    return path is not None and path.is_file() and path.with_suffix(".bin").is_file()
 
 
 def quantized(model: openvino.Model, calibration: torch.Tensor) -> openvino.Model:
