@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import locale
 import os
 import resource
@@ -32,6 +33,11 @@ def _take_a_share_of_the_cpus() -> None:
 
 
 _take_a_share_of_the_cpus()
+# torch._dynamo (which torchvision, and so every encoder, imports) loads Triton, which brings its own LLVM: loaded
+# after Mesa's libLLVM (a viewer drawn under Xvfb) it crashes the process. The widget's runner keeps Triton out
+# then (``_napari/runner.py``); a test worker may draw a viewer before any test imports an encoder, so Triton's
+# LLVM is loaded first here, as in a test run in one process.
+importlib.import_module("torch._dynamo")
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
