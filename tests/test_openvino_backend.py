@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ import napari_fewshot
 from napari_fewshot.core.encoders import build_encoder
 from napari_fewshot.core.store import DEFAULT_STORE
 from napari_fewshot.core.errors import SegmentationCancelled
-from napari_fewshot.core.openvino_backend import OpenVINOTrunk, model_folder
+from napari_fewshot.core.features import encoder_fingerprint
+from napari_fewshot.core.openvino_backend import OpenVINOTrunk, _Trunk, converted_model, model_folder
 from napari_fewshot.core.prepare import is_prepared
 from napari_fewshot.core.preprocess import Preprocessing, normalise_intensities, to_encoder_slices
 from napari_fewshot.core.backends import resolve_runtime
@@ -85,6 +87,21 @@ def _convert_in_a_new_process(cache: Path, scale: float, precision: str = "f32")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     return done
+
+
+def test_two_conversions_of_one_model_at_once_make_it_once(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("NAPARI_FEWSHOT_CACHE", str(tmp_path))
+    encoder, example = build_encoder("tiny"), [torch.rand(1, 3, 64, 64)]
+    digest = encoder_fingerprint(encoder)
+    made = []
+    threads = [threading.Thread(target=lambda: made.append(converted_model(_Trunk(encoder), example, "t", digest)))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(made) == 2 and made[0] == made[1] and made[0].is_file()  # both get the one file
+    assert caplog.text.count("converting t to OpenVINO") == 1  # the second waited for the first
 
 
 def test_conversions_are_kept_for_the_next_process_and_made_anew_for_new_weights(tmp_path):

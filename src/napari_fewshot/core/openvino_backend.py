@@ -16,6 +16,7 @@ way: its name also holds NNCF's version and the calibration's digest.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -24,7 +25,7 @@ import tempfile
 import threading
 import warnings
 from importlib import metadata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -91,40 +92,63 @@ def converted_model(
         _note_converted(name, path)
         return path
     keep = cache_writable(path, _NOT_KEPT, _ADVICE)
-    where = f"once for these weights; kept in {path.parent}" if keep else "in memory, for this process"
-    if calibration is None:
-        log.warning("converting %s to OpenVINO (%s)", name, where)
-        shapes = [openvino.PartialShape([-1 if dynamic_batch and i == 0 else n for i, n in enumerate(x.shape)])
-                  for x in example]
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the tracer's notes on Python values it fixes: the shapes above are meant
-            model = openvino.convert_model(module.eval(), example_input=tuple(example), input=shapes)
-    else:
-        source = converted_model(module, example, name.removesuffix("-int8"), digest, dynamic_batch)
-        log.warning("quantizing %s to int8 on %d calibration slices (%s)", name.removesuffix("-int8"),
-                    len(calibration), where)
-        model = quantized(openvino.Core().read_model(source) if isinstance(source, Path) else source, calibration)
-    if not keep:
-        return model
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=path.parent))
+    with _one_at_a_time(path) if keep else contextlib.nullcontext():
+        if keep and path.is_file() and path.with_suffix(".bin").is_file():  # another process made it meanwhile
+            _note_converted(name, path)
+            return path
+        where = f"once for these weights; kept in {path.parent}" if keep else "in memory, for this process"
+        if calibration is None:
+            log.warning("converting %s to OpenVINO (%s)", name, where)
+            shapes = [openvino.PartialShape([-1 if dynamic_batch and i == 0 else n for i, n in enumerate(x.shape)])
+                      for x in example]
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the tracer's notes on the Python values it fixes: meant
+                model = openvino.convert_model(module.eval(), example_input=tuple(example), input=shapes)
+        else:
+            source = converted_model(module, example, name.removesuffix("-int8"), digest, dynamic_batch)
+            log.warning("quantizing %s to int8 on %d calibration slices (%s)", name.removesuffix("-int8"),
+                        len(calibration), where)
+            model = quantized(openvino.Core().read_model(source) if isinstance(source, Path) else source, calibration)
+        if not keep:
+            return model
         try:
-            openvino.save_model(model, str(staging / path.name), compress_to_fp16=False)
-            (staging / path.name).with_suffix(".bin").replace(path.with_suffix(".bin"))
-            (staging / path.name).replace(path)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    except (OSError, RuntimeError) as error:  # a disk that fills up while saving (OpenVINO raises RuntimeError)
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        not_cached(path.parent, _NOT_KEPT, f"{path}: {reason}", _ADVICE)
-        return model
-    _note_converted(name, path)
-    return path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=path.parent))
+            try:
+                openvino.save_model(model, str(staging / path.name), compress_to_fp16=False)
+                (staging / path.name).with_suffix(".bin").replace(path.with_suffix(".bin"))
+                (staging / path.name).replace(path)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        except (OSError, RuntimeError) as error:  # a disk that fills up while saving (OpenVINO raises RuntimeError)
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            not_cached(path.parent, _NOT_KEPT, f"{path}: {reason}", _ADVICE)
+            return model
+        _note_converted(name, path)
+        return path
+
+
+@contextlib.contextmanager
+def _one_at_a_time(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path``'s ``.lock`` beside it while the model is made: a second process (the
+    widget's preparing one, a test worker) waits for the first, then finds the files instead of converting too.
+    Without ``fcntl`` (Windows) or a lock file, each converts, as before (the files are still written whole)."""
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path.with_suffix(".lock"), "a")  # noqa: SIM115 - closed below
+    except (ImportError, OSError):
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _converted_key(name: str) -> str:
-    """The key of a model's name in :data:`CONVERTED_FILE`: the name and OpenVINO's version (read without importing it)."""
+    """The key of a model's name in :data:`CONVERTED_FILE`: the name and OpenVINO's version (read without importing
+    it)."""
     return f"{name} openvino {metadata.version('openvino')}"
 
 
