@@ -238,9 +238,9 @@ def _write_labels(
     from .io.formats import is_seg_path
 
     if is_seg_path(path):
-        from .io.dicom_seg import check_seg_writable, seg_writer
+        from .io.dicom_seg import seg_target, seg_writer
 
-        target = check_seg_writable(path, image.geometry, image.dicom)
+        target = seg_target(path, image.geometry, image.dicom)  # seg_writer reads the headers and builds the SEG
         write_volumes(others, writers={target: seg_writer(target, labels, image.geometry, image.dicom, names)})
     else:
         write_volumes([(path, labels, image.geometry.with_pixel_type(str(labels.dtype))), *others])

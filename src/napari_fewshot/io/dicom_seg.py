@@ -85,7 +85,7 @@ def check_seg_writable(
     (not written), so that all that keeps a DICOM SEG of the series from being
     written (slices gone or changed, identifiers it lacks) is refused before a run.
     """
-    path = _seg_path(path, geometry, source, inputs)
+    path = seg_target(path, geometry, source, inputs)
     datasets = _source_datasets(path, source, geometry)
     probe = np.zeros((1, int(datasets[0].Rows), int(datasets[0].Columns)), np.uint8)
     probe[0, 0, 0] = 1
@@ -93,8 +93,11 @@ def check_seg_writable(
     return path
 
 
-def _seg_path(path: str | Path, geometry: Geometry, source: DicomSource | None, inputs: Iterable[str | Path]) -> Path:
-    """``path`` when it may be written as a DICOM SEG of ``source`` (see :func:`check_seg_writable`), headers unread."""
+def seg_target(
+    path: str | Path, geometry: Geometry, source: DicomSource | None, inputs: Iterable[str | Path] = ()
+) -> Path:
+    """``path`` when it may be written as a DICOM SEG of ``source`` (see :func:`check_seg_writable`), headers unread:
+    what is left to check when :func:`seg_writer`, which reads them, follows."""
     path = Path(path).expanduser()
     if not is_seg_path(path):
         raise VolumeWriteError(f"{path}: a DICOM SEG file is named {SEG_EXTENSION}")
@@ -133,7 +136,7 @@ def write_seg(
     ``labels``, then renamed over ``path``.  Returns the path written; raises
     :class:`VolumeWriteError` naming the problem, with nothing on disk changed.
     """
-    path = _seg_path(path, geometry, source, ())
+    path = seg_target(path, geometry, source)
     writer = seg_writer(path, labels, geometry, source, names)
     return write_volumes([], {path: sidecar} if sidecar is not None else None, {path: writer})[0]
 
